@@ -1,0 +1,53 @@
+"""seeking: training-time conditional capacity for PyTorch.
+
+Motivation training (arXiv 2602.21064): a base model trains every batch, a larger model that
+contains it trains only while the loss keeps falling, and a weights map keeps their shared
+weights in sync, so one run yields two deployable models.
+"""
+
+__version__ = "0.1.0"
+
+from .checkpoint import load_model, save_model
+from .data import ImageData, ImageDataset, load_dataset
+from .errors import CheckpointError, ConfigError, DataError, SeekingError
+from .models import create_model, list_models, register_model
+from .motivation import (
+    Always,
+    Condition,
+    ConsecutiveDecrease,
+    MapEntry,
+    Motivator,
+    Never,
+    RandomRate,
+    WeightMap,
+)
+from .training import FlopsMeter, TrainConfig, evaluate, train, train_step_flops
+
+__all__ = [
+    "Always",
+    "CheckpointError",
+    "Condition",
+    "ConfigError",
+    "ConsecutiveDecrease",
+    "DataError",
+    "FlopsMeter",
+    "ImageData",
+    "ImageDataset",
+    "MapEntry",
+    "Motivator",
+    "Never",
+    "RandomRate",
+    "SeekingError",
+    "TrainConfig",
+    "WeightMap",
+    "__version__",
+    "create_model",
+    "evaluate",
+    "list_models",
+    "load_dataset",
+    "load_model",
+    "register_model",
+    "save_model",
+    "train",
+    "train_step_flops",
+]

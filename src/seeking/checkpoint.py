@@ -1,0 +1,77 @@
+"""Model checkpoints as safetensors files that need nothing from the training run to load.
+
+The file's metadata names the registered model and its constructor arguments, so
+``load_model(path)`` rebuilds it with :func:`seeking.create_model`; a user can equally build the
+model themselves and call ``model.load_state_dict(safetensors.torch.load_file(path))``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import safetensors.torch
+from torch import nn
+
+from .errors import CheckpointError, SeekingError
+from .io import atomic_write_bytes
+from .models import create_model
+
+FORMAT_VERSION = "1"
+
+
+def save_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    name: str,
+    model_kwargs: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Save ``model``'s state dict with the metadata :func:`load_model` needs, atomically."""
+    metadata = {
+        "seeking.format": FORMAT_VERSION,
+        "seeking.model": name,
+        "seeking.model_kwargs": json.dumps(model_kwargs),
+        "seeking.extra": json.dumps(extra or {}),
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
+    """Return the state dict and the decoded metadata, or raise :class:`CheckpointError`."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint file at {path}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        state = safetensors.torch.load(data)
+        with safetensors.safe_open(path, "pt") as f:
+            raw = f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}; is it a complete safetensors file?") from None
+    if raw.get("seeking.format") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} is not a seeking model checkpoint of format {FORMAT_VERSION} "
+            f"(found format {raw.get('seeking.format')!r})"
+        )
+    meta = {
+        "model": raw["seeking.model"],
+        "model_kwargs": json.loads(raw["seeking.model_kwargs"]),
+        "extra": json.loads(raw.get("seeking.extra", "{}")),
+    }
+    return state, meta
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint was saved from; returns it (in eval mode) and the metadata."""
+    state, meta = read_checkpoint(path)
+    try:
+        model = create_model(meta["model"], **meta["model_kwargs"])
+        model.load_state_dict(state)
+    except SeekingError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit model {meta['model']!r}: {exc}") from None
+    return model.eval(), meta

@@ -1,0 +1,198 @@
+"""The ``seeking`` command line: train, compare, evaluate, models.
+
+Bad input gives one line on stderr and exit code 2; nothing is written before the input is checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+
+from ..errors import SeekingError
+from ..models import list_models
+from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES
+from ..training import TrainConfig
+from ..training.config import CONDITIONS, SCHEDULES
+
+DEFAULTS = TrainConfig()
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
+    g = parser.add_argument_group("data and models")
+    g.add_argument(
+        "--data",
+        default=d.data,
+        help="'digits' (embedded default), or the path of a CIFAR-10/100 "
+        "python folder or .tar.gz, or of a class-folder tree train/<class>/*, test/<class>/* "
+        "(folder or .tar.gz) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--base", default=d.base, help="small model, trained on every non-motivated batch (default: %(default)s)"
+    )
+    g.add_argument("--motivated", default=d.motivated, help="large model that contains the base (default: %(default)s)")
+    g.add_argument("--pair", help="BASE:MOTIVATED, shorthand for --base and --motivated")
+    g.add_argument("--train-subset", type=int, help="use this many training images (class-stratified)")
+    g.add_argument("--test-subset", type=int, help="use this many test images (class-stratified)")
+    g.add_argument(
+        "--cache-dir", help="where decoded image folders are cached (default: $SEEKING_CACHE_DIR or ~/.cache/seeking)"
+    )
+    g = parser.add_argument_group("motivation")
+    g.add_argument(
+        "--condition",
+        choices=CONDITIONS,
+        default=d.condition,
+        help="decrease: the loss rule; "
+        "random: control at rate --p; never: classical base; always: large model alone (default: %(default)s)",
+    )
+    g.add_argument(
+        "--k", type=int, default=d.k, help="consecutive loss decreases that start an episode (default: %(default)s)"
+    )
+    g.add_argument("--p", type=float, default=d.p, help="rate of the random condition (default: %(default)s)")
+    g.add_argument(
+        "--optimizer-state",
+        choices=OPTIMIZER_STATE_POLICIES,
+        default=d.optimizer_state,
+        help="optimizer state of shared weights at a switch (default: %(default)s)",
+    )
+    g.add_argument(
+        "--batchnorm",
+        choices=BATCHNORM_POLICIES,
+        default=d.batchnorm,
+        help="BatchNorm running statistics of shared layers (default: %(default)s)",
+    )
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    g.add_argument(
+        "--lr", type=float, default=d.lr, help="peak learning rate of SGD with Nesterov momentum (default: %(default)s)"
+    )
+    g.add_argument("--momentum", type=float, default=d.momentum, help="(default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
+    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="(default: %(default)s)")
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="(default: %(default)s)")
+    g.add_argument("--crop-padding", type=int, help="random-crop padding in pixels (default: image size / 8)")
+    g = parser.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        default=d.eval_every,
+        help="test every N epochs; 0: only at the end (default: %(default)s)",
+    )
+    g.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ... (default: %(default)s)")
+    g.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory format (faster convolutions on GPUs)"
+    )
+    g.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
+    g.add_argument("--out", help="run folder (default: runs/<command>-<time>)")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if args.pair:
+        base, sep, motivated = args.pair.partition(":")
+        if not sep or not base or not motivated:
+            raise SeekingError(f"--pair must look like BASE:MOTIVATED (e.g. resnet20:resnet32), got {args.pair!r}")
+        values["base"], values["motivated"] = base, motivated
+    return TrainConfig(**values).validate()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..training import train
+
+    config = config_from_args(args)
+    result = train(
+        config, args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}", progress=not args.quiet, log=_logger(args)
+    )
+    s = result.summary
+    for name, m in s["models"].items():
+        print(f"{name:9s} {m['model']:10s} test accuracy {m['accuracy']:.2f}%  -> {result.run_dir / m['checkpoint']}")
+    print(
+        f"p = {s['p']:.3f} ({s['motivated_steps']}/{s['steps']} steps motivated, {s['switches']} switches), "
+        f"training {s['train_flops'] / 1e12:.3f} TFLOPs, {s['train_seconds']:.1f}s"
+    )
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ..reporting import markdown_table
+    from ..training.compare import compare
+
+    config = config_from_args(args)
+    out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = compare(config, out, random_control=not args.no_random_control, progress=not args.quiet, log=_logger(args))
+    print(markdown_table(result["rows"]))
+    print(
+        f"\nACC/FLOPs of motivation training over classical scaling: {result['efficiency_gain']:.3g}x "
+        "(classical base as reference; FLOPs: forward + backward, 2 per multiply-add)"
+    )
+    print(f"results: {out}/comparison.md, comparison.csv, comparison.json")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..data import load_dataset
+    from ..training import evaluate
+
+    model, meta = load_model(args.checkpoint)
+    dataset = load_dataset(args.data, cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+    norm = meta["extra"]
+    mean, std = norm.get("mean", dataset.mean), norm.get("std", dataset.std)
+    result = evaluate(model, dataset.test, mean, std)
+    print(f"{meta['model']} on {dataset.name} test: accuracy {result['accuracy']:.2f}%, loss {result['loss']:.4f}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    print("\n".join(list_models()))
+    return 0
+
+
+def _logger(args: argparse.Namespace):
+    return (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seeking",
+        description="Training-time conditional capacity: Motivation training (and, soon, Excitation) on PyTorch.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="one motivated (or classical) training run; writes a run folder")
+    _add_training_options(p)
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("compare", help="classical base, classical large, motivated run (and random control): one table")
+    _add_training_options(p)
+    p.add_argument("--no-random-control", action="store_true", help="skip the random-condition control arm")
+    p.set_defaults(func=_cmd_compare)
+    p = sub.add_parser("evaluate", help="test accuracy of a saved model checkpoint")
+    p.add_argument("checkpoint", help="a .safetensors file written by seeking train")
+    p.add_argument("--data", default=DEFAULTS.data, help="data set, as for train (default: %(default)s)")
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("models", help="list the model names")
+    p.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SeekingError as exc:
+        print(f"seeking: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seeking: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""The project's error types: every expected failure is a ``SeekingError``.
+
+The command line turns a ``SeekingError`` into one message and exit code 2; anything else is a bug.
+"""
+
+
+class SeekingError(Exception):
+    """Base class for errors caused by bad input (configuration, data, checkpoints)."""
+
+
+class ConfigError(SeekingError, ValueError):
+    """An option or a pair of models that cannot work together."""
+
+
+class DataError(SeekingError):
+    """A data set that is missing, malformed or in an unknown format."""
+
+
+class CheckpointError(SeekingError):
+    """A checkpoint file that cannot be read or does not fit the model."""

@@ -1,0 +1,127 @@
+"""The Motivator: one object that a training loop asks, batch by batch, which model to train.
+
+    motivator = Motivator(base, motivated, ConsecutiveDecrease(k=2), base_opt, motivated_opt)
+    for x, y in batches:
+        model, optimizer = motivator.select()      # switches (and syncs) when the condition says so
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+        motivator.observe(loss)                     # feeds the condition
+    motivator.finish()                              # both models now hold the latest shared weights
+
+Every batch trains exactly one model. Shared weights are copied through the :class:`WeightMap` at
+each switch, so the model about to step always starts from what the other one learned.
+``observe`` reads the loss as a Python float: the condition decides the next batch's model from
+it, so one host sync per step is inherent to the method.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .conditions import Condition
+from .weights_map import WeightMap
+
+OptimizerStatePolicy = Literal["carried", "separate"]
+BatchNormPolicy = Literal["separate", "shared"]
+OPTIMIZER_STATE_POLICIES = ("carried", "separate")
+BATCHNORM_POLICIES = ("separate", "shared")
+
+
+class Motivator:
+    """Decides which model trains on each batch and keeps their shared weights in sync.
+
+    Args:
+        base, motivated: the small and the large model; the large one contains the small one.
+        condition: decides from the loss whether the next batch trains the motivated model.
+        base_optimizer, motivated_optimizer: one optimizer per model, over its own parameters.
+        weight_map: inferred by name (depth growth) when not given.
+        optimizer_state: ``"carried"`` (default) copies the optimizer state of shared weights
+            through the map at each switch, like the weights; ``"separate"`` lets each optimizer
+            keep its own, possibly stale, state.
+        batchnorm: ``"separate"`` (default) keeps each model's running statistics, measured on its
+            own forward passes; ``"shared"`` copies mapped running statistics at each switch too.
+        preserve_function: zero-initialise the last norm of each added residual block so the
+            motivated model starts as the base's function (default True).
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        motivated: nn.Module,
+        condition: Condition,
+        base_optimizer: torch.optim.Optimizer,
+        motivated_optimizer: torch.optim.Optimizer,
+        *,
+        weight_map: WeightMap | None = None,
+        optimizer_state: OptimizerStatePolicy = "carried",
+        batchnorm: BatchNormPolicy = "separate",
+        preserve_function: bool = True,
+    ) -> None:
+        if optimizer_state not in OPTIMIZER_STATE_POLICIES:
+            raise ConfigError(f"optimizer_state must be one of {OPTIMIZER_STATE_POLICIES}, got {optimizer_state!r}")
+        if batchnorm not in BATCHNORM_POLICIES:
+            raise ConfigError(f"batchnorm must be one of {BATCHNORM_POLICIES}, got {batchnorm!r}")
+        self.models = {"base": base, "motivated": motivated}
+        self.optimizers = {"base": base_optimizer, "motivated": motivated_optimizer}
+        self.condition = condition
+        self.map = weight_map if weight_map is not None else WeightMap.infer(base, motivated)
+        self.optimizer_state = optimizer_state
+        self.batchnorm = batchnorm
+        self.added_blocks = self.map.init_extra_capacity(motivated) if preserve_function else []
+        # The motivated model starts from the base's weights and statistics.
+        self.map.copy(base, motivated, "to_motivated", buffers=True)
+        self.active = "motivated" if condition.motivated else "base"
+        self.steps = 0
+        self.motivated_steps = 0
+        self.switches = 0
+
+    @property
+    def p(self) -> float:
+        """Fraction of the steps so far that trained the motivated model."""
+        return self.motivated_steps / self.steps if self.steps else 0.0
+
+    def select(self) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The model and optimizer that train on the next batch; switches if the condition changed."""
+        wanted = "motivated" if self.condition.motivated else "base"
+        if wanted != self.active:
+            self._sync(self.active, wanted)
+            self.active = wanted
+            self.switches += 1
+        return self.models[self.active], self.optimizers[self.active]
+
+    def observe(self, loss: torch.Tensor | float) -> None:
+        """Record that the active model stepped with this training loss."""
+        self.steps += 1
+        self.motivated_steps += self.active == "motivated"
+        self.condition.update(float(loss))
+
+    def finish(self) -> None:
+        """Copy the shared weights from the model that stepped last to the other one."""
+        self._sync(self.active, "base" if self.active == "motivated" else "motivated")
+
+    def _sync(self, source: str, target: str) -> None:
+        direction = "to_motivated" if target == "motivated" else "to_base"
+        base, motivated = self.models["base"], self.models["motivated"]
+        self.map.copy(base, motivated, direction, buffers=self.batchnorm == "shared")
+        if self.optimizer_state == "carried":
+            self.map.carry_optimizer_state(self.optimizers[source], self.optimizers[target], base, motivated, direction)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "active": self.active,
+            "steps": self.steps,
+            "motivated_steps": self.motivated_steps,
+            "switches": self.switches,
+            "condition": self.condition.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.active = state["active"]
+        self.steps = int(state["steps"])
+        self.motivated_steps = int(state["motivated_steps"])
+        self.switches = int(state["switches"])
+        self.condition.load_state_dict(state["condition"])

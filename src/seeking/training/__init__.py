@@ -1,0 +1,8 @@
+"""The ready trainer: configuration, loop, evaluation, FLOPs, comparison of arms."""
+
+from .config import TrainConfig
+from .evaluate import evaluate
+from .flops import FlopsMeter, train_step_flops
+from .loop import RunResult, train
+
+__all__ = ["FlopsMeter", "RunResult", "TrainConfig", "evaluate", "train", "train_step_flops"]

@@ -1,0 +1,118 @@
+"""Training configuration: one flat dataclass, validated before anything runs or is written."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..models import list_models
+from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES
+
+CONDITIONS = ("decrease", "never", "always", "random")
+SCHEDULES = ("cosine", "onecycle", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Defaults give the embedded demo (digits, ResNet-20 -> 32).
+
+    ``condition``: ``decrease`` (motivation training, rule of METHODS.md with ``k``), ``random``
+    (the control, rate ``p``), ``never`` (classical base) or ``always`` (classical large model).
+    """
+
+    data: str = "digits"
+    base: str = "resnet20"
+    motivated: str = "resnet32"
+    condition: str = "decrease"
+    k: int = 2
+    p: float = 0.2
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    optimizer_state: str = "carried"
+    batchnorm: str = "separate"
+    crop_padding: int | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    eval_every: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    channels_last: bool = False
+    amp: bool = False
+    cache_dir: str | None = None
+
+    def validate(self) -> TrainConfig:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        known = list_models()
+        for role in ("base", "motivated"):
+            if getattr(self, role) not in known:
+                raise ConfigError(f"unknown {role} model {getattr(self, role)!r}; known models: {', '.join(known)}")
+        _choice("condition", self.condition, CONDITIONS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATE_POLICIES)
+        _choice("batchnorm", self.batchnorm, BATCHNORM_POLICIES)
+        if self.k < 1:
+            raise ConfigError(f"k (consecutive loss decreases before switching) must be >= 1, got {self.k}")
+        if not 0.0 <= self.p <= 1.0:
+            raise ConfigError(f"p (rate of the random condition) must be in [0, 1], got {self.p}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("train_subset", "test_subset", "crop_padding"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "crop_padding" else 1):
+                raise ConfigError(f"{name} must be positive, got {value}")
+        _check_device(self.device)
+        if self.amp and not self.device.startswith("cuda"):
+            raise ConfigError("amp (bfloat16 autocast) is for CUDA devices; drop --amp or use --device cuda")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown configuration key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(names))}"
+            )
+        return cls(**values).validate()
+
+
+def _check_device(name: str) -> None:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    allowed = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+    optional = annotation.endswith("| None")
+    base = annotation.removesuffix(" | None")
+    if value is None and optional:
+        return
+    ok = isinstance(value, allowed[base]) and (base == "bool" or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{name} must be of type {annotation}, got {value!r} ({type(value).__name__})")

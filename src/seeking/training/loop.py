@@ -1,0 +1,257 @@
+"""One training run, motivated or classical, read top to bottom.
+
+``train(config, run_dir)`` loads the data, builds the model(s), trains one model per batch (the
+:class:`~seeking.motivation.Motivator` chooses which), evaluates, and writes the run folder:
+
+    config.json      the full configuration
+    steps.jsonl      one line per step: step, epoch, model that stepped, loss, learning rate
+    epochs.jsonl     one line per epoch: p, FLOPs so far, train loss, test accuracy of each model
+    base.safetensors / motivated.safetensors   the final models (loadable with nothing from here)
+    summary.json     final figures; written last, so its presence means the run completed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .. import __version__
+from ..checkpoint import save_model
+from ..data import ImageDataset, augment, batches, load_dataset, normalize
+from ..errors import ConfigError
+from ..io import write_json
+from ..models import create_model
+from ..motivation import Motivator, WeightMap, make_condition
+from .config import TrainConfig
+from .evaluate import evaluate
+from .flops import FlopsMeter
+from .schedule import lr_factor
+
+
+class SingleModel:
+    """Classical training of one model, with the Motivator's ``select``/``observe`` interface."""
+
+    def __init__(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.active, self.model, self.optimizer = name, model, optimizer
+        self.steps = self.motivated_steps = self.switches = 0
+
+    @property
+    def p(self) -> float:
+        return float(self.active == "motivated") if self.steps else 0.0
+
+    def select(self) -> tuple[nn.Module, torch.optim.Optimizer]:
+        return self.model, self.optimizer
+
+    def observe(self, loss: float) -> None:
+        self.steps += 1
+        self.motivated_steps += self.active == "motivated"
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Create an empty run folder; refuse to mix a new run into an existing one."""
+    path = Path(run_dir)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(f"run folder {path} already exists and is not empty; choose another --out or remove it")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_models(config: TrainConfig, dataset: ImageDataset) -> dict[str, nn.Module]:
+    """The models this run trains. Each is seeded on its own, so the classical base and the base of
+    a motivated run start from identical weights, and likewise the large models."""
+    kwargs = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+    models = {}
+    if config.condition != "always":
+        torch.manual_seed(config.seed)
+        models["base"] = create_model(config.base, **kwargs)
+    if config.condition != "never":
+        torch.manual_seed(config.seed + 1)
+        models["motivated"] = create_model(config.motivated, **kwargs)
+    return models
+
+
+def check_pair(config: TrainConfig, dataset: ImageDataset) -> None:
+    """Fail early (before any arm of a comparison trains) if the two models cannot be paired."""
+    kwargs = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+    WeightMap.infer(create_model(config.base, **kwargs), create_model(config.motivated, **kwargs))
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    dataset: ImageDataset | None = None,
+) -> RunResult:
+    """Run one training as configured and write the run folder (see the module docstring)."""
+    config.validate()
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    bar = progress and sys.stderr.isatty()
+    dataset = dataset or load_dataset(config.data, cache_dir=config.cache_dir, progress=bar)
+    train_data = dataset.train.subset(config.train_subset, seed=config.seed) if config.train_subset else dataset.train
+    test_data = dataset.test.subset(config.test_subset, seed=0) if config.test_subset else dataset.test
+    if config.batch_size > len(train_data):
+        raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(train_data)} training examples")
+    device = torch.device(config.device)
+    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    models = {n: m.to(device, memory_format=memory_format) for n, m in build_models(config, dataset).items()}
+    optimizers = {
+        n: torch.optim.SGD(
+            m.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.momentum > 0,
+        )
+        for n, m in models.items()
+    }
+    if len(models) == 2:
+        condition = make_condition(config.condition, k=config.k, p=config.p, seed=config.seed)
+        plan = Motivator(
+            models["base"],
+            models["motivated"],
+            condition,
+            optimizers["base"],
+            optimizers["motivated"],
+            optimizer_state=config.optimizer_state,
+            batchnorm=config.batchnorm,
+        )
+    else:
+        ((name, model),) = models.items()
+        plan = SingleModel(name, model, optimizers[name])
+
+    # Everything is checked (the pair included, by the Motivator) before anything is written.
+    run_dir = prepare_run_dir(run_dir)
+    write_json(run_dir / "config.json", {"seeking_version": __version__, "command": sys.argv, **config.to_dict()})
+
+    images, labels = train_data.images.to(device), train_data.labels.to(device)
+    train_data = type(train_data)(images, labels)
+    order = torch.Generator().manual_seed(config.seed)
+    jitter = torch.Generator(device=device).manual_seed(config.seed)
+    padding = config.crop_padding if config.crop_padding is not None else max(dataset.image_size) // 8
+    steps_per_epoch = len(train_data) // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    flops = FlopsMeter(dataset.num_classes)
+    names = (
+        f"{config.base} -> {config.motivated}"
+        if len(models) == 2
+        else config.base
+        if "base" in models
+        else config.motivated
+    )
+    log(
+        f"training {names} on {dataset.name} ({len(train_data)} train / {len(test_data)} test), "
+        f"condition {config.condition}, {config.epochs} epochs x {steps_per_epoch} steps, run folder {run_dir}"
+    )
+
+    step, train_seconds, eval_seconds = 0, 0.0, 0.0
+    with open(run_dir / "steps.jsonl", "w") as step_log, open(run_dir / "epochs.jsonl", "w") as epoch_log:
+        for epoch in range(1, config.epochs + 1):
+            start, loss_sum = time.perf_counter(), 0.0
+            for x, y in tqdm(
+                batches(train_data, config.batch_size, shuffle=True, generator=order, drop_last=True),
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{config.epochs}",
+                leave=False,
+                disable=not bar,
+            ):
+                x = normalize(
+                    augment(x, padding=padding, hflip=dataset.hflip, generator=jitter), dataset.mean, dataset.std
+                ).contiguous(memory_format=memory_format)
+                lr = config.lr * lr_factor(config.schedule, step, total_steps, warmup)
+                model, optimizer = plan.select()
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+                    loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_value = loss.item()  # the condition needs it on the host before the next step
+                flops.add_step(plan.active, model, x)
+                step_log.write(
+                    json.dumps({"step": step, "epoch": epoch, "model": plan.active, "loss": loss_value, "lr": lr})
+                    + "\n"
+                )
+                plan.observe(loss_value)
+                loss_sum += loss_value
+                step += 1
+            train_seconds += time.perf_counter() - start
+
+            record = {
+                "epoch": epoch,
+                "steps": plan.steps,
+                "p": plan.p,
+                "switches": plan.switches,
+                "train_loss": loss_sum / steps_per_epoch,
+                "flops": flops.grand_total,
+                "train_seconds": train_seconds,
+            }
+            if config.eval_every and (epoch % config.eval_every == 0 or epoch == config.epochs):
+                start = time.perf_counter()
+                plan.finish()  # both models hold the latest shared weights before they are tested
+                for name, m in models.items():
+                    record[f"{name}_accuracy"] = evaluate(
+                        m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last
+                    )["accuracy"]
+                eval_seconds += time.perf_counter() - start
+            epoch_log.write(json.dumps(record) + "\n")
+            step_log.flush()
+            epoch_log.flush()
+            log(
+                f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  p {plan.p:.2f}  "
+                + "".join(f"{n} {record[f'{n}_accuracy']:.2f}%  " for n in models if f"{n}_accuracy" in record)
+                + f"{train_seconds:.1f}s"
+            )
+
+    plan.finish()
+    kwargs = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+    normalization = {"mean": list(dataset.mean), "std": list(dataset.std), "dataset": dataset.name}
+    summary: dict[str, Any] = {
+        "seeking_version": __version__,
+        "condition": config.condition,
+        "steps": plan.steps,
+        "motivated_steps": plan.motivated_steps,
+        "p": plan.p,
+        "switches": plan.switches,
+        "train_flops": flops.grand_total,
+        "train_flops_by_model": flops.total,
+        "step_flops": {f"{n}@{list(shape)}": v for (n, shape), v in flops.per_step.items()},
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "models": {},
+    }
+    for name, m in models.items():
+        model_name = config.base if name == "base" else config.motivated
+        result = evaluate(m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last)
+        save_model(m, run_dir / f"{name}.safetensors", model_name, kwargs, normalization)
+        summary["models"][name] = {
+            "model": model_name,
+            **result,
+            "parameters": sum(p.numel() for p in m.parameters()),
+            "checkpoint": f"{name}.safetensors",
+        }
+    write_json(run_dir / "summary.json", summary)
+    return RunResult(run_dir, summary)

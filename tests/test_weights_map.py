@@ -1,0 +1,152 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seeking import ConfigError, ConsecutiveDecrease, Motivator, Never, WeightMap, create_model
+
+
+def pair(base="resnet20", motivated="resnet32", **kwargs):
+    torch.manual_seed(0)
+    b = create_model(base, **kwargs)
+    torch.manual_seed(1)
+    return b, create_model(motivated, **kwargs)
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+
+def max_diff(a, b, x):
+    with torch.no_grad():
+        return (a.eval()(x) - b.eval()(x)).abs().max().item()
+
+
+@pytest.mark.parametrize("motivated", ["resnet32", "resnet56"])
+def test_motivated_model_starts_as_the_base_function(motivated):
+    base, large = pair(motivated=motivated)
+    # Perturb the base's statistics so that the check covers buffers, not only fresh values.
+    base.train()(torch.randn(64, 3, 16, 16) * 3 + 1)
+    Motivator(base, large, Never(), sgd(base), sgd(large))
+    x = torch.randn(8, 3, 16, 16)
+    assert max_diff(base, large, x) < 1e-5
+    # ... and the models really differ in capacity.
+    assert sum(p.numel() for p in large.parameters()) > sum(p.numel() for p in base.parameters())
+
+
+def test_map_entries_and_extra_capacity():
+    base, large = pair()
+    wmap = WeightMap.infer(base, large)
+    assert {e.base for e in wmap.entries} == set(base.state_dict())
+    # ResNet-32 has 5 blocks a stage, ResNet-20 has 3: blocks 3 and 4 of each stage are extra.
+    assert wmap.extra and all(name.split(".")[2] in {"3", "4"} for name in wmap.extra)
+    text = str(wmap)
+    assert "stages.0.0.conv1.weight" in text and "extra capacity (" in text
+    assert Motivator(base, large, Never(), sgd(base), sgd(large)).added_blocks == [
+        f"stages.{s}.{i}" for s in range(3) for i in (3, 4)
+    ]
+
+
+def test_shared_weights_equal_after_motivated_steps_and_extra_blocks_persist():
+    base, large = pair()
+    motivator = Motivator(base, large, ConsecutiveDecrease(k=1), sgd(base), sgd(large))
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    initial = {k: v.clone() for k, v in large.state_dict().items()}
+
+    def run(script):
+        for scripted in script:
+            model, opt = motivator.select()
+            loss = F.cross_entropy(model.train()(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            motivator.observe(scripted)  # scripted losses force the switches
+
+    def extra():
+        return {k: v.clone() for k, v in large.state_dict().items() if k in motivator.map.extra}
+
+    run([3.0, 2.0, 1.0, 0.5, 0.9])  # base, base, then motivated steps until the rise
+    assert motivator.motivated_steps == 3 and not motivator.condition.motivated
+    learned = extra()
+    assert any(not torch.equal(learned[k], initial[k]) for k in learned)  # the extra blocks trained
+    motivator.finish()
+    for name, _ in base.named_parameters():
+        assert torch.equal(base.state_dict()[name], large.state_dict()[name]), name
+
+    run([1.0, 2.0, 3.0])  # rising losses: base-only steps
+    assert motivator.motivated_steps == 3
+    assert all(torch.equal(v, large.state_dict()[k]) for k, v in learned.items())  # extra blocks kept
+    model, _ = motivator.select()  # the last step did not decrease: still the base
+    assert model is base
+    run([2.0])  # a decrease: the next batch trains the motivated model
+    model, _ = motivator.select()
+    assert model is large
+    # at the switch the motivated model received the base's latest shared weights, kept its extra blocks
+    for name, _ in base.named_parameters():
+        assert torch.equal(base.state_dict()[name], large.state_dict()[name]), name
+    assert all(torch.equal(v, large.state_dict()[k]) for k, v in learned.items() if "running" not in k)
+    assert motivator.switches == 3
+
+
+def test_carried_optimizer_state_follows_the_weights():
+    base, large = pair()
+    ob, om = sgd(base), sgd(large)
+    motivator = Motivator(base, large, ConsecutiveDecrease(k=1), ob, om, optimizer_state="carried")
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    for scripted in (2.0, 1.0):  # base steps twice, the second decrease switches to motivated
+        model, opt = motivator.select()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        motivator.observe(scripted)
+    motivator.select()
+    w = dict(base.named_parameters())["fc.weight"]
+    v = dict(large.named_parameters())["fc.weight"]
+    assert torch.equal(ob.state[w]["momentum_buffer"], om.state[v]["momentum_buffer"])
+    assert om.state[v]["momentum_buffer"].data_ptr() != ob.state[w]["momentum_buffer"].data_ptr()
+
+
+def test_separate_optimizer_state_is_left_alone():
+    base, large = pair()
+    ob, om = sgd(base), sgd(large)
+    motivator = Motivator(base, large, ConsecutiveDecrease(k=1), ob, om, optimizer_state="separate")
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    for scripted in (2.0, 1.0):
+        model, opt = motivator.select()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        motivator.observe(scripted)
+    motivator.select()
+    assert not om.state
+
+
+def test_batchnorm_policies():
+    for policy, expect_equal in (("shared", True), ("separate", False)):
+        base, large = pair()
+        motivator = Motivator(base, large, ConsecutiveDecrease(k=1), sgd(base), sgd(large), batchnorm=policy)
+        motivator.observe(1.0)
+        motivator.observe(0.5)  # next batch: motivated
+        model, _ = motivator.select()
+        model.train()(torch.randn(8, 3, 8, 8) * 5)  # updates the motivated model's running stats
+        motivator.observe(0.6)
+        motivator.select()  # back to base
+        same = torch.equal(base.bn1.running_mean, large.bn1.running_mean)
+        assert same is expect_equal, policy
+
+
+def test_pairs_that_cannot_work():
+    base, large = pair()
+    with pytest.raises(ConfigError, match="must be smaller"):
+        WeightMap.infer(large, base)
+    with pytest.raises(ConfigError, match="must be smaller"):
+        WeightMap.infer(base, copy.deepcopy(base))
+    b10, l100 = create_model("resnet20", num_classes=10), create_model("resnet32", num_classes=100)
+    with pytest.raises(ConfigError, match="num_classes: base 10, motivated 100"):
+        WeightMap.infer(b10, l100)
+    narrow, wide = create_model("resnet20"), create_model("resnet32", width=2)
+    with pytest.raises(ConfigError, match=r"conv1.weight.*\(16, 3, 3, 3\).*\(32, 3, 3, 3\)"):
+        WeightMap.infer(narrow, wide)
+    with pytest.raises(ConfigError, match="optimizer_state"):
+        Motivator(base, large, Never(), sgd(base), sgd(large), optimizer_state="merged")
