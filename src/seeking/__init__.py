@@ -21,7 +21,7 @@ from .motivation import (
     RandomRate,
     WeightMap,
 )
-from .training import FlopsMeter, TrainConfig, evaluate, train, train_step_flops
+from .training import TrainConfig, evaluate, train, train_step_flops
 
 __all__ = [
     "Always",
@@ -30,7 +30,6 @@ __all__ = [
     "ConfigError",
     "ConsecutiveDecrease",
     "DataError",
-    "FlopsMeter",
     "ImageData",
     "ImageDataset",
     "MapEntry",

@@ -97,7 +97,7 @@ class Motivator:
         """Record that the active model stepped with this training loss."""
         self.steps += 1
         self.motivated_steps += self.active == "motivated"
-        self.condition.update(float(loss))
+        self.condition.update(float(loss.detach()) if torch.is_tensor(loss) else float(loss))
 
     def finish(self) -> None:
         """Copy the shared weights from the model that stepped last to the other one."""

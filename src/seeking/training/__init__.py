@@ -2,7 +2,7 @@
 
 from .config import TrainConfig
 from .evaluate import evaluate
-from .flops import FlopsMeter, train_step_flops
+from .flops import train_step_flops
 from .loop import RunResult, train
 
-__all__ = ["FlopsMeter", "RunResult", "TrainConfig", "evaluate", "train", "train_step_flops"]
+__all__ = ["RunResult", "TrainConfig", "evaluate", "train", "train_step_flops"]

@@ -23,22 +23,3 @@ def train_step_flops(model: nn.Module, inputs: torch.Tensor, num_classes: int) -
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(clone(x), y.clamp_max(num_classes - 1)).backward()
     return counter.get_total_flops()
-
-
-class FlopsMeter:
-    """Accumulates training FLOPs per model; counts each (model, batch shape) once."""
-
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.per_step: dict[tuple[str, tuple[int, ...]], int] = {}
-        self.total: dict[str, int] = {}
-
-    def add_step(self, name: str, model: nn.Module, inputs: torch.Tensor) -> None:
-        key = (name, tuple(inputs.shape))
-        if key not in self.per_step:
-            self.per_step[key] = train_step_flops(model, inputs, self.num_classes)
-        self.total[name] = self.total.get(name, 0) + self.per_step[key]
-
-    @property
-    def grand_total(self) -> int:
-        return sum(self.total.values())

@@ -28,14 +28,14 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..checkpoint import save_model
-from ..data import ImageDataset, augment, batches, load_dataset, normalize
+from ..data import ImageData, ImageDataset, augment, batches, load_dataset, normalize
 from ..errors import ConfigError
 from ..io import write_json
 from ..models import create_model
 from ..motivation import Motivator, WeightMap, make_condition
 from .config import TrainConfig
 from .evaluate import evaluate
-from .flops import FlopsMeter
+from .flops import train_step_flops
 from .schedule import lr_factor
 
 
@@ -145,24 +145,22 @@ def train(
     run_dir = prepare_run_dir(run_dir)
     write_json(run_dir / "config.json", {"seeking_version": __version__, "command": sys.argv, **config.to_dict()})
 
-    images, labels = train_data.images.to(device), train_data.labels.to(device)
-    train_data = type(train_data)(images, labels)
+    train_data = ImageData(train_data.images.to(device), train_data.labels.to(device))
     order = torch.Generator().manual_seed(config.seed)
     jitter = torch.Generator(device=device).manual_seed(config.seed)
     padding = config.crop_padding if config.crop_padding is not None else max(dataset.image_size) // 8
     steps_per_epoch = len(train_data) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     warmup = round(config.warmup_epochs * steps_per_epoch)
-    flops = FlopsMeter(dataset.num_classes)
-    names = (
-        f"{config.base} -> {config.motivated}"
-        if len(models) == 2
-        else config.base
-        if "base" in models
-        else config.motivated
-    )
+    # Counted once per model before training (every step has the same batch shape: drop_last).
+    sample = normalize(train_data.images[: config.batch_size], dataset.mean, dataset.std)
+    sample = sample.contiguous(memory_format=memory_format)
+    step_flops = {n: train_step_flops(m, sample, dataset.num_classes) for n, m in models.items()}
+    flops = dict.fromkeys(models, 0)
+    model_names = {"base": config.base, "motivated": config.motivated}
     log(
-        f"training {names} on {dataset.name} ({len(train_data)} train / {len(test_data)} test), "
+        f"training {' -> '.join(model_names[n] for n in models)} on {dataset.name} "
+        f"({len(train_data)} train / {len(test_data)} test), "
         f"condition {config.condition}, {config.epochs} epochs x {steps_per_epoch} steps, run folder {run_dir}"
     )
 
@@ -190,7 +188,7 @@ def train(
                 loss.backward()
                 optimizer.step()
                 loss_value = loss.item()  # the condition needs it on the host before the next step
-                flops.add_step(plan.active, model, x)
+                flops[plan.active] += step_flops[plan.active]
                 step_log.write(
                     json.dumps({"step": step, "epoch": epoch, "model": plan.active, "loss": loss_value, "lr": lr})
                     + "\n"
@@ -206,7 +204,7 @@ def train(
                 "p": plan.p,
                 "switches": plan.switches,
                 "train_loss": loss_sum / steps_per_epoch,
-                "flops": flops.grand_total,
+                "flops": sum(flops.values()),
                 "train_seconds": train_seconds,
             }
             if config.eval_every and (epoch % config.eval_every == 0 or epoch == config.epochs):
@@ -236,19 +234,19 @@ def train(
         "motivated_steps": plan.motivated_steps,
         "p": plan.p,
         "switches": plan.switches,
-        "train_flops": flops.grand_total,
-        "train_flops_by_model": flops.total,
-        "step_flops": {f"{n}@{list(shape)}": v for (n, shape), v in flops.per_step.items()},
+        "train_flops": sum(flops.values()),
+        "train_flops_by_model": flops,
+        "step_flops": step_flops,
+        "batch_shape": list(sample.shape),
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "models": {},
     }
     for name, m in models.items():
-        model_name = config.base if name == "base" else config.motivated
         result = evaluate(m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last)
-        save_model(m, run_dir / f"{name}.safetensors", model_name, kwargs, normalization)
+        save_model(m, run_dir / f"{name}.safetensors", model_names[name], kwargs, normalization)
         summary["models"][name] = {
-            "model": model_name,
+            "model": model_names[name],
             **result,
             "parameters": sum(p.numel() for p in m.parameters()),
             "checkpoint": f"{name}.safetensors",
