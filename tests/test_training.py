@@ -110,3 +110,36 @@ def test_classical_base_and_motivated_base_start_identically(tmp_path, digits):
     assert all(torch.equal(wc[k], wr[k]) for k in wc)
     assert not (classical.run_dir / "motivated.safetensors").exists()
     assert config.condition == "decrease"
+
+
+def test_recalibrated_and_zero_copy_run_reports_what_its_checkpoints_score(tmp_path, digits):
+    config = TrainConfig(**{**TINY, "epochs": 1, "k": 1, "bn_recalibrate": 2, "sync": "share"})
+    run = train(config, tmp_path / "r", progress=False, log=lambda s: None, dataset=digits)
+    test = digits.test.subset(120, seed=0)
+    for name in ("base", "motivated"):
+        model, _ = load_model(run.run_dir / f"{name}.safetensors")
+        assert evaluate(model, test, digits.mean, digits.std)["accuracy"] == run.summary["models"][name]["accuracy"]
+    copied = train(
+        TrainConfig(**{**TINY, "epochs": 1, "k": 1, "bn_recalibrate": 2}),
+        tmp_path / "c",
+        progress=False,
+        log=lambda s: None,
+        dataset=digits,
+    )
+    assert (run.run_dir / "steps.jsonl").read_text() == (copied.run_dir / "steps.jsonl").read_text()
+
+
+def test_evaluating_during_training_does_not_change_training(tmp_path, digits):
+    # testing syncs the two models first; that sync must not alter what training does next
+    runs = [
+        train(
+            TrainConfig(**{**TINY, "k": 1, "eval_every": every}),
+            tmp_path / f"e{every}",
+            progress=False,
+            log=lambda s: None,
+            dataset=digits,
+        )
+        for every in (1, 0)
+    ]
+    assert (runs[0].run_dir / "steps.jsonl").read_text() == (runs[1].run_dir / "steps.jsonl").read_text()
+    assert runs[0].summary["models"] == runs[1].summary["models"]

@@ -1,0 +1,121 @@
+"""Benchmark: the motivation comparison over several seeds (CIFAR-10 by default).
+
+Every seed runs all arms of ``seeking compare`` (classical base, classical large, motivated run,
+random control at the measured p) with the same data subset, order and schedule; the table gives
+mean and standard deviation over seeds. Accuracy, p, FLOPs and the paper's ACC/FLOPs are
+per arm; wall times are medians (the machine is shared, so compare arms by their ratio).
+
+    python benchmarks/motivation_compare.py                      # CIFAR-10, the recorded configuration
+    python benchmarks/motivation_compare.py --data digits --epochs 15 --batch-size 64 --lr 0.05  # the demo's setting
+    python benchmarks/motivation_compare.py --seeds 0 --epochs 1 --train-subset 1000   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from seeking.io import atomic_write_text
+from seeking.reporting.comparison import COLUMNS
+from seeking.training import TrainConfig
+from seeking.training.compare import compare
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+FORMATS = {
+    "test acc %": ".2f",
+    "train TFLOPs": ".3f",
+    "p": ".3f",
+    "ACC/FLOPs (pts/TFLOP)": "+.3g",
+    "FLOPs saving vs large": ".2f",
+}
+
+
+def mean_std(values: list[float], fmt: str) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    s = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):{fmt}} ± {s:{fmt.lstrip('+')}}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--pair", default="resnet20:resnet32")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--train-subset", type=int, default=10000)
+    parser.add_argument("--test-subset", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--optimizer-state", default="carried")
+    parser.add_argument("--batchnorm", default="separate")
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--channels-last", action="store_true", default=True)
+    parser.add_argument("--out", default=f"runs/bench-motivation-{time.strftime('%Y%m%d-%H%M%S')}")
+    args = parser.parse_args()
+
+    base, motivated = args.pair.split(":")
+    config = TrainConfig(
+        data=args.data,
+        base=base,
+        motivated=motivated,
+        k=args.k,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        eval_every=args.eval_every,
+        optimizer_state=args.optimizer_state,
+        batchnorm=args.batchnorm,
+        channels_last=args.channels_last,
+    )
+    out = Path(args.out)
+    per_seed = {}
+    for seed in args.seeds:
+        print(f"=== seed {seed}", file=sys.stderr, flush=True)
+        result = compare(dataclasses.replace(config, seed=seed), out / f"seed{seed}", random_control=True)
+        per_seed[seed] = result["rows"]
+
+    arms = [row["arm"] for row in per_seed[args.seeds[0]]]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for i, arm in enumerate(arms):
+        rows = [per_seed[s][i] for s in args.seeds]
+        cells = [arm, rows[0]["model"]]
+        for column in COLUMNS[2:]:
+            values = [r[column] for r in rows]
+            cells.append(
+                f"{statistics.median(values):.0f}" if column == "wall s" else mean_std(values, FORMATS[column])
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    header = (
+        f"{args.pair} on {Path(args.data).name}: {args.train_subset} train / {args.test_subset} test images, "
+        f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr} cosine, k={args.k}, "
+        f"optimizer state {args.optimizer_state}, BN {args.batchnorm}; seeds {args.seeds}; "
+        f"mean ± std over seeds (wall: median); torch {torch.__version__}, {platform.machine()}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(header)
+    print(table)
+    atomic_write_text(out / "benchmark.md", header + "\n\n" + table + "\n")
+    atomic_write_text(
+        out / "benchmark.json", json.dumps({"args": vars(args), "per_seed": per_seed}, default=str, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()
