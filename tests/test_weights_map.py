@@ -145,8 +145,54 @@ def test_pairs_that_cannot_work():
     b10, l100 = create_model("resnet20", num_classes=10), create_model("resnet32", num_classes=100)
     with pytest.raises(ConfigError, match="num_classes: base 10, motivated 100"):
         WeightMap.infer(b10, l100)
-    narrow, wide = create_model("resnet20"), create_model("resnet32", width=2)
-    with pytest.raises(ConfigError, match=r"conv1.weight.*\(16, 3, 3, 3\).*\(32, 3, 3, 3\)"):
-        WeightMap.infer(narrow, wide)
+    wide_small, narrow_big = create_model("resnet20", width=2), create_model("resnet110")
+    with pytest.raises(ConfigError, match=r"conv1.weight.*\(32, 3, 3, 3\) in the base, \(16, 3, 3, 3\)"):
+        WeightMap.infer(wide_small, narrow_big)
     with pytest.raises(ConfigError, match="optimizer_state"):
         Motivator(base, large, Never(), sgd(base), sgd(large), optimizer_state="merged")
+
+
+def train_steps(sync, motivated_name="resnet32", width=1, batchnorm="separate", steps=12):
+    torch.manual_seed(0)
+    base = create_model("resnet20")
+    torch.manual_seed(1)
+    large = create_model(motivated_name, width=width)
+    motivator = Motivator(base, large, ConsecutiveDecrease(k=1), sgd(base), sgd(large), sync=sync, batchnorm=batchnorm)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x, y = torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        model, opt = motivator.select()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        motivator.observe(loss)
+    motivator.finish()
+    return base, large, motivator
+
+
+@pytest.mark.parametrize("width,batchnorm", [(1, "separate"), (1, "shared"), (2, "separate"), (2, "shared")])
+def test_zero_copy_sharing_gives_the_same_result_as_copying(width, batchnorm):
+    copied = train_steps("copy", width=width, batchnorm=batchnorm)
+    shared = train_steps("share", width=width, batchnorm=batchnorm)
+    assert 0 < copied[2].motivated_steps < copied[2].steps and copied[2].switches >= 2
+    assert [m.switches for m in (copied[2], shared[2])] == [copied[2].switches] * 2
+    for a, b in ((copied[0], shared[0]), (copied[1], shared[1])):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_zero_copy_base_tensors_are_views_of_the_motivated_ones():
+    base, large, motivator = train_steps("share", steps=0)
+    assert motivator.map.aliased == {n for n, _ in base.named_parameters()}  # depth growth: everything
+    with torch.no_grad():
+        large.conv1.weight[0, 0, 0, 0] = 123.0
+        large.fc.bias[3] = -7.0
+    assert base.conv1.weight[0, 0, 0, 0].item() == 123.0 and base.fc.bias[3].item() == -7.0
+    # the BN running statistics stay separate under the default policy
+    assert base.bn1.running_mean.data_ptr() != large.bn1.running_mean.data_ptr()
+    # width growth: contiguous regions (leading output channels of the stem, norms, biases) are
+    # shared; strided ones (an inner dimension grew) are copied
+    base, large, motivator = train_steps("share", width=2, steps=0)
+    assert {"conv1.weight", "bn1.weight", "fc.bias"} <= motivator.map.aliased
+    assert "fc.weight" not in motivator.map.aliased and "stages.0.0.conv1.weight" not in motivator.map.aliased

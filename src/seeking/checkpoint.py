@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import safetensors.torch
+import torch
 from torch import nn
 
 from .errors import CheckpointError, SeekingError
@@ -35,7 +36,8 @@ def save_model(
         "seeking.model_kwargs": json.dumps(model_kwargs),
         "seeking.extra": json.dumps(extra or {}),
     }
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # A copy of each tensor: a base tensor may be a view into the motivated model (zero-copy sharing).
+    tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..errors import SeekingError
 from ..models import list_models
-from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES
+from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES
 from ..training import TrainConfig
 from ..training.config import CONDITIONS, SCHEDULES
 
@@ -63,6 +63,19 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         choices=BATCHNORM_POLICIES,
         default=d.batchnorm,
         help="BatchNorm running statistics of shared layers (default: %(default)s)",
+    )
+    g.add_argument(
+        "--bn-recalibrate",
+        type=int,
+        default=d.bn_recalibrate,
+        metavar="N",
+        help="re-estimate BatchNorm statistics on N training batches before each test; 0: off (default: %(default)s)",
+    )
+    g.add_argument(
+        "--sync",
+        choices=SYNC_MODES,
+        default=d.sync,
+        help="copy shared weights at each switch, or share them zero-copy (same results) (default: %(default)s)",
     )
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")

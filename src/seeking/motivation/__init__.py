@@ -2,12 +2,13 @@
 only while the loss keeps falling; a weights map keeps their common weights in sync."""
 
 from .conditions import Always, Condition, ConsecutiveDecrease, Never, RandomRate, make_condition
-from .motivator import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, Motivator
+from .motivator import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES, Motivator
 from .weights_map import MapEntry, WeightMap
 
 __all__ = [
     "BATCHNORM_POLICIES",
     "OPTIMIZER_STATE_POLICIES",
+    "SYNC_MODES",
     "Always",
     "Condition",
     "ConsecutiveDecrease",

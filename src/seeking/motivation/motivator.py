@@ -27,8 +27,10 @@ from .weights_map import WeightMap
 
 OptimizerStatePolicy = Literal["carried", "separate"]
 BatchNormPolicy = Literal["separate", "shared"]
+SyncMode = Literal["copy", "share"]
 OPTIMIZER_STATE_POLICIES = ("carried", "separate")
 BATCHNORM_POLICIES = ("separate", "shared")
+SYNC_MODES = ("copy", "share")
 
 
 class Motivator:
@@ -46,6 +48,9 @@ class Motivator:
             own forward passes; ``"shared"`` copies mapped running statistics at each switch too.
         preserve_function: zero-initialise the last norm of each added residual block so the
             motivated model starts as the base's function (default True).
+        sync: ``"copy"`` (default) copies shared weights at each switch; ``"share"`` makes the
+            base's shared tensors views of the motivated ones (zero-copy; same results). Build
+            the Motivator after moving the models to their device.
     """
 
     def __init__(
@@ -60,11 +65,14 @@ class Motivator:
         optimizer_state: OptimizerStatePolicy = "carried",
         batchnorm: BatchNormPolicy = "separate",
         preserve_function: bool = True,
+        sync: SyncMode = "copy",
     ) -> None:
         if optimizer_state not in OPTIMIZER_STATE_POLICIES:
             raise ConfigError(f"optimizer_state must be one of {OPTIMIZER_STATE_POLICIES}, got {optimizer_state!r}")
         if batchnorm not in BATCHNORM_POLICIES:
             raise ConfigError(f"batchnorm must be one of {BATCHNORM_POLICIES}, got {batchnorm!r}")
+        if sync not in SYNC_MODES:
+            raise ConfigError(f"sync must be one of {SYNC_MODES}, got {sync!r}")
         self.models = {"base": base, "motivated": motivated}
         self.optimizers = {"base": base_optimizer, "motivated": motivated_optimizer}
         self.condition = condition
@@ -74,6 +82,8 @@ class Motivator:
         self.added_blocks = self.map.init_extra_capacity(motivated) if preserve_function else []
         # The motivated model starts from the base's weights and statistics.
         self.map.copy(base, motivated, "to_motivated", buffers=True)
+        if sync == "share":
+            self.map.alias(base, motivated, buffers=batchnorm == "shared")
         self.active = "motivated" if condition.motivated else "base"
         self.steps = 0
         self.motivated_steps = 0

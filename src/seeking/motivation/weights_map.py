@@ -1,9 +1,11 @@
 """The weights map: which base tensor lives where in the motivated model.
 
 Each :class:`MapEntry` ties one base tensor (parameter or buffer, by state-dict name) to a region of
-one motivated tensor. Depth growth maps whole tensors (``index == ()``); the region is a tuple of
-slices so that width growth can map a base tensor onto the leading part of a wider one. Motivated
-tensors that no entry reaches are the *extra capacity*.
+one motivated tensor. Depth growth maps whole tensors (``index == ()``); width growth maps a base
+tensor onto the leading slice of every dimension that grew. A fused projection (attention ``qkv``:
+query, key and value stacked on dimension 0) is split into its ``chunks`` first, so that each
+part maps onto the leading part of its counterpart, not onto a naive leading slice of the whole.
+Motivated tensors that no entry reaches are the *extra capacity*.
 """
 
 from __future__ import annotations
@@ -26,9 +28,17 @@ class MapEntry:
     motivated: str
     index: tuple[slice, ...] = ()
     buffer: bool = False
+    chunks: int = 1
 
     def region(self, motivated_tensor: torch.Tensor) -> torch.Tensor:
+        """The view of the motivated tensor that holds the base tensor (chunked like :meth:`source`)."""
+        if self.chunks > 1:
+            return motivated_tensor.unflatten(0, (self.chunks, -1))[(slice(None), *self.index)]
         return motivated_tensor[self.index] if self.index else motivated_tensor
+
+    def source(self, base_tensor: torch.Tensor) -> torch.Tensor:
+        """The base tensor shaped like :meth:`region` (a view)."""
+        return base_tensor.unflatten(0, (self.chunks, -1)) if self.chunks > 1 else base_tensor
 
 
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -36,10 +46,11 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
-def _format_index(index: tuple[slice, ...]) -> str:
-    if not index:
+def _format_region(entry: MapEntry) -> str:
+    if not entry.index:
         return "all"
-    return "[" + ", ".join(f"{s.start or ''}:{s.stop}" for s in index) + "]"
+    region = "[" + ", ".join(f":{s.stop}" for s in entry.index) + "]"
+    return f"{region} of each of {entry.chunks} chunks" if entry.chunks > 1 else region
 
 
 @dataclass
@@ -48,27 +59,54 @@ class WeightMap:
 
     entries: list[MapEntry]
     extra: list[str] = field(default_factory=list)
+    aliased: set[str] = field(default_factory=set)  # base names whose data is a view of the motivated tensor
 
     @classmethod
-    def infer(cls, base: nn.Module, motivated: nn.Module) -> WeightMap:
-        """Align two models of one family by name: every base tensor must exist in the motivated
-        model under the same name and shape (depth growth: the first blocks of each stage)."""
+    def infer(
+        cls,
+        base: nn.Module,
+        motivated: nn.Module,
+        overrides: dict[str, MapEntry] | None = None,
+        fused: dict[str, int] | None = None,
+    ) -> WeightMap:
+        """Align two models of one family by name and shape.
+
+        Every base tensor maps to the motivated tensor of the same name: whole if the shapes are
+        equal (depth growth keeps the first blocks of each stage), else onto the leading slice of
+        every dimension that grew (width growth). Tensors whose name ends with a key of ``fused``
+        (default ``{"qkv.weight": 3, "qkv.bias": 3}``) are split into that many chunks on dimension
+        0 first. ``overrides`` maps base names to entries of the user's own, used as given.
+        """
         _check_pair(base, motivated)
+        overrides = overrides or {}
+        fused = {"qkv.weight": 3, "qkv.bias": 3} if fused is None else fused
         target = _tensors(motivated)
         buffers = {name for name, _ in base.named_buffers()}
         entries = []
         for name, tensor in _tensors(base).items():
+            if name in overrides:
+                entries.append(overrides[name])
+                continue
             if name not in target:
                 raise ConfigError(
                     f"cannot map the base tensor {name!r} {tuple(tensor.shape)}: the motivated model "
-                    "has no tensor of that name; is the motivated model a grown copy of the base?"
+                    "has no tensor of that name; is the motivated model a grown copy of the base? "
+                    "(pass overrides= for tensors that moved)"
                 )
-            if target[name].shape != tensor.shape:
+            big = target[name]
+            if tensor.shape == big.shape:
+                entries.append(MapEntry(name, name, (), name in buffers))
+                continue
+            chunks = next((n for suffix, n in fused.items() if name.endswith(suffix)), 1)
+            grown = tensor.dim() == big.dim() and all(b <= m for b, m in zip(tensor.shape, big.shape, strict=True))
+            if not grown or tensor.shape[0] % chunks or big.shape[0] % chunks:
                 raise ConfigError(
                     f"cannot map the base tensor {name!r}: shape {tuple(tensor.shape)} in the base, "
-                    f"{tuple(target[name].shape)} in the motivated model"
+                    f"{tuple(big.shape)} in the motivated model (a base tensor must fit inside its "
+                    "counterpart on every dimension)"
                 )
-            entries.append(MapEntry(name, name, (), name in buffers))
+            index = tuple(slice(0, n) for n in (tensor.shape[0] // chunks, *tensor.shape[1:]))
+            entries.append(MapEntry(name, name, index, name in buffers, chunks))
         mapped = {e.motivated for e in entries}
         return cls(entries, [name for name in target if name not in mapped])
 
@@ -78,14 +116,37 @@ class WeightMap:
     @torch.no_grad()
     def copy(self, base: nn.Module, motivated: nn.Module, direction: Direction, buffers: bool) -> None:
         """Copy the shared weights (and the mapped buffers if ``buffers``) in one direction."""
+        todo = [e for e in self.entries if not (e.buffer and not buffers) and e.base not in self.aliased]
+        if not todo:  # zero-copy sharing covers everything: skip even the name lookups
+            return
+        b, m = _tensors(base), _tensors(motivated)
+        for e in todo:
+            if direction == "to_motivated":
+                e.region(m[e.motivated]).copy_(e.source(b[e.base]))
+            else:
+                e.source(b[e.base]).copy_(e.region(m[e.motivated]))
+
+    @torch.no_grad()
+    def alias(self, base: nn.Module, motivated: nn.Module, buffers: bool) -> list[str]:
+        """Zero-copy sharing: make each mapped base tensor a view of its region of the motivated
+        tensor, so an update of either model is seen by the other with nothing copied.
+
+        The base keeps its parameter objects (its optimizer stays valid); only their storage
+        changes. Only regions that are contiguous are shared: a strided weight makes matrix
+        multiplication sum in another order, so results would differ from copying at rounding level;
+        such entries (width growth on an inner dimension, chunked ``qkv``) stay on copying. Call it
+        after the models are on their device: ``Module.to`` makes new storage and ends the sharing.
+        Returns the aliased base names.
+        """
+        self.copy(base, motivated, "to_motivated", buffers=buffers)
         b, m = _tensors(base), _tensors(motivated)
         for e in self.entries:
-            if e.buffer and not buffers:
+            region = e.region(m[e.motivated])
+            if (e.buffer and not buffers) or not region.is_contiguous() or region.shape != b[e.base].shape:
                 continue
-            if direction == "to_motivated":
-                e.region(m[e.motivated]).copy_(b[e.base])
-            else:
-                b[e.base].copy_(e.region(m[e.motivated]))
+            b[e.base].data = region
+            self.aliased.add(e.base)
+        return sorted(self.aliased)
 
     def carry_optimizer_state(
         self,
@@ -115,9 +176,9 @@ class WeightMap:
                     dst = dst_state[key] = torch.zeros_like(dst_param)
                 with torch.no_grad():
                     if direction == "to_motivated":
-                        e.region(dst).copy_(value)
+                        e.region(dst).copy_(e.source(value))
                     else:
-                        dst.copy_(e.region(value))
+                        e.source(dst).copy_(e.region(value))
 
     def init_extra_capacity(self, motivated: nn.Module) -> list[str]:
         """Make every added residual block start as the identity, so that the motivated model
@@ -144,9 +205,7 @@ class WeightMap:
 
     def __str__(self) -> str:
         rows = [("base tensor", "motivated tensor", "region", "kind")]
-        rows += [
-            (e.base, e.motivated, _format_index(e.index), "buffer" if e.buffer else "parameter") for e in self.entries
-        ]
+        rows += [(e.base, e.motivated, _format_region(e), "buffer" if e.buffer else "parameter") for e in self.entries]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models import list_models
-from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES
+from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES
 
 CONDITIONS = ("decrease", "never", "always", "random")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -39,6 +39,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     optimizer_state: str = "carried"
     batchnorm: str = "separate"
+    bn_recalibrate: int = 0
+    sync: str = "copy"
     crop_padding: int | None = None
     train_subset: int | None = None
     test_subset: int | None = None
@@ -60,6 +62,7 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATE_POLICIES)
         _choice("batchnorm", self.batchnorm, BATCHNORM_POLICIES)
+        _choice("sync", self.sync, SYNC_MODES)
         if self.k < 1:
             raise ConfigError(f"k (consecutive loss decreases before switching) must be >= 1, got {self.k}")
         if not 0.0 <= self.p <= 1.0:
@@ -67,7 +70,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "eval_every"):
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "eval_every", "bn_recalibrate"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("train_subset", "test_subset", "crop_padding"):

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ from ..errors import ConfigError
 from ..io import write_json
 from ..models import create_model
 from ..motivation import Motivator, WeightMap, make_condition
+from .batchnorm import recalibrate_batchnorm
 from .config import TrainConfig
 from .evaluate import evaluate
 from .flops import train_step_flops
@@ -136,6 +138,7 @@ def train(
             optimizers["motivated"],
             optimizer_state=config.optimizer_state,
             batchnorm=config.batchnorm,
+            sync=config.sync,
         )
     else:
         ((name, model),) = models.items()
@@ -152,9 +155,12 @@ def train(
     steps_per_epoch = len(train_data) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     warmup = round(config.warmup_epochs * steps_per_epoch)
+
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        return normalize(images, dataset.mean, dataset.std).contiguous(memory_format=memory_format)
+
     # Counted once per model before training (every step has the same batch shape: drop_last).
-    sample = normalize(train_data.images[: config.batch_size], dataset.mean, dataset.std)
-    sample = sample.contiguous(memory_format=memory_format)
+    sample = prepare(train_data.images[: config.batch_size])
     step_flops = {n: train_step_flops(m, sample, dataset.num_classes) for n, m in models.items()}
     flops = dict.fromkeys(models, 0)
     model_names = {"base": config.base, "motivated": config.motivated}
@@ -163,6 +169,19 @@ def train(
         f"({len(train_data)} train / {len(test_data)} test), "
         f"condition {config.condition}, {config.epochs} epochs x {steps_per_epoch} steps, run folder {run_dir}"
     )
+
+    def test_models() -> dict[str, dict[str, float]]:
+        plan.finish()  # both models hold the latest shared weights before they are tested
+        calibration = torch.Generator().manual_seed(config.seed + 2)
+        results = {}
+        for name, m in models.items():
+            if config.bn_recalibrate:
+                chosen = itertools.islice(
+                    batches(train_data, config.batch_size, shuffle=True, generator=calibration), config.bn_recalibrate
+                )
+                recalibrate_batchnorm(m, (prepare(x) for x, _ in chosen))
+            results[name] = evaluate(m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last)
+        return results
 
     step, train_seconds, eval_seconds = 0, 0.0, 0.0
     with open(run_dir / "steps.jsonl", "w") as step_log, open(run_dir / "epochs.jsonl", "w") as epoch_log:
@@ -175,9 +194,7 @@ def train(
                 leave=False,
                 disable=not bar,
             ):
-                x = normalize(
-                    augment(x, padding=padding, hflip=dataset.hflip, generator=jitter), dataset.mean, dataset.std
-                ).contiguous(memory_format=memory_format)
+                x = prepare(augment(x, padding=padding, hflip=dataset.hflip, generator=jitter))
                 lr = config.lr * lr_factor(config.schedule, step, total_steps, warmup)
                 model, optimizer = plan.select()
                 for group in optimizer.param_groups:
@@ -207,13 +224,10 @@ def train(
                 "flops": sum(flops.values()),
                 "train_seconds": train_seconds,
             }
-            if config.eval_every and (epoch % config.eval_every == 0 or epoch == config.epochs):
+            if epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0):
                 start = time.perf_counter()
-                plan.finish()  # both models hold the latest shared weights before they are tested
-                for name, m in models.items():
-                    record[f"{name}_accuracy"] = evaluate(
-                        m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last
-                    )["accuracy"]
+                results = test_models()
+                record.update({f"{n}_accuracy": r["accuracy"] for n, r in results.items()})
                 eval_seconds += time.perf_counter() - start
             epoch_log.write(json.dumps(record) + "\n")
             step_log.flush()
@@ -224,7 +238,6 @@ def train(
                 + f"{train_seconds:.1f}s"
             )
 
-    plan.finish()
     kwargs = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
     normalization = {"mean": list(dataset.mean), "std": list(dataset.std), "dataset": dataset.name}
     summary: dict[str, Any] = {
@@ -242,12 +255,11 @@ def train(
         "eval_seconds": eval_seconds,
         "models": {},
     }
-    for name, m in models.items():
-        result = evaluate(m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last)
+    for name, m in models.items():  # the last epoch's test figures describe exactly these weights
         save_model(m, run_dir / f"{name}.safetensors", model_names[name], kwargs, normalization)
         summary["models"][name] = {
             "model": model_names[name],
-            **result,
+            **results[name],
             "parameters": sum(p.numel() for p in m.parameters()),
             "checkpoint": f"{name}.safetensors",
         }
