@@ -15,22 +15,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from common import mean_std, run_arguments
 
 from seeking.io import atomic_write_text
 from seeking.reporting.comparison import COLUMNS
 from seeking.training import TrainConfig
 from seeking.training.compare import compare
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
-
 
 FORMATS = {
     "test acc %": ".2f",
@@ -41,30 +37,13 @@ FORMATS = {
 }
 
 
-def mean_std(values: list[float], fmt: str) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "-"
-    s = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):{fmt}} ± {s:{fmt.lstrip('+')}}"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser = run_arguments(__doc__, epochs=10, train_subset=10000, out="bench-motivation")
     parser.add_argument("--pair", default="resnet20:resnet32")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--train-subset", type=int, default=10000)
-    parser.add_argument("--test-subset", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--optimizer-state", default="carried")
     parser.add_argument("--batchnorm", default="separate")
     parser.add_argument("--eval-every", type=int, default=5)
-    parser.add_argument("--channels-last", action="store_true", default=True)
-    parser.add_argument("--out", default=f"runs/bench-motivation-{time.strftime('%Y%m%d-%H%M%S')}")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
 
     base, motivated = args.pair.split(":")

@@ -9,19 +9,16 @@ prints the mean and standard deviation of both models' test accuracy and of p.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from common import mean_std, run_arguments
 
 from seeking import TrainConfig, load_dataset, train
 from seeking.io import atomic_write_text
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 POLICIES = {  # name: (optimizer_state, batchnorm, bn_recalibrate)
     "carried state, separate BN (default)": ("carried", "separate", 0),
     "separate state, separate BN": ("separate", "separate", 0),
@@ -30,22 +27,8 @@ POLICIES = {  # name: (optimizer_state, batchnorm, bn_recalibrate)
 }
 
 
-def mean_std(values: list[float], fmt: str = ".2f") -> str:
-    s = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):{fmt}} ± {s:{fmt}}"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--train-subset", type=int, default=5000)
-    parser.add_argument("--test-subset", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--k", type=int, default=2)
-    parser.add_argument("--out", default=f"runs/bench-policies-{time.strftime('%Y%m%d-%H%M%S')}")
+    parser = run_arguments(__doc__, epochs=6, train_subset=5000, out="bench-policies")
     args = parser.parse_args()
 
     dataset = load_dataset(args.data, progress=sys.stderr.isatty())

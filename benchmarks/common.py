@@ -1,0 +1,35 @@
+"""What the benchmark scripts share: the data default, the run arguments, mean ± std."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def run_arguments(doc: str, *, epochs: int, train_subset: int, out: str) -> argparse.ArgumentParser:
+    """A parser with the options every training benchmark takes; scripts add their own."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--train-subset", type=int, default=train_subset)
+    parser.add_argument("--test-subset", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--out", default=f"runs/{out}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return parser
+
+
+def mean_std(values: list[float | None], fmt: str = ".2f") -> str:
+    """``mean ± sample std`` of the defined values; ``-`` if there are none."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    s = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):{fmt}} ± {s:{fmt.lstrip('+')}}"
