@@ -29,6 +29,7 @@ POLICIES = {  # name: (optimizer_state, batchnorm, bn_recalibrate)
 
 def main() -> None:
     parser = run_arguments(__doc__, epochs=6, train_subset=5000, out="bench-policies")
+    parser.add_argument("--only", default="", help="run only the policies whose label contains this text")
     args = parser.parse_args()
 
     dataset = load_dataset(args.data, progress=sys.stderr.isatty())
@@ -44,6 +45,8 @@ def main() -> None:
     )
     lines = ["| policy | base acc % | motivated acc % | p |", "|---|---|---|---|"]
     for label, (state, batchnorm, recalibrate) in POLICIES.items():
+        if args.only not in label:
+            continue
         summaries = []
         for seed in args.seeds:
             config = dataclasses.replace(

@@ -172,14 +172,18 @@ def train(
 
     def test_models() -> dict[str, dict[str, float]]:
         plan.finish()  # both models hold the latest shared weights before they are tested
-        calibration = torch.Generator().manual_seed(config.seed + 2)
         results = {}
         for name, m in models.items():
             if config.bn_recalibrate:
+                # batches as training sees them (augmented): the weights were fitted to those statistics
+                order = torch.Generator().manual_seed(config.seed + 2)
+                jitter = torch.Generator(device=device).manual_seed(config.seed + 2)
                 chosen = itertools.islice(
-                    batches(train_data, config.batch_size, shuffle=True, generator=calibration), config.bn_recalibrate
+                    batches(train_data, config.batch_size, shuffle=True, generator=order), config.bn_recalibrate
                 )
-                recalibrate_batchnorm(m, (prepare(x) for x, _ in chosen))
+                recalibrate_batchnorm(
+                    m, (prepare(augment(x, padding=padding, hflip=dataset.hflip, generator=jitter)) for x, _ in chosen)
+                )
             results[name] = evaluate(m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last)
         return results
 
