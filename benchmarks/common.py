@@ -8,6 +8,8 @@ import statistics
 import time
 from pathlib import Path
 
+from seeking import TrainConfig
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
@@ -24,6 +26,20 @@ def run_arguments(doc: str, *, epochs: int, train_subset: int, out: str) -> argp
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--out", default=f"runs/{out}-{time.strftime('%Y%m%d-%H%M%S')}")
     return parser
+
+
+def config_from(args: argparse.Namespace, **fields) -> TrainConfig:
+    """The training configuration the run arguments describe; ``fields`` set the rest."""
+    return TrainConfig(
+        data=args.data,
+        k=args.k,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        **fields,
+    )
 
 
 def mean_std(values: list[float | None], fmt: str = ".2f") -> str:

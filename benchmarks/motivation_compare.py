@@ -21,11 +21,10 @@ import sys
 from pathlib import Path
 
 import torch
-from common import mean_std, run_arguments
+from common import config_from, mean_std, run_arguments
 
 from seeking.io import atomic_write_text
 from seeking.reporting.comparison import COLUMNS
-from seeking.training import TrainConfig
 from seeking.training.compare import compare
 
 FORMATS = {
@@ -47,16 +46,10 @@ def main() -> None:
     args = parser.parse_args()
 
     base, motivated = args.pair.split(":")
-    config = TrainConfig(
-        data=args.data,
+    config = config_from(
+        args,
         base=base,
         motivated=motivated,
-        k=args.k,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        train_subset=args.train_subset,
-        test_subset=args.test_subset,
         eval_every=args.eval_every,
         optimizer_state=args.optimizer_state,
         batchnorm=args.batchnorm,

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import torch
-from common import mean_std, run_arguments
+from common import config_from, mean_std, run_arguments
 
-from seeking import TrainConfig, load_dataset, train
+from seeking import load_dataset, train
 from seeking.io import atomic_write_text
 
 POLICIES = {  # name: (optimizer_state, batchnorm, bn_recalibrate)
@@ -33,16 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = load_dataset(args.data, progress=sys.stderr.isatty())
-    base_config = TrainConfig(
-        data=args.data,
-        k=args.k,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        train_subset=args.train_subset,
-        test_subset=args.test_subset,
-        eval_every=0,
-    )
+    base_config = config_from(args, eval_every=0)
     lines = ["| policy | base acc % | motivated acc % | p |", "|---|---|---|---|"]
     for label, (state, batchnorm, recalibrate) in POLICIES.items():
         if args.only not in label:
