@@ -196,10 +196,6 @@ class WeightMap:
                 done.append(name)
         return done
 
-    def shared_parameter_count(self, base: nn.Module) -> int:
-        params = dict(base.named_parameters())
-        return sum(params[e.base].numel() for e in self.parameters())
-
     def __len__(self) -> int:
         return len(self.entries)
 
