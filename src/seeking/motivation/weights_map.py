@@ -113,10 +113,14 @@ class WeightMap:
     def parameters(self) -> Iterator[MapEntry]:
         return (e for e in self.entries if not e.buffer)
 
+    def selected(self, buffers: bool) -> Iterator[MapEntry]:
+        """All entries, or only the parameters' when mapped buffers are not to be synced."""
+        return iter(self.entries) if buffers else self.parameters()
+
     @torch.no_grad()
     def copy(self, base: nn.Module, motivated: nn.Module, direction: Direction, buffers: bool) -> None:
         """Copy the shared weights (and the mapped buffers if ``buffers``) in one direction."""
-        todo = [e for e in self.entries if not (e.buffer and not buffers) and e.base not in self.aliased]
+        todo = [e for e in self.selected(buffers) if e.base not in self.aliased]
         if not todo:  # zero-copy sharing covers everything: skip even the name lookups
             return
         b, m = _tensors(base), _tensors(motivated)
@@ -140,9 +144,9 @@ class WeightMap:
         """
         self.copy(base, motivated, "to_motivated", buffers=buffers)
         b, m = _tensors(base), _tensors(motivated)
-        for e in self.entries:
+        for e in self.selected(buffers):
             region = e.region(m[e.motivated])
-            if (e.buffer and not buffers) or not region.is_contiguous() or region.shape != b[e.base].shape:
+            if not region.is_contiguous() or region.shape != b[e.base].shape:
                 continue
             b[e.base].data = region
             self.aliased.add(e.base)

@@ -159,6 +159,9 @@ def train(
     def prepare(images: torch.Tensor) -> torch.Tensor:
         return normalize(images, dataset.mean, dataset.std).contiguous(memory_format=memory_format)
 
+    def training_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return prepare(augment(images, padding=padding, hflip=dataset.hflip, generator=generator))
+
     # Counted once per model before training (every step has the same batch shape: drop_last).
     sample = prepare(train_data.images[: config.batch_size])
     step_flops = {n: train_step_flops(m, sample, dataset.num_classes) for n, m in models.items()}
@@ -176,14 +179,13 @@ def train(
         for name, m in models.items():
             if config.bn_recalibrate:
                 # batches as training sees them (augmented): the weights were fitted to those statistics
-                order = torch.Generator().manual_seed(config.seed + 2)
-                jitter = torch.Generator(device=device).manual_seed(config.seed + 2)
+                calibration_order = torch.Generator().manual_seed(config.seed + 2)
+                calibration_jitter = torch.Generator(device=device).manual_seed(config.seed + 2)
                 chosen = itertools.islice(
-                    batches(train_data, config.batch_size, shuffle=True, generator=order), config.bn_recalibrate
+                    batches(train_data, config.batch_size, shuffle=True, generator=calibration_order),
+                    config.bn_recalibrate,
                 )
-                recalibrate_batchnorm(
-                    m, (prepare(augment(x, padding=padding, hflip=dataset.hflip, generator=jitter)) for x, _ in chosen)
-                )
+                recalibrate_batchnorm(m, (training_batch(x, calibration_jitter) for x, _ in chosen))
             results[name] = evaluate(m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last)
         return results
 
@@ -198,7 +200,7 @@ def train(
                 leave=False,
                 disable=not bar,
             ):
-                x = prepare(augment(x, padding=padding, hflip=dataset.hflip, generator=jitter))
+                x = training_batch(x, jitter)
                 lr = config.lr * lr_factor(config.schedule, step, total_steps, warmup)
                 model, optimizer = plan.select()
                 for group in optimizer.param_groups:
