@@ -18,6 +18,9 @@ FAST = ["--train-subset", "128", "--test-subset", "60", "--epochs", "1", "--batc
         (["train", "--data", "/nonexistent/cifar"], "/nonexistent/cifar"),
         (["train", "--data", "imagenet"], "imagenet"),
         (["train", "--pair", "resnet20"], "BASE:MOTIVATED"),
+        (["train", "--pair", "efficientnet_b2:efficientnet_b0"], "must be smaller"),
+        (["train", "--model-kwargs", "[4]"], "must be a JSON object"),
+        (["train", "--model-kwargs", '{"num_classes": 3}'], "model_kwargs must not set num_classes"),
         (["train", "--epochs", "0"], "epochs must be >= 1"),
         (["train", "--amp"], "amp"),
         (["evaluate", "/nonexistent/base.safetensors"], "no checkpoint file"),
@@ -67,6 +70,20 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
         check=True,
     )
     assert "resnet20 on digits test" in ev.stdout
+
+
+def test_a_timm_pair_trains_and_its_checkpoints_load(tmp_path):
+    run = tmp_path / "run"
+    pair = ["--pair", "efficientnet_b0:efficientnet_b1", "--condition", "random", "--p", "0.5"]
+    argv = ["train", *FAST, *pair, "--out", str(run)]
+    assert main(argv) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 < summary["p"] < 1
+    from seeking import load_model
+
+    model, meta = load_model(run / "motivated.safetensors")
+    assert meta["model"] == "efficientnet_b1" and meta["model_kwargs"]["in_channels"] == 1
+    assert type(model).__name__ == "EfficientNet"
 
 
 def test_compare_prints_the_table_and_writes_results(tmp_path, capsys):

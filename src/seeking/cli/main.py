@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +35,16 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "--base", default=d.base, help="small model, trained on every non-motivated batch (default: %(default)s)"
     )
     g.add_argument("--motivated", default=d.motivated, help="large model that contains the base (default: %(default)s)")
-    g.add_argument("--pair", help="BASE:MOTIVATED, shorthand for --base and --motivated")
+    g.add_argument(
+        "--pair",
+        help="BASE:MOTIVATED, shorthand for --base and --motivated; timm names work too "
+        "(e.g. efficientnet_b0:efficientnet_b2)",
+    )
+    g.add_argument(
+        "--model-kwargs",
+        default="{}",
+        help='JSON object of extra constructor arguments for both models, e.g. \'{"patch_size": 4}\'',
+    )
     g.add_argument("--train-subset", type=int, help="use this many training images (class-stratified)")
     g.add_argument("--test-subset", type=int, help="use this many test images (class-stratified)")
     g.add_argument(
@@ -105,6 +115,16 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _json_object(option: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SeekingError(f"{option} is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise SeekingError(f'{option} must be a JSON object such as {{"patch_size": 4}}, got {text!r}')
+    return value
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     if args.pair:
@@ -112,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not sep or not base or not motivated:
             raise SeekingError(f"--pair must look like BASE:MOTIVATED (e.g. resnet20:resnet32), got {args.pair!r}")
         values["base"], values["motivated"] = base, motivated
+    values["model_kwargs"] = _json_object("--model-kwargs", args.model_kwargs)
     return TrainConfig(**values).validate()
 
 

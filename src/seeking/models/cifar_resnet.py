@@ -53,7 +53,9 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
         width: int = 1,
         zero_init_residual: bool = False,
+        image_size: tuple[int, int] | list[int] | None = None,
     ) -> None:
+        # image_size is recorded only: global pooling makes the network accept any input size.
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth}")
@@ -69,6 +71,7 @@ class CifarResNet(nn.Module):
             "num_classes": num_classes,
             "in_channels": in_channels,
             "width": width,
+            "image_size": image_size,
         }
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

@@ -2,10 +2,12 @@
 
 Each :class:`MapEntry` ties one base tensor (parameter or buffer, by state-dict name) to a region of
 one motivated tensor. Depth growth maps whole tensors (``index == ()``); width growth maps a base
-tensor onto the leading slice of every dimension that grew. A fused projection (attention ``qkv``:
-query, key and value stacked on dimension 0) is split into its ``chunks`` first, so that each
-part maps onto the leading part of its counterpart, not onto a naive leading slice of the whole.
-Motivated tensors that no entry reaches are the *extra capacity*.
+tensor onto the leading slice of every dimension that grew. Attention projections are mapped per
+head: both tensors are first viewed with the heads as a dimension of their own (``qkv`` as
+``(3, heads, head_dim, in)``, the output projection as ``(out, heads, head_dim)``), so base head
+``h`` maps onto motivated head ``h`` (its leading ``head_dim`` features) and queries onto queries,
+not onto a naive leading slice of the whole. Motivated tensors that no entry reaches are the
+*extra capacity*.
 """
 
 from __future__ import annotations
@@ -28,17 +30,17 @@ class MapEntry:
     motivated: str
     index: tuple[slice, ...] = ()
     buffer: bool = False
-    chunks: int = 1
+    base_view: tuple[int, ...] = ()  # shapes both tensors are viewed as before indexing; () = as they are
+    motivated_view: tuple[int, ...] = ()
 
     def region(self, motivated_tensor: torch.Tensor) -> torch.Tensor:
-        """The view of the motivated tensor that holds the base tensor (chunked like :meth:`source`)."""
-        if self.chunks > 1:
-            return motivated_tensor.unflatten(0, (self.chunks, -1))[(slice(None), *self.index)]
-        return motivated_tensor[self.index] if self.index else motivated_tensor
+        """The view of the motivated tensor that holds the base tensor (shaped like :meth:`source`)."""
+        viewed = motivated_tensor.view(self.motivated_view) if self.motivated_view else motivated_tensor
+        return viewed[self.index] if self.index else viewed
 
     def source(self, base_tensor: torch.Tensor) -> torch.Tensor:
         """The base tensor shaped like :meth:`region` (a view)."""
-        return base_tensor.unflatten(0, (self.chunks, -1)) if self.chunks > 1 else base_tensor
+        return base_tensor.view(self.base_view) if self.base_view else base_tensor
 
 
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -50,7 +52,32 @@ def _format_region(entry: MapEntry) -> str:
     if not entry.index:
         return "all"
     region = "[" + ", ".join(f":{s.stop}" for s in entry.index) + "]"
-    return f"{region} of each of {entry.chunks} chunks" if entry.chunks > 1 else region
+    return f"{region} of view {entry.motivated_view}" if entry.motivated_view else region
+
+
+def _head_views(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Per-head views of the attention projections of ``model``, by tensor name.
+
+    An attention module is one with ``num_heads`` and a fused ``qkv`` linear layer (timm's, this
+    project's); its output projection ``proj`` (if any) takes the heads' concatenated outputs."""
+    views = {}
+    for name, module in model.named_modules():
+        qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
+        if not isinstance(qkv, nn.Linear) or not isinstance(heads, int) or qkv.out_features % (3 * heads):
+            continue
+        prefix = f"{name}." if name else ""
+        head_dim = qkv.out_features // (3 * heads)
+        views[f"{prefix}qkv.weight"] = (3, heads, head_dim, qkv.in_features)
+        if qkv.bias is not None:
+            views[f"{prefix}qkv.bias"] = (3, heads, head_dim)
+        proj = getattr(module, "proj", None)
+        if isinstance(proj, nn.Linear) and proj.in_features == heads * head_dim:
+            views[f"{prefix}proj.weight"] = (proj.out_features, heads, head_dim)
+    return views
+
+
+def _chunk_view(shape: torch.Size, chunks: int) -> tuple[int, ...]:
+    return (chunks, shape[0] // chunks, *shape[1:])
 
 
 @dataclass
@@ -73,15 +100,18 @@ class WeightMap:
 
         Every base tensor maps to the motivated tensor of the same name: whole if the shapes are
         equal (depth growth keeps the first blocks of each stage), else onto the leading slice of
-        every dimension that grew (width growth). Tensors whose name ends with a key of ``fused``
-        (default ``{"qkv.weight": 3, "qkv.bias": 3}``) are split into that many chunks on dimension
-        0 first. ``overrides`` maps base names to entries of the user's own, used as given.
+        every dimension that grew (width growth). Attention projections are viewed per head first
+        (see the module docstring). Other tensors whose name ends with a key of ``fused`` (default
+        ``{"qkv.weight": 3, "qkv.bias": 3}``, for attention modules without ``num_heads``) are
+        split into that many chunks on dimension 0 first. ``overrides`` maps base names to entries
+        of the user's own, used as given.
         """
         _check_pair(base, motivated)
         overrides = overrides or {}
         fused = {"qkv.weight": 3, "qkv.bias": 3} if fused is None else fused
         target = _tensors(motivated)
         buffers = {name for name, _ in base.named_buffers()}
+        base_heads, motivated_heads = _head_views(base), _head_views(motivated)
         entries = []
         for name, tensor in _tensors(base).items():
             if name in overrides:
@@ -94,19 +124,27 @@ class WeightMap:
                     "(pass overrides= for tensors that moved)"
                 )
             big = target[name]
-            if tensor.shape == big.shape:
+            heads = (base_heads.get(name), motivated_heads.get(name))
+            if tensor.shape == big.shape and heads[0] == heads[1]:
                 entries.append(MapEntry(name, name, (), name in buffers))
                 continue
             chunks = next((n for suffix, n in fused.items() if name.endswith(suffix)), 1)
-            grown = tensor.dim() == big.dim() and all(b <= m for b, m in zip(tensor.shape, big.shape, strict=True))
-            if not grown or tensor.shape[0] % chunks or big.shape[0] % chunks:
+            if heads[0] and heads[1]:
+                base_view, motivated_view = heads
+            elif chunks > 1 and tensor.shape[0] % chunks == 0 and big.shape[0] % chunks == 0:
+                base_view, motivated_view = _chunk_view(tensor.shape, chunks), _chunk_view(big.shape, chunks)
+            else:
+                base_view, motivated_view = (), ()
+            small, large = base_view or tuple(tensor.shape), motivated_view or tuple(big.shape)
+            fits = len(small) == len(large) and all(b <= m for b, m in zip(small, large, strict=True))
+            if not fits or (chunks > 1 and not base_view):
                 raise ConfigError(
                     f"cannot map the base tensor {name!r}: shape {tuple(tensor.shape)} in the base, "
                     f"{tuple(big.shape)} in the motivated model (a base tensor must fit inside its "
-                    "counterpart on every dimension)"
+                    "counterpart on every dimension, and attention heads inside heads)"
                 )
-            index = tuple(slice(0, n) for n in (tensor.shape[0] // chunks, *tensor.shape[1:]))
-            entries.append(MapEntry(name, name, index, name in buffers, chunks))
+            index = tuple(slice(0, n) for n in small)
+            entries.append(MapEntry(name, name, index, name in buffers, base_view, motivated_view))
         mapped = {e.motivated for e in entries}
         return cls(entries, [name for name in target if name not in mapped])
 
@@ -187,16 +225,15 @@ class WeightMap:
     def init_extra_capacity(self, motivated: nn.Module) -> list[str]:
         """Make every added residual block start as the identity, so that the motivated model
         computes the base's function. A block counts as added when none of its parameters is
-        mapped; it must offer ``zero_init_last()`` (the project's and timm's blocks do).
-        Returns the names of the blocks it initialised."""
+        mapped; see :func:`make_identity` for the blocks it knows. Returns the names of the blocks
+        it initialised."""
         mapped = {e.motivated for e in self.entries}
-        done = []
+        done: list[str] = []
         for name, module in motivated.named_modules():
-            if not hasattr(module, "zero_init_last") or any(name == d or name.startswith(d + ".") for d in done):
+            if any(name.startswith(d + ".") for d in done):
                 continue
             names = [f"{name}.{n}" for n, _ in module.named_parameters()]
-            if names and not any(n in mapped for n in names):
-                module.zero_init_last()
+            if names and not any(n in mapped for n in names) and make_identity(module):
                 done.append(name)
         return done
 
@@ -211,6 +248,37 @@ class WeightMap:
         lines.insert(1, "  ".join("-" * w for w in widths))
         lines.append(f"extra capacity ({len(self.extra)} tensors): " + (", ".join(self.extra) or "none"))
         return "\n".join(lines)
+
+
+@torch.no_grad()
+def make_identity(block: nn.Module) -> bool:
+    """Zero the last layer of a residual block's branch, so the block computes the identity.
+
+    Knows blocks with a ``zero_init_last()`` method (this project's and timm's ResNet blocks; the
+    shift of the BatchNorm it zeroes is zeroed too),
+    pre-norm transformer blocks (``attn.proj`` and ``mlp.fc2`` are zeroed: timm's ViT blocks) and
+    blocks with an active ``has_skip`` (timm's EfficientNet and MobileNet blocks: the last
+    BatchNorm's scale and shift are zeroed). Returns False, changing nothing, for anything else.
+    """
+    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    if callable(getattr(block, "zero_init_last", None)):
+        block.zero_init_last()
+        for norm in norms:  # timm zeroes the scale only, which is the identity only while the shift is zero
+            if not norm.weight.any():
+                norm.bias.zero_()
+        return True
+    last_layers = [getattr(getattr(block, a, None), b, None) for a, b in (("attn", "proj"), ("mlp", "fc2"))]
+    if all(isinstance(layer, nn.Linear) for layer in last_layers):
+        for layer in last_layers:
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+        return True
+    if getattr(block, "has_skip", False) is True and norms:
+        norms[-1].weight.zero_()
+        norms[-1].bias.zero_()
+        return True
+    return False
 
 
 def _check_pair(base: nn.Module, motivated: nn.Module) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..models import list_models
+from ..models.registry import model_exists, unknown_model_message
 from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES
 
 CONDITIONS = ("decrease", "never", "always", "random")
@@ -27,6 +27,7 @@ class TrainConfig:
     data: str = "digits"
     base: str = "resnet20"
     motivated: str = "resnet32"
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     condition: str = "decrease"
     k: int = 2
     p: float = 0.2
@@ -54,10 +55,12 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), f.type)
-        known = list_models()
         for role in ("base", "motivated"):
-            if getattr(self, role) not in known:
-                raise ConfigError(f"unknown {role} model {getattr(self, role)!r}; known models: {', '.join(known)}")
+            if not model_exists(getattr(self, role)):
+                raise ConfigError(unknown_model_message(getattr(self, role), role))
+        reserved = sorted({"num_classes", "in_channels", "image_size"} & set(self.model_kwargs))
+        if reserved:
+            raise ConfigError(f"model_kwargs must not set {', '.join(reserved)}: they come from the data set")
         _choice("condition", self.condition, CONDITIONS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATE_POLICIES)
@@ -111,7 +114,7 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_type(name: str, value: Any, annotation: str) -> None:
-    allowed = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+    allowed = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict[str, Any]": (dict,)}
     optional = annotation.endswith("| None")
     base = annotation.removesuffix(" | None")
     if value is None and optional:

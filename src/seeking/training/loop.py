@@ -78,10 +78,16 @@ def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
     return path
 
 
+def model_kwargs(config: TrainConfig, dataset: ImageDataset) -> dict[str, Any]:
+    """The constructor arguments of both models: the data's shape and the user's ``model_kwargs``."""
+    data = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+    return {**data, "image_size": list(dataset.image_size), **config.model_kwargs}
+
+
 def build_models(config: TrainConfig, dataset: ImageDataset) -> dict[str, nn.Module]:
     """The models this run trains. Each is seeded on its own, so the classical base and the base of
     a motivated run start from identical weights, and likewise the large models."""
-    kwargs = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+    kwargs = model_kwargs(config, dataset)
     models = {}
     if config.condition != "always":
         torch.manual_seed(config.seed)
@@ -94,7 +100,7 @@ def build_models(config: TrainConfig, dataset: ImageDataset) -> dict[str, nn.Mod
 
 def check_pair(config: TrainConfig, dataset: ImageDataset) -> None:
     """Fail early (before any arm of a comparison trains) if the two models cannot be paired."""
-    kwargs = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+    kwargs = model_kwargs(config, dataset)
     WeightMap.infer(create_model(config.base, **kwargs), create_model(config.motivated, **kwargs))
 
 
@@ -244,7 +250,7 @@ def train(
                 + f"{train_seconds:.1f}s"
             )
 
-    kwargs = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+    kwargs = model_kwargs(config, dataset)
     normalization = {"mean": list(dataset.mean), "std": list(dataset.std), "dataset": dataset.name}
     summary: dict[str, Any] = {
         "seeking_version": __version__,
