@@ -368,7 +368,7 @@ def train(ex, model, steps):
         ex.step()
 
 
-def test_state_dict_round_trip_continues_identically():
+def test_state_dict_round_trip_and_deepcopy_continue_identically():
     def make(strategy="random", gamma=0.5, seed=3):
         torch.manual_seed(0)
         model = ToyModel()
@@ -379,6 +379,8 @@ def test_state_dict_round_trip_continues_identically():
 
     first, first_ex = make()
     train(first_ex, first, range(2))
+    copied, copied_ex = copy.deepcopy((first, first_ex))
+    train(copied_ex, copied, range(2, 4))
     buffer = io.BytesIO()
     torch.save({"model": first.state_dict(), "optimizer": first_ex.state_dict()}, buffer)
     buffer.seek(0)
@@ -388,9 +390,10 @@ def test_state_dict_round_trip_continues_identically():
     resumed_ex.load_state_dict(saved["optimizer"])
     assert (resumed_ex.strategy, resumed_ex.gamma) == ("random", 0.5)
     train(resumed_ex, resumed, range(2, 4))
-    for p, q in zip(whole.parameters(), resumed.parameters(), strict=True):
-        assert torch.equal(p, q)
-    assert_same_state(whole_ex.optimizer, resumed_ex.optimizer)
+    for other, other_ex in ((resumed, resumed_ex), (copied, copied_ex)):
+        for p, q in zip(whole.parameters(), other.parameters(), strict=True):
+            assert torch.equal(p, q)
+        assert_same_state(whole_ex.optimizer, other_ex.optimizer)
 
     resumed_ex.load_state_dict(torch.optim.Adam(resumed.parameters()).state_dict())  # a plain optimizer's
     assert (resumed_ex.strategy, resumed_ex.gamma) == ("random", 0.5)

@@ -46,8 +46,8 @@ class _Scaled(NamedTuple):
 class Excitation(torch.optim.Optimizer):
     """Wraps an optimizer so that each expert's step is scaled by a function of its utilization.
 
-    It is an :class:`torch.optim.Optimizer` (so LR schedulers and ``GradScaler`` accept it) whose
-    ``param_groups``, ``state`` and ``defaults`` are the wrapped optimizer's own objects.
+    It is a :class:`torch.optim.Optimizer` (so LR schedulers accept it) whose ``param_groups``,
+    ``state`` and ``defaults`` are the wrapped optimizer's own objects.
 
     Args:
         optimizer: the base optimizer (SGD, Adam, AdamW, RMSprop, Adagrad, ...); it must hold every
@@ -81,7 +81,7 @@ class Excitation(torch.optim.Optimizer):
         include: Iterable[tuple[Tensor, nn.Module, int | None]] = (),
     ) -> None:
         # Optimizer.__init__ is deliberately not called: param_groups, state and defaults are the
-        # wrapped optimizer's (properties below), so there is nothing of the wrapper's own to set up.
+        # wrapped optimizer's (properties below). Optimizer's hook registration is not supported.
         _check_settings(strategy, gamma)
         self.optimizer = optimizer
         self.strategy = strategy
@@ -139,8 +139,8 @@ class Excitation(torch.optim.Optimizer):
         for s, old in zip(self._scaled, before, strict=True):
             phi = factors[s.layer].to(s.param.dtype)
             weight = phi.view(-1, *[1] * (s.param.dim() - 1)) if s.expert is None else phi[s.expert]
-            # lerp is exact at both ends: factor 0 keeps the old value, factor 1 the base optimizer's.
-            s.param.copy_(old.lerp_(s.param, weight))
+            # old + weight * (new - old), exact at both ends: factor 0 keeps the old value, 1 the new one.
+            torch.lerp(old, s.param, weight, out=s.param)
         for layer in self.layers:
             layer.expert_counts.zero_()
         self.last_factors = factors
@@ -183,6 +183,12 @@ class Excitation(torch.optim.Optimizer):
         if own is not None:
             self.strategy, self.gamma = own["strategy"], float(own["gamma"])
             self.generator.set_state(own["generator"])
+
+    def __getstate__(self) -> dict[str, Any]:  # Optimizer's would keep only param_groups, state, defaults
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return (

@@ -91,7 +91,7 @@ def inverted(u: Tensor, gamma: float, generator: torch.Generator) -> Tensor:
 @register_strategy("random")
 def random_permutation(u: Tensor, gamma: float, generator: torch.Generator) -> Tensor:
     """Control: Zero-Sum's factors randomly permuted across the layer's experts (``generator`` is CPU)."""
-    permutation = torch.randperm(u.numel(), generator=generator).to(u.device)
+    permutation = torch.randperm(u.numel(), generator=generator).to(u.device, non_blocking=True)
     return zero_sum(u, gamma, generator)[permutation]
 
 
