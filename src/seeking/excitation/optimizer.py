@@ -1,0 +1,242 @@
+"""Excitation (arXiv 2602.21798): the base optimizer's step for each expert, scaled by its utilization.
+
+    optimizer = Excitation(torch.optim.AdamW(model.parameters(), lr=1e-3), model, strategy="zero_sum")
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)     # MoE layers count the tokens routed to each expert
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+At each step, for each MoE layer (see :mod:`seeking.moe.protocol`), the wrapper reads the tokens routed
+to each expert since the last step, turns them into utilizations ``u_k`` (fractions of the layer's
+routed assignments, summed over all processes when ``torch.distributed`` is initialized), computes one
+factor ``Phi_k`` per expert with the chosen strategy, lets the base optimizer step, and then moves each
+expert from its old value ``theta_k`` to ``theta_k + Phi_k * delta_k``, where ``delta_k`` is the base
+optimizer's change. The base optimizer's momentum and moment estimates are left exactly as it computed
+them; the wrapper keeps no per-parameter state and has no learnable parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..moe.protocol import ExpertLayer, expert_layers
+from .strategies import get_strategy
+
+_PROTOCOL = (
+    "Excitation needs at least one module with num_experts, expert_counts and expert_parameters(); "
+    "see seeking.moe.protocol"
+)
+
+
+class _Scaled(NamedTuple):
+    """A parameter whose step is scaled: by ``Phi[layer][expert]``, or slice by slice along dim 0 when
+    ``expert`` is None."""
+
+    param: Tensor
+    layer: int
+    expert: int | None
+
+
+class Excitation(torch.optim.Optimizer):
+    """Wraps an optimizer so that each expert's step is scaled by a function of its utilization.
+
+    It is a :class:`torch.optim.Optimizer` (so LR schedulers accept it) whose ``param_groups``,
+    ``state`` and ``defaults`` are the wrapped optimizer's own objects.
+
+    Args:
+        optimizer: the base optimizer (SGD, Adam, AdamW, RMSprop, Adagrad, ...); it must hold every
+            expert parameter. It must step with at most one evaluation of the loss (not LBFGS).
+        model_or_layers: a model, whose submodules implementing :class:`seeking.moe.ExpertLayer` are
+            used, or a sequence of such layers.
+        strategy: a name from :func:`seeking.excitation.list_strategies`: ``"zero_sum"`` (default),
+            ``"positive_sum"``, ``"exp_diff"``, or the controls ``"global"``, ``"random"``,
+            ``"inverted"``; see :mod:`seeking.excitation.strategies` for the formulas.
+        gamma: the utilization exponent, > 0 (default 1).
+        seed: seeds the wrapper's own CPU generator, used by the ``"random"`` strategy.
+        include: extra ``(param, layer, expert)`` triples scaled like an expert of ``layer`` (one of
+            the wrapper's layers): like expert ``expert``, or slice by slice along dim 0 when ``expert``
+            is None. By default only the layers' expert parameters are scaled; the router and all
+            other parameters move exactly as the base optimizer says.
+
+    Phi is computed per layer over that layer's experts; a layer that routed no token since the last
+    step gets factors of 1. ``last_factors`` holds the factors of the last step, one tensor per layer
+    (in the order of ``layers``), for logging. ``step(closure)`` evaluates the closure once, with
+    autograd on, before reading the counts, and returns its loss.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model_or_layers: nn.Module | Sequence[nn.Module],
+        strategy: str = "zero_sum",
+        gamma: float = 1.0,
+        *,
+        seed: int = 0,
+        include: Iterable[tuple[Tensor, nn.Module, int | None]] = (),
+    ) -> None:
+        # Optimizer.__init__ is deliberately not called: param_groups, state and defaults are the
+        # wrapped optimizer's (properties below). Optimizer's hook registration is not supported.
+        _check_settings(strategy, gamma)
+        self.optimizer = optimizer
+        self.strategy = strategy
+        self.gamma = float(gamma)
+        self.generator = torch.Generator().manual_seed(seed)
+        names, self.layers = _named_layers(model_or_layers)
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        scaled = []
+        for i, (name, layer) in enumerate(zip(names, self.layers, strict=True)):
+            counts_shape = tuple(layer.expert_counts.shape)
+            if counts_shape != (layer.num_experts,):
+                raise ConfigError(
+                    f"{name}.expert_counts has shape {counts_shape} but the layer has num_experts="
+                    f"{layer.num_experts}: make it a float32 buffer of shape ({layer.num_experts},)"
+                )
+            scaled += [_scaled(p, i, k, name, layer.num_experts, in_optimizer) for p, k in layer.expert_parameters()]
+        for p, layer, k in include:
+            i = next((i for i, known in enumerate(self.layers) if known is layer), None)
+            if i is None:
+                raise ConfigError(
+                    f"include names a {type(layer).__name__} that is not one of the wrapper's MoE layers: "
+                    "pass a layer of the model (or of the layer list) given to Excitation"
+                )
+            scaled.append(_scaled(p, i, k, f"include for {names[i]}", layer.num_experts, in_optimizer))
+        if len({id(s.param) for s in scaled}) != len(scaled):
+            raise ConfigError(
+                "a parameter is scaled twice (an expert parameter listed twice, or also given in include): "
+                "list each parameter once"
+            )
+        self._scaled = scaled
+        self.last_factors: list[Tensor] = []
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.optimizer.defaults
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Base optimizer step, then each expert's change scaled by its factor; zeroes the counts."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        factors = self._factors()
+        before = [s.param.clone() for s in self._scaled]
+        self.optimizer.step()
+        for s, old in zip(self._scaled, before, strict=True):
+            phi = factors[s.layer].to(s.param.dtype)
+            weight = phi.view(-1, *[1] * (s.param.dim() - 1)) if s.expert is None else phi[s.expert]
+            # old + weight * (new - old), exact at both ends: factor 0 keeps the old value, 1 the new one.
+            torch.lerp(old, s.param, weight, out=s.param)
+        for layer in self.layers:
+            layer.expert_counts.zero_()
+        self.last_factors = factors
+        return loss
+
+    def _factors(self) -> list[Tensor]:
+        """Per layer, the factors from the counts since the last step (summed over processes)."""
+        counts = [layer.expert_counts.detach().float() for layer in self.layers]
+        if dist.is_available() and dist.is_initialized():
+            flat = torch.cat(counts)
+            dist.all_reduce(flat)
+            counts = list(flat.split([c.numel() for c in counts]))
+        strategy = get_strategy(self.strategy)
+        factors = []
+        for c in counts:
+            total = c.sum()
+            phi = strategy(c / total, self.gamma, self.generator)
+            factors.append(torch.where(total > 0, phi, torch.ones_like(phi)))
+        return factors
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.optimizer.add_param_group(param_group)
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """The wrapped optimizer's state dict, with the wrapper's settings under the key ``"excitation"``."""
+        state = self.optimizer.state_dict()
+        state["excitation"] = {"strategy": self.strategy, "gamma": self.gamma, "generator": self.generator.get_state()}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """Loads :meth:`state_dict`'s output; a plain optimizer's state dict keeps the wrapper's settings."""
+        state_dict = dict(state_dict)
+        own = state_dict.pop("excitation", None)
+        if own is not None:
+            _check_settings(own["strategy"], own["gamma"])
+        self.optimizer.load_state_dict(state_dict)
+        if own is not None:
+            self.strategy, self.gamma = own["strategy"], float(own["gamma"])
+            self.generator.set_state(own["generator"])
+
+    def __getstate__(self) -> dict[str, Any]:  # Optimizer's would keep only param_groups, state, defaults
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return (
+            f"Excitation(strategy={self.strategy!r}, gamma={self.gamma}, layers={len(self.layers)}, "
+            f"optimizer={self.optimizer!r})"
+        )
+
+
+def _check_settings(strategy: str, gamma: float) -> None:
+    get_strategy(strategy)
+    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
+        raise ConfigError(f"gamma must be a finite number > 0 (1.0 is the paper's default), got {gamma!r}")
+
+
+def _named_layers(model_or_layers: nn.Module | Sequence[nn.Module]) -> tuple[list[str], list[Any]]:
+    if isinstance(model_or_layers, nn.Module):
+        names = {id(module): name or type(module).__name__ for name, module in model_or_layers.named_modules()}
+        layers = expert_layers(model_or_layers)
+        what = type(model_or_layers).__name__
+    else:
+        layers = list(model_or_layers)
+        names = {id(layer): f"layers[{i}]" for i, layer in enumerate(layers)}
+        for layer in layers:
+            if not isinstance(layer, ExpertLayer):
+                raise ConfigError(f"{names[id(layer)]} ({type(layer).__name__}) is not an MoE layer: {_PROTOCOL}")
+        what = "the layer list"
+    if not layers:
+        raise ConfigError(f"{what} has no MoE layer: {_PROTOCOL}")
+    return [names[id(layer)] for layer in layers], layers
+
+
+def _scaled(
+    param: Tensor, layer: int, expert: int | None, name: str, num_experts: int, in_optimizer: set[int]
+) -> _Scaled:
+    """Checks one expert parameter of the layer called ``name``."""
+    shape = tuple(param.shape)
+    if expert is None and shape[:1] != (num_experts,):
+        raise ConfigError(
+            f"{name}: a stacked expert parameter has shape {shape}, but its dim 0 must be num_experts={num_experts}; "
+            "yield (param, k) instead for a parameter that belongs to expert k alone"
+        )
+    if expert is not None and not 0 <= expert < num_experts:
+        raise ConfigError(
+            f"{name}: expert index {expert} is out of range for num_experts={num_experts}; use 0..{num_experts - 1}"
+        )
+    if id(param) not in in_optimizer:
+        raise ConfigError(
+            f"{name}: an expert parameter of shape {shape} is not in the wrapped optimizer's param_groups: "
+            "build the optimizer over all of the model's parameters (Excitation scales the steps it takes)"
+        )
+    return _Scaled(param, layer, expert)
