@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seeking.errors import ConfigError
 from seeking.moe import (
@@ -23,6 +26,7 @@ from seeking.moe import (
     moe_aux_loss,
     router_z_loss,
     routing_metrics,
+    run_experts,
     utilization,
 )
 
@@ -112,6 +116,31 @@ def test_router_aux_loss_uses_coefficients():
 # ---------------------------------------------------------------- dispatch and layer
 
 
+@settings(max_examples=25, deadline=None)
+@given(tokens=st.integers(1, 9), experts=st.integers(1, 5), k=st.integers(1, 3), seed=st.integers(0, 99))
+def test_run_experts_matches_a_token_loop(tokens, experts, k, seed):
+    k = min(k, experts)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, 3, generator=gen)
+    indices = torch.rand(tokens, experts, generator=gen).argsort(1)[:, :k]
+    weights = torch.rand(tokens, k, generator=gen)
+    valid = torch.rand(tokens, generator=gen) < 0.7
+    calls = []
+
+    def expert(e, h):
+        calls.append(e)
+        return h * (e + 1) + e
+
+    out = run_experts(x, indices, weights, expert, experts, valid)
+    expected = torch.zeros_like(x)
+    for t in range(tokens):
+        for j in range(k):
+            e = int(indices[t, j])
+            expected[t] += valid[t] * weights[t, j] * (x[t] * (e + 1) + e)
+    torch.testing.assert_close(out, expected)
+    assert calls == sorted(set(indices[valid].flatten().tolist()))  # each used expert runs once
+
+
 def test_layer_matches_reference_for_both_storages():
     stacked = layer()
     x = torch.randn(3, 4, DIM)
@@ -186,6 +215,8 @@ def test_expert_parameters_and_aux_loss_sum():
     model(torch.randn(4, DIM))
     torch.testing.assert_close(moe_aux_loss(model), stacked.aux_loss + listed.aux_loss)
     assert stacked.aux_loss > 0 and listed.aux_loss > 0
+    clone = copy.deepcopy(model)  # the aux loss's graph is not copied
+    assert clone[0].aux_loss.grad_fn is None and clone[0].aux_loss == stacked.aux_loss
     with pytest.raises(ConfigError, match="storage"):
         layer("dict")
 

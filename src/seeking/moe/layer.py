@@ -94,6 +94,10 @@ class MoEFeedForward(RoutedLayer):
         self.aux_loss: Tensor = torch.zeros(())
         self.last_token_entropy: Tensor | None = None
 
+    def __getstate__(self) -> dict:
+        # the last forward's graph can be neither deep-copied nor pickled: copies get its value
+        return {**self.__dict__, "aux_loss": self.aux_loss.detach()}
+
     def expert_parameters(self) -> Iterator[tuple[nn.Parameter, int | None]]:
         if self.storage == "stacked":
             yield self.w1, None
