@@ -19,18 +19,25 @@ Archives are read in one sequential pass without extracting. Everything read fro
 cached as one ``torch.save`` file under ``cache_dir``, ``$SEEKING_CACHE_DIR`` or
 ``~/.cache/seeking``, keyed by the resolved path and the size and mtime of the archive or of
 every file in the folder, so a changed source is read again. Bad input raises ``DataError``.
+
+Character-level text for language models: ``load_text(path)`` and ``text_batches`` (see
+:mod:`seeking.data.text`).
 """
 
 from seeking.data.core import ImageData, ImageDataset
 from seeking.data.load import DEFAULT_DATASET, load_dataset
+from seeking.data.text import TextData, load_text, text_batches
 from seeking.data.transforms import augment, batches, normalize
 
 __all__ = [
     "DEFAULT_DATASET",
     "ImageData",
     "ImageDataset",
+    "TextData",
     "augment",
     "batches",
     "load_dataset",
+    "load_text",
     "normalize",
+    "text_batches",
 ]

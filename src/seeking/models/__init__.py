@@ -1,6 +1,20 @@
 """Model families and the name registry."""
 
 from .cifar_resnet import BasicBlock, CifarResNet
+from .gpt_moe import GPTMoE, lm_loss
+from .micro_moe import MicroMoE, TopKLinear
 from .registry import create_model, list_models, register_model
+from .vit_moe import ViTMoE
 
-__all__ = ["BasicBlock", "CifarResNet", "create_model", "list_models", "register_model"]
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "GPTMoE",
+    "MicroMoE",
+    "TopKLinear",
+    "ViTMoE",
+    "create_model",
+    "list_models",
+    "lm_loss",
+    "register_model",
+]

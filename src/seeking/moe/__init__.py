@@ -1,5 +1,39 @@
-"""Mixture-of-Experts building blocks and the protocol that Excitation reads."""
+"""Mixture-of-Experts building blocks, routing metrics and the protocol that Excitation reads."""
 
+from .block import MoEBlock, SelfAttention
+from .dispatch import group_by_expert, run_experts
+from .layer import MoEFeedForward, RoutedLayer, moe_aux_loss
+from .metrics import (
+    class_specialization,
+    dead_fraction,
+    layer_metrics,
+    load_entropy,
+    max_violation,
+    routing_metrics,
+    utilization,
+)
 from .protocol import ExpertLayer, expert_layers
+from .router import Routing, TopKRouter, load_balancing_loss, router_z_loss
 
-__all__ = ["ExpertLayer", "expert_layers"]
+__all__ = [
+    "ExpertLayer",
+    "MoEBlock",
+    "MoEFeedForward",
+    "RoutedLayer",
+    "Routing",
+    "SelfAttention",
+    "TopKRouter",
+    "class_specialization",
+    "dead_fraction",
+    "expert_layers",
+    "group_by_expert",
+    "layer_metrics",
+    "load_balancing_loss",
+    "load_entropy",
+    "max_violation",
+    "moe_aux_loss",
+    "router_z_loss",
+    "routing_metrics",
+    "run_experts",
+    "utilization",
+]

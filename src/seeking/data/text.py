@@ -1,0 +1,91 @@
+"""Character-level text: a UTF-8 file becomes token ids over its sorted characters, and random blocks of them.
+
+``load_text(path)`` reads the whole file (e.g. tiny Shakespeare), takes its distinct characters in
+code-point order as the vocabulary (token id = position), encodes the text as uint8 (int64 when
+there are more than 256 characters) and splits it: the first ``round(n * (1 - val_fraction))``
+tokens train, the rest validate. ``text_batches`` draws blocks at uniformly random offsets;
+targets are the inputs shifted by one token.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seeking.errors import ConfigError, DataError
+
+
+def _code_points(text: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64))
+
+
+def _encode(text: str, vocab: str, name: str) -> torch.Tensor:
+    codes, known = _code_points(text), _code_points(vocab)
+    ids = torch.searchsorted(known, codes).clamp_max(len(known) - 1)
+    unknown = (known[ids] != codes).nonzero()
+    if len(unknown):
+        raise DataError(f"character {text[int(unknown[0])]!r} is not in the vocabulary of {name!r}")
+    return ids
+
+
+@dataclass(frozen=True, eq=False)
+class TextData:
+    """``vocab``: the sorted distinct characters; ``train`` and ``val``: 1-D token-id tensors."""
+
+    name: str
+    vocab: str
+    train: torch.Tensor
+    val: torch.Tensor
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Token ids (int64) of ``text``; a character outside the vocabulary raises ``DataError``."""
+        return _encode(text, self.vocab, self.name)
+
+    def decode(self, ids: torch.Tensor) -> str:
+        return "".join(self.vocab[i] for i in ids.tolist())
+
+
+def load_text(path: str | os.PathLike, val_fraction: float = 0.1) -> TextData:
+    """The UTF-8 text file at ``path`` as a :class:`TextData`; ``DataError`` if missing, empty or not UTF-8."""
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    path = Path(path).expanduser()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DataError(f"no such text file: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot read text file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text: byte {e.start} cannot be decoded") from None
+    if not text:
+        raise DataError(f"text file {path} is empty")
+    vocab = "".join(sorted(set(text)))
+    ids = _encode(text, vocab, path.stem).to(torch.uint8 if len(vocab) <= 256 else torch.int64)
+    n_train = round(len(ids) * (1 - val_fraction))
+    return TextData(path.stem, vocab, ids[:n_train], ids[n_train:])
+
+
+def text_batches(
+    data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (inputs, targets) int64 batches (batch_size, block_size) of random blocks of ``data``."""
+    if block_size < 1 or batch_size < 1:
+        raise DataError(f"block_size and batch_size must be at least 1, got {block_size} and {batch_size}")
+    if len(data) <= block_size:
+        raise DataError(f"a block of {block_size} tokens and its target need {block_size + 1}, got {len(data)}")
+    device = generator.device if generator is not None else "cpu"
+    offsets = torch.arange(block_size + 1, device=device)
+    while True:
+        starts = torch.randint(0, len(data) - block_size, (batch_size, 1), generator=generator, device=device)
+        chunk = data[(starts + offsets).to(data.device)].long()
+        yield chunk[:, :-1], chunk[:, 1:]

@@ -1,0 +1,95 @@
+"""GPT-MoE: a character-level decoder-only transformer (nanoGPT-like) with MoE feed-forward layers.
+
+Token and learned position embeddings, ``depth`` causal pre-norm :class:`~seeking.moe.MoEBlock` s,
+a final LayerNorm and a head tied to the token embedding. ``forward(idx, mask=None)`` maps token
+ids (B, T), ``T <= block_size``, to logits (B, T, vocab_size); :func:`lm_loss` is the next-token
+cross-entropy. ``mask`` (B, T) bool marks real tokens for the MoE layers (counts, aux losses,
+outputs); attention ignores it, which is right for padding at the end of a causal sequence. The
+load-balancing loss is on by default (coefficient 0.01; add :func:`seeking.moe.moe_aux_loss`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..moe.block import MoEBlock
+from .registry import register_model
+
+
+class GPTMoE(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int = 128,
+        depth: int = 4,
+        width: int = 128,
+        heads: int = 4,
+        num_experts: int = 8,
+        top_k: int = 2,
+        mlp_ratio: int = 4,
+        storage: str = "stacked",
+        aux_loss_coef: float = 0.01,
+        z_loss_coef: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if min(vocab_size, block_size, depth, width, heads, mlp_ratio) < 1:
+            raise ConfigError("vocab_size, block_size, depth, width, heads and mlp_ratio must be positive")
+        self.cfg = {
+            "family": "gpt_moe",
+            "vocab_size": vocab_size,
+            "block_size": block_size,
+            "depth": depth,
+            "width": width,
+            "heads": heads,
+            "num_experts": num_experts,
+            "top_k": top_k,
+            "hidden": mlp_ratio * width,
+        }
+        self.tok_embed = nn.Embedding(vocab_size, width)
+        self.pos_embed = nn.Embedding(block_size, width)
+        for embed in (self.tok_embed, self.pos_embed):
+            nn.init.normal_(embed.weight, std=0.02)
+        self.blocks = nn.ModuleList(
+            MoEBlock(
+                width,
+                heads,
+                mlp_ratio * width,
+                num_experts,
+                top_k,
+                causal=True,
+                storage=storage,
+                aux_loss_coef=aux_loss_coef,
+                z_loss_coef=z_loss_coef,
+            )
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab_size, bias=False)
+        self.head.weight = self.tok_embed.weight
+
+    def forward(self, idx: Tensor, mask: Tensor | None = None) -> Tensor:
+        t = idx.shape[1]
+        if t > self.cfg["block_size"]:
+            raise ConfigError(f"sequence length {t} exceeds block_size {self.cfg['block_size']}")
+        x = self.tok_embed(idx) + self.pos_embed(torch.arange(t, device=idx.device))
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.norm(x))
+
+
+def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean next-token cross-entropy of logits (B, T, V) against targets (B, T); targets -100 are ignored."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+@register_model
+def gpt_moe_tiny(**kwargs) -> GPTMoE:
+    return GPTMoE(**kwargs)
+
+
+@register_model
+def gpt_moe_small(**kwargs) -> GPTMoE:
+    return GPTMoE(**{"block_size": 256, "depth": 6, "width": 256, "heads": 8, "num_experts": 16, **kwargs})

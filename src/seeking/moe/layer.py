@@ -1,0 +1,134 @@
+"""``MoEFeedForward``: a top-k routed mixture of two-layer GELU MLPs that implements :class:`ExpertLayer`.
+
+Experts are stored either ``"stacked"`` (parameters ``w1`` (E, dim, hidden) and ``w2`` (E, hidden,
+dim), dimension 0 = expert) or as a ``"list"`` (``experts``: an ``nn.ModuleList`` of
+``Linear(dim, hidden) -> GELU -> Linear(hidden, dim)``, bias-free). Both compute the same function:
+copying ``w1[k].T`` and ``w2[k].T`` into expert ``k``'s two ``Linear`` weights gives equal outputs.
+
+``forward(x, mask=None)`` takes ``x`` (..., dim) and an optional bool ``mask`` shaped ``x.shape[:-1]``
+(True = a real token). Masked tokens are not counted, take no part in the auxiliary losses, and
+their output is zero, so behind a residual connection they pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .dispatch import run_experts
+from .router import TopKRouter
+
+STORAGES = ("stacked", "list")
+
+
+class RoutedLayer(nn.Module):
+    """The counting half of :class:`ExpertLayer` plus a record of the last forward for the metrics.
+
+    ``expert_counts`` (float32 (E,)) grows only in training with autograd on, and is zeroed by the
+    optimizer wrapper; ``last_counts`` (E,) and ``last_indices`` (token shape..., k; -1 for padding)
+    describe the latest forward in any mode and are what :mod:`seeking.moe.metrics` reads.
+    Subclasses call :meth:`record` in ``forward`` and define ``expert_parameters``.
+    """
+
+    def __init__(self, num_experts: int) -> None:
+        super().__init__()
+        if num_experts < 1:
+            raise ConfigError(f"num_experts must be a positive integer, got {num_experts}")
+        self.num_experts = num_experts
+        self.register_buffer("expert_counts", torch.zeros(num_experts), persistent=False)
+        self.register_buffer("last_counts", torch.zeros(num_experts), persistent=False)
+        self.last_indices: Tensor | None = None
+
+    def record(self, indices: Tensor, valid: Tensor | None = None) -> None:
+        """Count one forward's hard assignments ``indices`` (..., k); ``valid`` (...) bool marks real tokens."""
+        indices = indices.detach()
+        if valid is not None:
+            indices = indices.masked_fill(~valid[..., None], -1)
+        counts = torch.zeros_like(self.last_counts).index_add_(
+            0, indices.clamp_min(0).flatten(), (indices >= 0).flatten().to(self.last_counts.dtype)
+        )
+        self.last_counts.copy_(counts)
+        self.last_indices = indices
+        if self.training and torch.is_grad_enabled():
+            self.expert_counts += counts
+
+
+class MoEFeedForward(RoutedLayer):
+    """Router + experts; ``aux_loss`` holds the last forward's weighted auxiliary loss (see :func:`moe_aux_loss`)."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        storage: str = "stacked",
+        renormalize: bool = True,
+        aux_loss_coef: float = 0.0,
+        z_loss_coef: float = 0.0,
+    ) -> None:
+        super().__init__(num_experts)
+        if storage not in STORAGES:
+            raise ConfigError(f"storage must be one of {STORAGES}, got {storage!r}")
+        if dim < 1 or hidden < 1:
+            raise ConfigError(f"dim and hidden must be positive integers, got {dim} and {hidden}")
+        self.router = TopKRouter(
+            dim, num_experts, top_k, renormalize=renormalize, aux_loss_coef=aux_loss_coef, z_loss_coef=z_loss_coef
+        )
+        self.storage = storage
+        if storage == "stacked":
+            # the same distribution as nn.Linear's default: uniform within 1/sqrt(fan_in)
+            self.w1 = nn.Parameter(torch.empty(num_experts, dim, hidden).uniform_(-1, 1) / math.sqrt(dim))
+            self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim).uniform_(-1, 1) / math.sqrt(hidden))
+        else:
+            self.experts = nn.ModuleList(
+                nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.GELU(), nn.Linear(hidden, dim, bias=False))
+                for _ in range(num_experts)
+            )
+        self.aux_loss: Tensor = torch.zeros(())
+        self.last_token_entropy: Tensor | None = None
+
+    def __getstate__(self) -> dict:
+        # the last forward's graph can be neither deep-copied nor pickled: copies get its value
+        return {**self.__dict__, "aux_loss": self.aux_loss.detach()}
+
+    def expert_parameters(self) -> Iterator[tuple[nn.Parameter, int | None]]:
+        if self.storage == "stacked":
+            yield self.w1, None
+            yield self.w2, None
+        else:
+            for k, expert in enumerate(self.experts):
+                for p in expert.parameters():
+                    yield p, k
+
+    def _expert(self, k: int, x: Tensor) -> Tensor:
+        if self.storage == "stacked":
+            return F.gelu(x @ self.w1[k]) @ self.w2[k]
+        return self.experts[k](x)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is not None and (mask.dtype != torch.bool or mask.shape != x.shape[:-1]):
+            raise ConfigError(f"mask must be bool shaped {tuple(x.shape[:-1])}, got {mask.dtype} {tuple(mask.shape)}")
+        tokens = x.reshape(-1, x.shape[-1])
+        valid = None if mask is None else mask.reshape(-1)
+        routing = self.router(tokens, valid)
+        out = run_experts(tokens, routing.indices, routing.weights, self._expert, self.num_experts, valid)
+        self.aux_loss = routing.aux_loss
+        self.record(routing.indices.view(*x.shape[:-1], -1), mask)
+        with torch.no_grad():
+            entropy = torch.special.entr(routing.probs).sum(-1)
+            if valid is not None:
+                entropy = (entropy * valid).sum() / valid.sum().clamp_min(1)
+            self.last_token_entropy = entropy.mean()
+        return out.view(x.shape)
+
+
+def moe_aux_loss(model: nn.Module) -> Tensor:
+    """The sum of every :class:`MoEFeedForward`'s ``aux_loss`` from its last forward: add it to the task loss."""
+    return sum((m.aux_loss for m in model.modules() if isinstance(m, MoEFeedForward)), torch.zeros(()))

@@ -1,0 +1,259 @@
+"""Tests of seeking.moe: routing, dispatch, the MoE layer's counts and the routing metrics."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seeking.errors import ConfigError
+from seeking.moe import (
+    ExpertLayer,
+    MoEFeedForward,
+    TopKRouter,
+    class_specialization,
+    dead_fraction,
+    expert_layers,
+    layer_metrics,
+    load_balancing_loss,
+    load_entropy,
+    max_violation,
+    moe_aux_loss,
+    router_z_loss,
+    routing_metrics,
+    run_experts,
+    utilization,
+)
+
+DIM, HIDDEN, E, K = 6, 8, 5, 2
+
+
+def layer(storage="stacked", **kwargs) -> MoEFeedForward:
+    torch.manual_seed(0)
+    return MoEFeedForward(DIM, HIDDEN, E, K, storage=storage, **kwargs)
+
+
+@torch.no_grad()
+def reference(moe: MoEFeedForward, x: torch.Tensor) -> torch.Tensor:
+    """Token by token: softmax of the gate, top-k, renormalise, weighted sum of the experts' MLPs."""
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        probs = (moe.router.gate.weight @ x[t]).softmax(-1)
+        chosen = sorted(range(E), key=lambda e: -float(probs[e]))[:K]
+        total = sum(probs[e] for e in chosen)
+        for e in chosen:
+            out[t] += probs[e] / total * (F.gelu(x[t] @ moe.w1[e]) @ moe.w2[e])
+    return out
+
+
+def to_list(stacked: MoEFeedForward) -> MoEFeedForward:
+    listed = layer("list")
+    listed.router.load_state_dict(stacked.router.state_dict())
+    with torch.no_grad():
+        for e, expert in enumerate(listed.experts):
+            expert[0].weight.copy_(stacked.w1[e].T)
+            expert[2].weight.copy_(stacked.w2[e].T)
+    return listed
+
+
+# ---------------------------------------------------------------- router
+
+
+def test_router_top_k_matches_brute_force_and_renormalises():
+    torch.manual_seed(1)
+    router = TopKRouter(DIM, E, K)
+    x = torch.randn(20, DIM)
+    routing = router(x)
+    probs = (x @ router.gate.weight.T).softmax(-1).detach()
+    for t in range(20):
+        best = sorted(range(E), key=lambda e: -float(probs[t, e]))[:K]
+        assert routing.indices[t].tolist() == best
+    torch.testing.assert_close(routing.weights.sum(-1), torch.ones(20))
+    chosen = probs.gather(1, routing.indices)
+    torch.testing.assert_close(routing.weights, chosen / chosen.sum(1, keepdim=True))
+    raw = TopKRouter(DIM, E, K, renormalize=False)
+    raw.load_state_dict(router.state_dict())
+    torch.testing.assert_close(raw(x).weights, chosen)
+    assert routing.aux_loss.item() == 0
+
+
+def test_load_balancing_and_z_loss_by_hand():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.5, 0.5, 0.0]])
+    indices = torch.tensor([[0], [0], [2], [1]])
+    # f = (2/4, 1/4, 1/4), P = (1.9/4, 1.1/4, 1.0/4); 3 * sum f P
+    expected = 3 * (0.5 * 1.9 / 4 + 0.25 * 1.1 / 4 + 0.25 * 1.0 / 4)
+    assert load_balancing_loss(probs, indices).item() == pytest.approx(expected)
+    # the last token masked: f = (2/3, 0, 1/3), P = (1.4/3, 0.6/3, 1.0/3)
+    valid = torch.tensor([True, True, True, False])
+    expected = 3 * (2 / 3 * 1.4 / 3 + 1 / 3 * 1.0 / 3)
+    assert load_balancing_loss(probs, indices, valid).item() == pytest.approx(expected)
+    uniform = torch.full((6, 3), 1 / 3)
+    assert load_balancing_loss(uniform, torch.tensor([[0, 1], [2, 0], [1, 2]] * 2)).item() == pytest.approx(1)
+
+    logits = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    lse = [math.log(2), math.log(math.e + math.e**2)]
+    assert router_z_loss(logits).item() == pytest.approx((lse[0] ** 2 + lse[1] ** 2) / 2)
+    assert router_z_loss(logits, torch.tensor([False, True])).item() == pytest.approx(lse[1] ** 2)
+
+
+def test_router_aux_loss_uses_coefficients():
+    torch.manual_seed(2)
+    router = TopKRouter(DIM, E, K, aux_loss_coef=0.5, z_loss_coef=0.25)
+    x = torch.randn(7, DIM)
+    r = router(x)
+    logits = router.gate(x)
+    expected = 0.5 * load_balancing_loss(r.probs, r.indices) + 0.25 * router_z_loss(logits)
+    torch.testing.assert_close(r.aux_loss, expected)
+    with pytest.raises(ConfigError, match="top_k"):
+        TopKRouter(DIM, E, E + 1)
+
+
+# ---------------------------------------------------------------- dispatch and layer
+
+
+@settings(max_examples=25, deadline=None)
+@given(tokens=st.integers(1, 9), experts=st.integers(1, 5), k=st.integers(1, 3), seed=st.integers(0, 99))
+def test_run_experts_matches_a_token_loop(tokens, experts, k, seed):
+    k = min(k, experts)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, 3, generator=gen)
+    indices = torch.rand(tokens, experts, generator=gen).argsort(1)[:, :k]
+    weights = torch.rand(tokens, k, generator=gen)
+    valid = torch.rand(tokens, generator=gen) < 0.7
+    calls = []
+
+    def expert(e, h):
+        calls.append(e)
+        return h * (e + 1) + e
+
+    out = run_experts(x, indices, weights, expert, experts, valid)
+    expected = torch.zeros_like(x)
+    for t in range(tokens):
+        for j in range(k):
+            e = int(indices[t, j])
+            expected[t] += valid[t] * weights[t, j] * (x[t] * (e + 1) + e)
+    torch.testing.assert_close(out, expected)
+    assert calls == sorted(set(indices[valid].flatten().tolist()))  # each used expert runs once
+
+
+def test_layer_matches_reference_for_both_storages():
+    stacked = layer()
+    x = torch.randn(3, 4, DIM)
+    out = stacked(x)
+    torch.testing.assert_close(out, reference(stacked, x.view(-1, DIM)).view(x.shape))
+    torch.testing.assert_close(to_list(stacked)(x), out)
+
+
+def test_gradients_reach_used_experts_only():
+    stacked = layer()
+    listed = to_list(stacked)
+    x = torch.randn(2, DIM)  # 2 tokens x top-2: at most 4 of the 5 experts are used
+    stacked(x).sum().backward()
+    listed(x).sum().backward()
+    used = set(stacked.last_indices.flatten().tolist())
+    assert len(used) < E
+    for e in range(E):
+        w1_grad = stacked.w1.grad[e].abs().sum().item()
+        list_grad = listed.experts[e][0].weight.grad
+        if e in used:
+            assert w1_grad > 0 and list_grad is not None and list_grad.abs().sum() > 0
+        else:
+            assert w1_grad == 0 and list_grad is None
+    assert stacked.router.gate.weight.grad.abs().sum() > 0
+
+
+def test_mask_drops_padding_from_counts_and_outputs():
+    moe = layer(aux_loss_coef=1.0)
+    x = torch.randn(2, 3, DIM)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    out = moe(x, mask)
+    assert out[~mask].abs().sum() == 0
+    torch.testing.assert_close(out[mask], moe(x[mask]))  # real tokens are unaffected by padding
+    moe.expert_counts.zero_()
+    moe(x, mask)
+    assert moe.expert_counts.sum().item() == 3 * K
+    assert (moe.last_indices[~mask] == -1).all()
+    with pytest.raises(ConfigError, match="mask"):
+        moe(x, mask[:, :2])
+
+
+def test_counts_accumulate_only_in_training_with_grad():
+    moe = layer()
+    assert isinstance(moe, ExpertLayer) and isinstance(layer("list"), ExpertLayer)
+    x = torch.randn(10, DIM)
+    moe(x)
+    first = torch.bincount(moe.last_indices.flatten(), minlength=E).float()
+    assert moe.expert_counts.dtype == torch.float32
+    torch.testing.assert_close(moe.expert_counts, first)
+    torch.testing.assert_close(moe.last_counts, first)
+    y = torch.randn(4, DIM)
+    moe(y)
+    second = torch.bincount(moe.last_indices.flatten(), minlength=E).float()
+    torch.testing.assert_close(moe.expert_counts, first + second)
+    with torch.no_grad():
+        moe(x)
+    moe.eval()
+    moe(x)
+    torch.testing.assert_close(moe.expert_counts, first + second)
+    torch.testing.assert_close(moe.last_counts, first)  # the record follows every forward
+
+
+def test_expert_parameters_and_aux_loss_sum():
+    stacked, listed = layer(aux_loss_coef=0.1), layer("list", z_loss_coef=0.1)
+    shapes = [(p.shape, k) for p, k in stacked.expert_parameters()]
+    assert shapes == [((E, DIM, HIDDEN), None), ((E, HIDDEN, DIM), None)]
+    pairs = list(listed.expert_parameters())
+    assert [k for _, k in pairs] == [e for e in range(E) for _ in range(2)]
+    assert {id(p) for p, _ in pairs} == {id(p) for p in listed.experts.parameters()}
+    model = torch.nn.Sequential(stacked, listed)
+    assert expert_layers(model) == [stacked, listed]
+    model(torch.randn(4, DIM))
+    torch.testing.assert_close(moe_aux_loss(model), stacked.aux_loss + listed.aux_loss)
+    assert stacked.aux_loss > 0 and listed.aux_loss > 0
+    clone = copy.deepcopy(model)  # the aux loss's graph is not copied
+    assert clone[0].aux_loss.grad_fn is None and clone[0].aux_loss == stacked.aux_loss
+    with pytest.raises(ConfigError, match="storage"):
+        layer("dict")
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metrics_of_balanced_and_collapsed_counts():
+    uniform = torch.full((4,), 5.0)
+    torch.testing.assert_close(utilization(uniform), torch.ones(4))
+    assert dead_fraction(uniform) == 0 and max_violation(uniform) == pytest.approx(0)
+    assert load_entropy(uniform) == pytest.approx(math.log(4))
+    collapsed = torch.tensor([0.0, 12.0, 0.0, 0.0])
+    assert dead_fraction(collapsed) == 0.75 and max_violation(collapsed) == pytest.approx(3)
+    assert load_entropy(collapsed) == 0
+    torch.testing.assert_close(utilization(torch.tensor([1.0, 3.0])), torch.tensor([0.5, 1.5]))
+    assert dead_fraction(torch.zeros(3)) == 1 and load_entropy(torch.zeros(3)) == 0
+
+
+def test_class_specialization():
+    # expert 0 sees only class 0; expert 1 sees classes 1, 1, 2: Gini-Simpson 0 and 1 - (4 + 1) / 9
+    indices = torch.tensor([[0], [0], [1], [1], [1], [-1]])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    expected = (2 * 0 + 3 * (1 - 5 / 9)) / 5
+    assert class_specialization(indices, labels, 3) == pytest.approx(expected)
+    # per-example labels broadcast over tokens: (B=2, T=2, k=1)
+    tokens = torch.tensor([[[0], [0]], [[1], [1]]])
+    assert class_specialization(tokens, torch.tensor([3, 5]), 2) == 0
+    assert class_specialization(tokens, torch.tensor([[3, 5], [3, 5]]), 2) == pytest.approx(0.5)
+
+
+def test_routing_metrics_per_layer_and_mean():
+    a, b = layer(), layer()
+    model = torch.nn.Sequential(a, b)
+    model(torch.randn(8, DIM))
+    metrics = routing_metrics(model, labels=torch.arange(8) % 2)
+    assert metrics["layer0/dead_fraction"] == layer_metrics(a)["dead_fraction"]
+    for name in ("dead_fraction", "max_violation", "load_entropy", "token_entropy", "specialization"):
+        assert metrics[name] == pytest.approx((metrics[f"layer0/{name}"] + metrics[f"layer1/{name}"]) / 2)
+    assert 0 < metrics["token_entropy"] < math.log(E)
