@@ -22,7 +22,17 @@ import torch.nn.functional as F
 from seeking import ConsecutiveDecrease, Motivator, create_model
 
 SYNCS = ("copy", "share")
-PAIRS = [("resnet20", "resnet32", 1), ("resnet20", "resnet56", 1), ("resnet20", "resnet32", 2)]
+DATA = {"num_classes": 10, "in_channels": 3, "image_size": [32, 32]}
+VIT = {"patch_size": 4}
+# label -> (base, base kwargs, motivated, motivated kwargs)
+PAIRS = {
+    "resnet20 -> resnet32": ("resnet20", {}, "resnet32", {}),
+    "resnet20 -> resnet56": ("resnet20", {}, "resnet56", {}),
+    "resnet20 -> resnet32 (width x2)": ("resnet20", {}, "resnet32", {"width": 2}),
+    "timm resnet18 -> resnet34": ("resnet18", {}, "resnet34", {}),
+    "timm efficientnet_b0 -> b2": ("efficientnet_b0", {}, "efficientnet_b2", {}),
+    "timm vit_tiny -> vit_small (patch 4)": ("vit_tiny_patch16_224", VIT, "vit_small_patch16_224", VIT),
+}
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -52,6 +62,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--switches", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS), metavar="PAIR")
     args = parser.parse_args()
 
     x = torch.randn(args.batch_size, 3, 32, 32)
@@ -62,8 +73,9 @@ def main() -> None:
     )
     print("| pair | sync | optimizer state | aliased tensors | switch ms | base step ms | switch / step |")
     print("|---|---|---|---|---|---|---|")
-    for (base_name, large_name, width), state, sync in itertools.product(PAIRS, ("carried", "separate"), SYNCS):
-        base, large = create_model(base_name), create_model(large_name, width=width)
+    for label, state, sync in itertools.product(args.pairs, ("carried", "separate"), SYNCS):
+        base_name, base_kwargs, large_name, large_kwargs = PAIRS[label]
+        base, large = create_model(base_name, **DATA, **base_kwargs), create_model(large_name, **DATA, **large_kwargs)
         optimizers = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (base, large)]
         motivator = Motivator(base, large, ConsecutiveDecrease(2), *optimizers, sync=sync, optimizer_state=state)
 
@@ -74,7 +86,6 @@ def main() -> None:
         motivator.condition.motivated = False
         motivator.select()
         step_ms = median_ms(partial(train_step, motivator, x, y), args.steps)
-        label = f"{base_name} -> {large_name}" + (f" (width x{width})" if width > 1 else "")
         aliased = f"{len(motivator.map.aliased)}/{len(motivator.map.entries)}"
         print(
             f"| {label} | {sync} | {state} | {aliased} | {switch_ms:.3f} | {step_ms:.1f} | "
