@@ -20,6 +20,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 test: install lint
 	$(BIN)/python -m pytest

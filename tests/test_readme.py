@@ -14,3 +14,11 @@ def test_readme_python_quick_start_runs(capsys):
     assert "extra capacity" in printed and re.search(
         r"p = 0\.\d\d \{'base': \d+\.\d+, 'motivated': \d+\.\d+\}", printed
     )
+
+
+def test_readme_excitation_example_runs(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "Excitation(" in b)
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "factors of the first layer: tensor([" in printed and "'dead_fraction':" in printed

@@ -3,6 +3,9 @@
 Motivation training (arXiv 2602.21064): a base model trains every batch, a larger model that
 contains it trains only while the loss keeps falling, and a weights map keeps their shared
 weights in sync, so one run yields two deployable models.
+
+Excitation (arXiv 2602.21798): an optimizer wrapper for Mixture-of-Experts that scales each
+expert's update by its share of the batch's routed tokens.
 """
 
 __version__ = "0.1.0"
@@ -10,6 +13,7 @@ __version__ = "0.1.0"
 from .checkpoint import load_model, save_model
 from .data import ImageData, ImageDataset, load_dataset
 from .errors import CheckpointError, ConfigError, DataError, SeekingError
+from .excitation import Excitation
 from .models import create_model, list_models, register_model
 from .motivation import (
     Always,
@@ -30,6 +34,7 @@ __all__ = [
     "ConfigError",
     "ConsecutiveDecrease",
     "DataError",
+    "Excitation",
     "ImageData",
     "ImageDataset",
     "MapEntry",

@@ -43,7 +43,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model-kwargs",
         default="{}",
-        help='JSON object of extra constructor arguments for both models, e.g. \'{"patch_size": 4}\'',
+        help="JSON object of extra constructor arguments for both models, e.g. '{\"patch_size\": 4}'",
     )
     g.add_argument("--train-subset", type=int, help="use this many training images (class-stratified)")
     g.add_argument("--test-subset", type=int, help="use this many test images (class-stratified)")
@@ -183,6 +183,65 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_excite_options(parser: argparse.ArgumentParser) -> None:
+    from ..excitation import list_strategies
+    from ..training.excite import OPTIMIZERS, ExciteConfig
+
+    d = ExciteConfig()
+    parser.add_argument(
+        "--data",
+        default=d.data,
+        help="image data set as for train ('digits', CIFAR, class folders), or a UTF-8 .txt file for "
+        "GPT-MoE (character level) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        default=d.model,
+        help="an MoE model: micro_moe, sparse_mlp_deep10, sparse_mlp_deep20, vit_moe_tiny, gpt_moe_tiny, "
+        "gpt_moe_small (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model-kwargs", default="{}", help="JSON object of constructor arguments, e.g. '{\"width\": 64}'"
+    )
+    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default=d.optimizer, help="(default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="(default: %(default)s)")
+    parser.add_argument("--momentum", type=float, default=d.momentum, help="SGD and RMSprop (default: %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
+    parser.add_argument("--schedule", default=d.schedule, help="constant or cosine (default: %(default)s)")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=d.arms,
+        metavar="ARM",
+        help=f"'none' (the plain optimizer) and Excitation strategies: {', '.join(list_strategies())} "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("--gamma", type=float, default=d.gamma, help="utilization exponent (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=d.steps, help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=d.eval_every, help="steps (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="(default: %(default)s)")
+    parser.add_argument("--block-size", type=int, default=d.block_size, help="text only (default: %(default)s)")
+    parser.add_argument("--train-subset", type=int, help="use this many training images (class-stratified)")
+    parser.add_argument("--test-subset", type=int, help="use this many test images (class-stratified)")
+    parser.add_argument("--device", default=d.device, help="(default: %(default)s)")
+    parser.add_argument("--cache-dir")
+    parser.add_argument("--out", help="results folder (default: runs/excite-<time>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _cmd_excite(args: argparse.Namespace) -> int:
+    from ..training.excite import ExciteConfig, compare_excitation
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExciteConfig)}
+    values["model_kwargs"] = _json_object("--model-kwargs", args.model_kwargs)
+    config = ExciteConfig(**values).validate()
+    out = args.out or f"runs/excite-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(compare_excitation(config, out, log=_logger(args))["table"])
+    print(f"results: {out}/excitation.md, excitation.csv, excitation.json")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     print("\n".join(list_models()))
     return 0
@@ -195,7 +254,7 @@ def _logger(args: argparse.Namespace):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seeking",
-        description="Training-time conditional capacity: Motivation training (and, soon, Excitation) on PyTorch.",
+        description="Training-time conditional capacity on PyTorch: Motivation training and Excitation.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="one motivated (or classical) training run; writes a run folder")
@@ -210,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=DEFAULTS.data, help="data set, as for train (default: %(default)s)")
     p.add_argument("--cache-dir")
     p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("excite", help="train an MoE model with a base optimizer, plain and with Excitation: one table")
+    _add_excite_options(p)
+    p.set_defaults(func=_cmd_excite)
     p = sub.add_parser("models", help="list the model names")
     p.set_defaults(func=_cmd_models)
     return parser

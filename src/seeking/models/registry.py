@@ -4,7 +4,9 @@ Every constructor takes the data's ``num_classes``, ``in_channels`` and ``image_
 width) as keyword arguments, plus its own options. Names not registered here are looked up in timm
 when it is installed (``pip install 'seeking[timm]'``): ``create_model("efficientnet_b0", ...)``
 builds timm's model without pretrained weights, with ``in_channels`` passed as timm's
-``in_chans`` and ``image_size`` as ``img_size`` for the models that take one (ViTs).
+``in_chans`` and ``image_size`` as ``img_size`` for the models that take one (ViTs). The classifier
+is rebuilt with ``reset_classifier`` (PyTorch's default initialisation): timm scales some heads'
+initial weights by ``1/sqrt(num_classes)``, which for 10 classes makes SGD diverge.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def _create_timm(
 
 
 def _with_cfg(model: nn.Module, num_classes: int, in_channels: int, image_size) -> nn.Module:
+    # timm initialises some classifiers (EfficientNet's) uniformly within 1/sqrt(num_classes): with 10
+    # classes the first logits reach +-30 and SGD diverges. A fresh head has PyTorch's default init.
+    model.reset_classifier(num_classes)
     # The same metadata as this project's models carry, so pairs are checked alike.
     model.cfg = {"family": "timm", "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     return model

@@ -13,7 +13,7 @@ their output is zero, so behind a residual connection they pass through unchange
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -107,10 +107,13 @@ class MoEFeedForward(RoutedLayer):
                 for p in expert.parameters():
                     yield p, k
 
-    def _expert(self, k: int, x: Tensor) -> Tensor:
-        if self.storage == "stacked":
-            return F.gelu(x @ self.w1[k]) @ self.w2[k]
-        return self.experts[k](x)
+    def _experts(self) -> Callable[[int, Tensor], Tensor]:
+        if self.storage == "list":
+            return lambda k, x: self.experts[k](x)
+        # One unbind per forward: indexing w1[k] per expert would make every slice's backward
+        # write a zero-filled gradient of the whole stacked tensor (E times the memory traffic).
+        w1, w2 = self.w1.unbind(0), self.w2.unbind(0)
+        return lambda k, x: F.gelu(x @ w1[k]) @ w2[k]
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if mask is not None and (mask.dtype != torch.bool or mask.shape != x.shape[:-1]):
@@ -118,7 +121,7 @@ class MoEFeedForward(RoutedLayer):
         tokens = x.reshape(-1, x.shape[-1])
         valid = None if mask is None else mask.reshape(-1)
         routing = self.router(tokens, valid)
-        out = run_experts(tokens, routing.indices, routing.weights, self._expert, self.num_experts, valid)
+        out = run_experts(tokens, routing.indices, routing.weights, self._experts(), self.num_experts, valid)
         self.aux_loss = routing.aux_loss
         self.record(routing.indices.view(*x.shape[:-1], -1), mask)
         with torch.no_grad():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 ARMS = (
@@ -81,15 +82,20 @@ def _cell(value: Any, column: str) -> str:
     return f"{value:.2f}" if column != "wall s" else f"{value:.1f}"
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(_cell(r[c], c) for c in COLUMNS) + " |" for r in rows]
+def markdown_table(
+    rows: list[dict[str, Any]],
+    columns: Sequence[str] = COLUMNS,
+    cell: Callable[[Any, str], str] = _cell,
+) -> str:
+    """A markdown table of ``columns``, each value written by ``cell(value, column)``."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(r[c], c) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def csv_table(rows: list[dict[str, Any]]) -> str:
+def csv_table(rows: list[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()

@@ -53,8 +53,7 @@ class TrainConfig:
     cache_dir: str | None = None
 
     def validate(self) -> TrainConfig:
-        for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
+        check_types(self)
         for role in ("base", "motivated"):
             if not model_exists(getattr(self, role)):
                 raise ConfigError(unknown_model_message(getattr(self, role), role))
@@ -80,7 +79,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < (0 if name == "crop_padding" else 1):
                 raise ConfigError(f"{name} must be positive, got {value}")
-        _check_device(self.device)
+        check_device(self.device)
         if self.amp and not self.device.startswith("cuda"):
             raise ConfigError("amp (bfloat16 autocast) is for CUDA devices; drop --amp or use --device cuda")
         return self
@@ -99,7 +98,7 @@ class TrainConfig:
         return cls(**values).validate()
 
 
-def _check_device(name: str) -> None:
+def check_device(name: str) -> None:
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -113,12 +112,29 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
 
 
+def check_types(config: Any) -> None:
+    """Every field of the dataclass ``config`` has its annotated type, or a ``ConfigError`` says which not."""
+    for f in fields(config):
+        _check_type(f.name, getattr(config, f.name), f.type)
+
+
+_SCALARS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _is(value: Any, base: str) -> bool:
+    return isinstance(value, _SCALARS[base]) and (base == "bool" or not isinstance(value, bool))
+
+
 def _check_type(name: str, value: Any, annotation: str) -> None:
-    allowed = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict[str, Any]": (dict,)}
     optional = annotation.endswith("| None")
     base = annotation.removesuffix(" | None")
     if value is None and optional:
         return
-    ok = isinstance(value, allowed[base]) and (base == "bool" or not isinstance(value, bool))
+    if base == "dict[str, Any]":
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    elif base.startswith("list["):
+        ok = isinstance(value, list) and all(_is(v, base[5:-1]) for v in value)
+    else:
+        ok = _is(value, base)
     if not ok:
         raise ConfigError(f"{name} must be of type {annotation}, got {value!r} ({type(value).__name__})")

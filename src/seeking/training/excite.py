@@ -1,0 +1,277 @@
+"""Excitation experiments: one MoE model trained by a base optimizer, plain and wrapped in Excitation.
+
+Every arm (``"none"`` = the plain optimizer, or an Excitation strategy) trains the same model from
+the same initial weights on the same batches, for each seed, and is tested every ``eval_every``
+steps. Image data sets train classifiers (Micro-MoE, the deep sparse MLPs, ViT-MoE); a ``.txt``
+file trains a character-level language model (GPT-MoE) and reports validation loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..data import ImageData, batches, load_dataset, normalize
+from ..data.text import TextData, load_text, text_batches
+from ..errors import ConfigError
+from ..excitation import Excitation, list_strategies
+from ..io import atomic_write_text, write_json
+from ..models import create_model
+from ..models.gpt_moe import lm_loss
+from ..models.registry import model_exists, unknown_model_message
+from ..moe import expert_layers, moe_aux_loss, routing_metrics
+from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
+from .config import check_device, check_types
+from .loop import prepare_run_dir
+from .schedule import lr_factor
+
+BASELINE = "none"
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda params, lr, momentum, weight_decay: torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay
+    ),
+    "adam": lambda params, lr, momentum, weight_decay: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
+    "adamw": lambda params, lr, momentum, weight_decay: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+    "rmsprop": lambda params, lr, momentum, weight_decay: torch.optim.RMSprop(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay
+    ),
+    "adagrad": lambda params, lr, momentum, weight_decay: torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay),
+}
+
+
+@dataclass
+class ExciteConfig:
+    """One Excitation experiment. Defaults: Micro-MoE on the embedded digits, SGD, three arms.
+
+    ``arms``: ``"none"`` (the plain optimizer) and/or Excitation strategies (``zero_sum``,
+    ``positive_sum``, ``exp_diff`` and the controls ``global``, ``random``, ``inverted``).
+    ``momentum`` is used by SGD and RMSprop. ``block_size`` is for text data only.
+    """
+
+    data: str = "digits"
+    model: str = "micro_moe"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    arms: list[str] = field(default_factory=lambda: [BASELINE, "zero_sum", "positive_sum"])
+    gamma: float = 1.0
+    steps: int = 600
+    batch_size: int = 128
+    eval_every: int = 100
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    block_size: int = 64
+    train_subset: int | None = None
+    test_subset: int | None = None
+    device: str = "cpu"
+    cache_dir: str | None = None
+
+    def validate(self) -> ExciteConfig:
+        check_types(self)
+        if not model_exists(self.model):
+            raise ConfigError(unknown_model_message(self.model))
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose constant or cosine")
+        known = [BASELINE, *list_strategies()]
+        for arm in self.arms:
+            if arm not in known:
+                raise ConfigError(f"unknown strategy {arm!r}; choose from: {', '.join(known)}")
+        if not self.arms or len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"arms must name each arm once and at least one, got {self.arms}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if not self.gamma > 0 or not math.isfinite(self.gamma):
+            raise ConfigError(f"gamma must be a finite number > 0, got {self.gamma}")
+        for name in ("steps", "batch_size", "eval_every", "block_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        reserved = sorted({"num_classes", "in_channels", "image_size", "vocab_size"} & set(self.model_kwargs))
+        if reserved:
+            raise ConfigError(f"model_kwargs must not set {', '.join(reserved)}: they come from the data set")
+        check_device(self.device)
+        return self
+
+    @property
+    def is_text(self) -> bool:
+        return Path(self.data).suffix == ".txt"
+
+
+class _Task:
+    """What differs between image classification and language modelling: data, model, loss, test."""
+
+    def __init__(self, config: ExciteConfig) -> None:
+        self.config = config
+        device = torch.device(config.device)
+        if config.is_text:
+            self.text: TextData = load_text(config.data)
+            self.name, self.metric = self.text.name, "val loss"
+            self.model_kwargs = {"vocab_size": self.text.vocab_size, "block_size": config.block_size}
+            self.val = self.text.val.to(device)
+        else:
+            dataset = load_dataset(config.data, cache_dir=config.cache_dir)
+            train, test = dataset.train, dataset.test
+            if config.train_subset:
+                train = train.subset(config.train_subset, seed=0)
+            if config.test_subset:
+                test = test.subset(config.test_subset, seed=0)
+            self.dataset, self.name, self.metric = dataset, dataset.name, "test acc %"
+            self.train = ImageData(train.images.to(device), train.labels.to(device))
+            self.test_data = ImageData(test.images.to(device), test.labels.to(device))
+            self.model_kwargs = {
+                "num_classes": dataset.num_classes,
+                "in_channels": dataset.in_channels,
+                "image_size": list(dataset.image_size),
+            }
+        self.model_kwargs.update(config.model_kwargs)
+
+    def build(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        try:
+            model = create_model(self.config.model, **self.model_kwargs).to(self.config.device)
+        except TypeError as exc:
+            kind = "a text file" if self.config.is_text else "an image data set"
+            raise ConfigError(
+                f"cannot build {self.config.model!r} for {kind} ({exc}): GPT-MoE models train on a .txt file, "
+                "the others on image data; check --model, --data and --model-kwargs"
+            ) from None
+        if not expert_layers(model):
+            raise ConfigError(
+                f"model {self.config.model!r} has no MoE layer: Excitation needs a model with expert layers "
+                "(micro_moe, sparse_mlp_deep10/20, vit_moe_tiny, gpt_moe_tiny, ...; see seeking.moe.protocol)"
+            )
+        return model
+
+    def stream(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(seed)
+        if self.config.is_text:
+            yield from text_batches(self.text.train, self.config.block_size, self.config.batch_size, generator)
+            return
+        if len(self.train) < self.config.batch_size:
+            raise ConfigError(f"batch_size {self.config.batch_size} exceeds the {len(self.train)} training images")
+        for _ in itertools.count():
+            for images, labels in batches(
+                self.train, self.config.batch_size, shuffle=True, generator=generator, drop_last=True
+            ):
+                yield self.inputs(images), labels
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize(images, self.dataset.mean, self.dataset.std)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return lm_loss(output, target) if self.config.is_text else F.cross_entropy(output, target)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> tuple[float, dict[str, float]]:
+        """The task metric and the routing metrics of the last test batch (with its labels)."""
+        model.eval()
+        if self.config.is_text:
+            gen = torch.Generator().manual_seed(1234)  # the same validation blocks for every arm and step
+            chosen = itertools.islice(text_batches(self.val, self.config.block_size, 64, gen), 8)
+            losses = []
+            for x, y in chosen:
+                losses.append(lm_loss(model(x), y).item())
+                labels = y
+            value = sum(losses) / len(losses)
+        else:
+            correct = 0
+            for images, labels in batches(self.test_data, 500, shuffle=False):
+                correct += (model(self.inputs(images)).argmax(1) == labels).sum().item()
+            value = 100.0 * correct / len(self.test_data)
+        metrics = routing_metrics(model, labels)
+        model.train()
+        return value, {k: v for k, v in metrics.items() if "/" not in k}
+
+
+def run_arm(task: _Task, arm: str, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train one arm for one seed; returns its final and periodic results."""
+    config = task.config
+    model = task.build(seed)
+    make = OPTIMIZERS[config.optimizer]
+    optimizer = make(model.parameters(), config.lr, config.momentum, config.weight_decay)
+    if arm != BASELINE:
+        optimizer = Excitation(optimizer, model, arm, config.gamma, seed=seed)
+    stream = task.stream(seed)
+    curve, loss_sum, loss_count = [], torch.zeros((), device=config.device), 0
+    step_seconds = 0.0
+    start = time.perf_counter()
+    for step in range(1, config.steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * lr_factor(config.schedule, step - 1, config.steps, 0)
+        x, y = next(stream)
+        loss = task.loss(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        (loss + moe_aux_loss(model)).backward()
+        tick = time.perf_counter()
+        optimizer.step()
+        step_seconds += time.perf_counter() - tick
+        loss_sum += loss.detach()
+        loss_count += 1
+        if step % config.eval_every == 0 or step == config.steps:
+            value, metrics = task.evaluate(model)
+            train_loss = loss_sum.item() / loss_count  # the one host sync per evaluation
+            loss_sum.zero_()
+            loss_count = 0
+            curve.append({"step": step, "train_loss": train_loss, task.metric: value, **metrics})
+            log(
+                f"  {arm:>12} seed {seed} step {step}/{config.steps}  train loss {train_loss:.4f}  "
+                f"{task.metric} {value:.4f}  dead {metrics.get('dead_fraction', math.nan):.3f}"
+            )
+    return {
+        "arm": arm,
+        "seed": seed,
+        "wall_seconds": time.perf_counter() - start,
+        "optimizer_step_ms": 1000 * step_seconds / config.steps,
+        **{k: v for k, v in curve[-1].items() if k != "step"},
+        "curve": curve,
+    }
+
+
+def compare_excitation(config: ExciteConfig, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train every arm for every seed; write ``excitation.{md,csv,json}`` into ``out``.
+
+    Returns the JSON's content: the config, the ``metric`` name, one row per arm (``rows``), every
+    run with its evaluations (``runs``), and the markdown ``table``."""
+    config.validate()
+    task = _Task(config)
+    task.build(config.seeds[0])  # a model without MoE layers fails here, before anything is written
+    out = prepare_run_dir(out)
+    log(
+        f"{config.model} on {task.name}, {config.optimizer} lr {config.lr}, {config.steps} steps of "
+        f"{config.batch_size}, arms {', '.join(config.arms)}, seeds {config.seeds}; results in {out}"
+    )
+    runs = [run_arm(task, arm, seed, log) for seed in config.seeds for arm in config.arms]
+    rows = excitation_rows(runs, task.metric)
+    table = excitation_markdown(rows, task.metric)
+    result = {
+        "seeking_version": __version__,
+        "config": dataclasses.asdict(config),
+        "metric": task.metric,
+        "rows": rows,
+        "runs": runs,
+        "table": table,
+    }
+    atomic_write_text(out / "excitation.md", table + "\n")
+    atomic_write_text(out / "excitation.csv", excitation_csv(rows))
+    write_json(out / "excitation.json", result)
+    return result

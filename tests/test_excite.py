@@ -1,0 +1,66 @@
+"""`seeking excite`: arms that share initial weights and batches, results files, clear errors."""
+
+import json
+import math
+
+import pytest
+
+from seeking.cli.main import main
+
+FAST = ["--steps", "12", "--eval-every", "6", "--batch-size", "64", "--seeds", "0", "1", "--quiet"]
+
+
+def test_excite_compares_arms_on_the_same_weights_and_batches(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["excite", *FAST, "--arms", "none", "zero_sum", "global", "--out", str(out)]) == 0
+    assert "excitation.md" in capsys.readouterr().out
+    result = json.loads((out / "excitation.json").read_text())
+    runs = {(r["arm"], r["seed"]): r for r in result["runs"]}
+    for seed in (0, 1):
+        # the global control scales every expert by 1: it must reproduce the plain optimizer exactly
+        plain, flat = runs[("none", seed)], runs[("global", seed)]
+        assert [c["train_loss"] for c in plain["curve"]] == [c["train_loss"] for c in flat["curve"]]
+        assert plain["test acc %"] == flat["test acc %"]
+        # zero-sum really changes the updates
+        assert runs[("zero_sum", seed)]["train_loss"] != plain["train_loss"]
+        assert 0 <= plain["dead_fraction"] <= 1 and plain["load_entropy"] > 0
+    rows = {r["arm"]: r for r in result["rows"]}
+    assert rows["excitation global"]["test acc % vs plain"] == 0.0
+    assert rows["plain optimizer"]["seeds"] == 2 and math.isnan(rows["plain optimizer"]["test acc % vs plain"])
+    table = (out / "excitation.md").read_text()
+    assert table.startswith("| arm | seeds | test acc % |") and "excitation zero_sum" in table
+    assert (out / "excitation.csv").read_text().startswith("arm,seeds,test acc %,test acc % std")
+
+
+def test_excite_trains_a_gpt_moe_on_a_text_file(tmp_path):
+    text = tmp_path / "poem.txt"
+    text.write_text("to be or not to be, that is the question.\n" * 80, encoding="utf-8")
+    small = json.dumps({"depth": 1, "width": 32, "heads": 2, "num_experts": 4})
+    argv = ["excite", "--model", "gpt_moe_tiny", "--data", str(text), "--model-kwargs", small, "--block-size", "16"]
+    out = tmp_path / "run"
+    assert main([*argv, *FAST, "--optimizer", "adam", "--lr", "0.003", "--out", str(out)]) == 0
+    runs = json.loads((out / "excitation.json").read_text())["runs"]
+    assert {r["arm"] for r in runs} == {"none", "zero_sum", "positive_sum"}
+    for r in runs:
+        first, last = r["curve"][0]["val loss"], r["curve"][-1]["val loss"]
+        assert math.isfinite(last) and last < first < math.log(len(set(text.read_text())) + 1) + 1
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "resnet20"], "has no MoE layer"),
+        (["--gamma", "0"], "gamma must be a finite number > 0"),
+        (["--arms", "none", "zero-sum"], "unknown strategy 'zero-sum'"),
+        (["--model", "gpt_moe_tiny"], "GPT-MoE models train on a .txt file"),
+        (["--model-kwargs", '{"num_classes": 3}'], "must not set num_classes"),
+        (["--steps", "0"], "steps must be >= 1"),
+        (["--data", "/nonexistent/text.txt"], "no such text file"),
+    ],
+)
+def test_excite_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["excite", *FAST, *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seeking: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
