@@ -3,9 +3,9 @@ depth growth and width growth with more heads (or wider heads), all built withou
 
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import motivated_steps, sgd
 
-from seeking import ConfigError, ConsecutiveDecrease, Motivator, Never, WeightMap, create_model
+from seeking import ConfigError, Motivator, Never, WeightMap, create_model
 
 DATA = {"num_classes": 10, "in_channels": 3, "image_size": [32, 32]}
 VIT = {"patch_size": 8}
@@ -16,10 +16,6 @@ def pair(base, motivated, base_kwargs=None, motivated_kwargs=None):
     b = create_model(base, **DATA, **(base_kwargs or {}))
     torch.manual_seed(1)
     return b, create_model(motivated, **DATA, **(motivated_kwargs or {}))
-
-
-def sgd(model):
-    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
 
 def max_diff(a, b, x):
@@ -117,18 +113,7 @@ def test_vit_wider_heads_map_onto_the_leading_features_of_each_head():
 
 def train_steps(sync, steps=8):
     b, m = pair("vit_tiny_patch16_224", "vit_small_patch16_224", {**VIT, "depth": 1}, {**VIT, "depth": 2})
-    motivator = Motivator(b, m, ConsecutiveDecrease(k=1), sgd(b), sgd(m), sync=sync)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        x, y = torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
-        model, opt = motivator.select()
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        motivator.observe(loss)
-    motivator.finish()
-    return b, m, motivator
+    return b, m, motivated_steps(b, m, sync, steps=steps, shape=(8, 3, 32, 32))
 
 
 def test_vit_zero_copy_sharing_gives_the_same_result_as_copying():

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import motivated_steps, sgd
 
 from seeking import ConfigError, ConsecutiveDecrease, Motivator, Never, WeightMap, create_model
 
@@ -12,10 +13,6 @@ def pair(base="resnet20", motivated="resnet32", **kwargs):
     b = create_model(base, **kwargs)
     torch.manual_seed(1)
     return b, create_model(motivated, **kwargs)
-
-
-def sgd(model):
-    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
 
 def max_diff(a, b, x):
@@ -157,17 +154,7 @@ def train_steps(sync, motivated_name="resnet32", width=1, batchnorm="separate", 
     base = create_model("resnet20")
     torch.manual_seed(1)
     large = create_model(motivated_name, width=width)
-    motivator = Motivator(base, large, ConsecutiveDecrease(k=1), sgd(base), sgd(large), sync=sync, batchnorm=batchnorm)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        x, y = torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
-        model, opt = motivator.select()
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        motivator.observe(loss)
-    motivator.finish()
+    motivator = motivated_steps(base, large, sync, steps=steps, shape=(16, 3, 8, 8), batchnorm=batchnorm)
     return base, large, motivator
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..moe.block import MoEBlock
+from ..moe.block import moe_blocks
 from .registry import register_model
 
 
@@ -52,19 +52,17 @@ class GPTMoE(nn.Module):
         self.pos_embed = nn.Embedding(block_size, width)
         for embed in (self.tok_embed, self.pos_embed):
             nn.init.normal_(embed.weight, std=0.02)
-        self.blocks = nn.ModuleList(
-            MoEBlock(
-                width,
-                heads,
-                mlp_ratio * width,
-                num_experts,
-                top_k,
-                causal=True,
-                storage=storage,
-                aux_loss_coef=aux_loss_coef,
-                z_loss_coef=z_loss_coef,
-            )
-            for _ in range(depth)
+        self.blocks = moe_blocks(
+            depth,
+            width,
+            heads,
+            mlp_ratio * width,
+            num_experts,
+            causal=True,
+            top_k=top_k,
+            storage=storage,
+            aux_loss_coef=aux_loss_coef,
+            z_loss_coef=z_loss_coef,
         )
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, vocab_size, bias=False)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..moe.block import MoEBlock
+from ..moe.block import moe_blocks
 from .registry import register_model
 
 
@@ -64,19 +64,17 @@ class ViTMoE(nn.Module):
         self.patch_embed = nn.Conv2d(in_channels, width, patch_size, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if pool == "cls" else None
         self.pos_embed = nn.Parameter(torch.randn(1, num_patches + (pool == "cls"), width) * 0.02)
-        self.blocks = nn.ModuleList(
-            MoEBlock(
-                width,
-                heads,
-                mlp_ratio * width,
-                num_experts,
-                top_k,
-                causal=False,
-                storage=storage,
-                aux_loss_coef=aux_loss_coef,
-                z_loss_coef=z_loss_coef,
-            )
-            for _ in range(depth)
+        self.blocks = moe_blocks(
+            depth,
+            width,
+            heads,
+            mlp_ratio * width,
+            num_experts,
+            causal=False,
+            top_k=top_k,
+            storage=storage,
+            aux_loss_coef=aux_loss_coef,
+            z_loss_coef=z_loss_coef,
         )
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, num_classes)

@@ -41,3 +41,10 @@ class MoEBlock(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.ln1(x))
         return x + self.moe(self.ln2(x), mask)
+
+
+def moe_blocks(
+    depth: int, width: int, heads: int, hidden: int, num_experts: int, top_k: int, causal: bool, **moe
+) -> nn.ModuleList:
+    """``depth`` :class:`MoEBlock` s alike; ``moe`` goes to each :class:`MoEFeedForward` (``storage``...)."""
+    return nn.ModuleList(MoEBlock(width, heads, hidden, num_experts, top_k, causal, **moe) for _ in range(depth))
