@@ -162,11 +162,13 @@ class WeightMap:
         if not todo:  # zero-copy sharing covers everything: skip even the name lookups
             return
         b, m = _tensors(base), _tensors(motivated)
-        for e in todo:
-            if direction == "to_motivated":
-                e.region(m[e.motivated]).copy_(e.source(b[e.base]))
-            else:
-                e.source(b[e.base]).copy_(e.region(m[e.motivated]))
+        regions = [e.region(m[e.motivated]) for e in todo]
+        sources = [e.source(b[e.base]) for e in todo]
+        # one batched copy: per-tensor dispatch, not the bytes, dominates a switch of many small tensors
+        if direction == "to_motivated":
+            torch._foreach_copy_(regions, sources)
+        else:
+            torch._foreach_copy_(sources, regions)
 
     @torch.no_grad()
     def alias(self, base: nn.Module, motivated: nn.Module, buffers: bool) -> list[str]:
@@ -201,6 +203,7 @@ class WeightMap:
         """Copy the optimizer state of shared weights (momentum, Adam moments, step) along the map,
         so the state follows the weights like the weights follow the map."""
         b, m = dict(base.named_parameters()), dict(motivated.named_parameters())
+        targets, sources = [], []
         for e in self.parameters():
             src_param, dst_param = (
                 (b[e.base], m[e.motivated]) if direction == "to_motivated" else (m[e.motivated], b[e.base])
@@ -216,11 +219,15 @@ class WeightMap:
                 dst = dst_state.get(key)
                 if dst is None or dst.shape != dst_param.shape:
                     dst = dst_state[key] = torch.zeros_like(dst_param)
-                with torch.no_grad():
-                    if direction == "to_motivated":
-                        e.region(dst).copy_(e.source(value))
-                    else:
-                        e.source(dst).copy_(e.region(value))
+                if direction == "to_motivated":
+                    targets.append(e.region(dst))
+                    sources.append(e.source(value))
+                else:
+                    targets.append(e.source(dst))
+                    sources.append(e.region(value))
+        if targets:
+            with torch.no_grad():
+                torch._foreach_copy_(targets, sources)
 
     def init_extra_capacity(self, motivated: nn.Module) -> list[str]:
         """Make every added residual block start as the identity, so that the motivated model
