@@ -155,6 +155,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ..reporting import markdown_table
+    from ..reporting.comparison import gain_sentence
     from ..training.compare import compare
 
     config = config_from_args(args)
@@ -162,7 +163,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     result = compare(config, out, random_control=not args.no_random_control, progress=not args.quiet, log=_logger(args))
     print(markdown_table(result["rows"]))
     print(
-        f"\nACC/FLOPs of motivation training over classical scaling: {result['efficiency_gain']:.3g}x "
+        f"\n{gain_sentence(result['efficiency_gain'])} "
         "(classical base as reference; FLOPs: forward + backward, 2 per multiply-add)"
     )
     print(f"results: {out}/comparison.md, comparison.csv, comparison.json")

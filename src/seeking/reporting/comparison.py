@@ -102,6 +102,21 @@ def csv_table(rows: list[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> s
 
 
 def efficiency_gain(rows: list[dict[str, Any]]) -> float:
-    """Motivated-large ACC/FLOPs over classical-scaling ACC/FLOPs (the paper's 'x higher')."""
+    """Motivated-large ACC/FLOPs over classical-scaling ACC/FLOPs (the paper's 'x higher').
+
+    NaN (not defined) unless classical scaling gains accuracy: when the large model alone is no
+    better than the base, the ratio of two slopes no longer says which is more efficient (two
+    losses would give a large positive "gain")."""
     by_arm = {r["arm"]: r["ACC/FLOPs (pts/TFLOP)"] for r in rows}
-    return _ratio(by_arm.get("motivated large", math.nan), by_arm.get("classical large", math.nan))
+    classical = by_arm.get("classical large", math.nan)
+    return _ratio(by_arm.get("motivated large", math.nan), classical) if classical > 0 else math.nan
+
+
+def gain_sentence(gain: float) -> str:
+    """The efficiency gain as a sentence for the printed and written reports."""
+    if math.isnan(gain):
+        return (
+            "ACC/FLOPs gain of motivation over classical scaling: not defined (the classical large model "
+            "did not beat the classical base, so there is no scaling gain to compare with)"
+        )
+    return f"ACC/FLOPs gain of motivation over classical scaling: {gain:.3g}x"

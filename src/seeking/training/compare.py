@@ -18,6 +18,7 @@ from typing import Any
 from ..data import load_dataset
 from ..io import atomic_write_text, write_json
 from ..reporting import comparison_rows, csv_table, efficiency_gain, markdown_table
+from ..reporting.comparison import gain_sentence
 from .config import TrainConfig
 from .loop import check_pair, prepare_run_dir, train
 
@@ -52,9 +53,7 @@ def compare(
     rows = comparison_rows(summaries)
     table = markdown_table(rows)
     gain = efficiency_gain(rows)
-    atomic_write_text(
-        Path(out) / "comparison.md", table + f"\n\nACC/FLOPs gain of motivation over classical scaling: {gain:.3g}x\n"
-    )
+    atomic_write_text(Path(out) / "comparison.md", table + f"\n\n{gain_sentence(gain)}\n")
     atomic_write_text(Path(out) / "comparison.csv", csv_table(rows))
     result = {"config": config.to_dict(), "rows": rows, "efficiency_gain": gain}
     write_json(Path(out) / "comparison.json", _without_nan(result))

@@ -1,0 +1,41 @@
+"""The comparison table's numbers: ACC/FLOPs against the classical base, the efficiency gain."""
+
+import math
+
+import pytest
+
+from seeking.reporting import comparison_rows, efficiency_gain
+
+
+def summary(base_acc=None, large_acc=None, flops=1e12, p=0.0):
+    models = {}
+    if base_acc is not None:
+        models["base"] = {"model": "b", "accuracy": base_acc}
+    if large_acc is not None:
+        models["motivated"] = {"model": "m", "accuracy": large_acc}
+    return {"models": models, "train_flops": flops, "p": p, "train_seconds": 1.0}
+
+
+def rows(classical_large_acc, motivated_large_acc):
+    return comparison_rows(
+        {
+            "classical_base": summary(base_acc=60.0, flops=1e12),
+            "classical_large": summary(large_acc=classical_large_acc, flops=3e12, p=1.0),
+            "motivated": summary(base_acc=61.0, large_acc=motivated_large_acc, flops=1.5e12, p=0.2),
+        }
+    )
+
+
+def test_acc_per_flops_and_savings_against_the_references():
+    table = {r["arm"]: r for r in rows(66.0, 63.0)}
+    assert math.isnan(table["classical base"]["ACC/FLOPs (pts/TFLOP)"])
+    assert table["classical large"]["ACC/FLOPs (pts/TFLOP)"] == pytest.approx(6.0 / 2.0)
+    assert table["motivated large"]["ACC/FLOPs (pts/TFLOP)"] == pytest.approx(3.0 / 0.5)
+    assert table["motivated base"]["FLOPs saving vs large"] == pytest.approx(2.0)
+    assert efficiency_gain(list(table.values())) == pytest.approx(2.0)
+
+
+def test_efficiency_gain_is_undefined_when_classical_scaling_gains_nothing():
+    # both large models worse than the base: two negative slopes must not read as a 30x "gain"
+    assert math.isnan(efficiency_gain(rows(55.0, 40.0)))
+    assert math.isnan(efficiency_gain(rows(60.0, 70.0)))
