@@ -127,7 +127,7 @@ class _Task:
             self.text: TextData = load_text(config.data)
             self.name, self.metric = self.text.name, "val loss"
             self.model_kwargs = {"vocab_size": self.text.vocab_size, "block_size": config.block_size}
-            self.val = self.text.val.to(device)
+            self.train_tokens, self.val_tokens = self.text.train.to(device), self.text.val.to(device)
         else:
             dataset = load_dataset(config.data, cache_dir=config.cache_dir)
             train, test = dataset.train, dataset.test
@@ -165,11 +165,11 @@ class _Task:
     def stream(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(seed)
         if self.config.is_text:
-            yield from text_batches(self.text.train, self.config.block_size, self.config.batch_size, generator)
+            yield from text_batches(self.train_tokens, self.config.block_size, self.config.batch_size, generator)
             return
         if len(self.train) < self.config.batch_size:
             raise ConfigError(f"batch_size {self.config.batch_size} exceeds the {len(self.train)} training images")
-        for _ in itertools.count():
+        while True:
             for images, labels in batches(
                 self.train, self.config.batch_size, shuffle=True, generator=generator, drop_last=True
             ):
@@ -187,7 +187,7 @@ class _Task:
         model.eval()
         if self.config.is_text:
             gen = torch.Generator().manual_seed(1234)  # the same validation blocks for every arm and step
-            chosen = itertools.islice(text_batches(self.val, self.config.block_size, 64, gen), 8)
+            chosen = itertools.islice(text_batches(self.val_tokens, self.config.block_size, 64, gen), 8)
             losses = []
             for x, y in chosen:
                 losses.append(lm_loss(model(x), y).item())
