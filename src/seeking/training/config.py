@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -89,13 +90,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(
-                f"unknown configuration key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(names))}"
-            )
-        return cls(**values).validate()
+        return config_from_dict(cls, values)
+
+
+def config_from_dict(cls: type, values: Any) -> Any:
+    """A validated ``cls`` dataclass from a mapping: unknown keys, wrong types, bad values are ``ConfigError`` s."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a configuration must be a mapping of option names to values, got {type(values).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(str(k) for k in set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(names))}")
+    return cls(**values).validate()
 
 
 def check_device(name: str) -> None:
@@ -122,7 +128,9 @@ _SCALARS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)
 
 
 def _is(value: Any, base: str) -> bool:
-    return isinstance(value, _SCALARS[base]) and (base == "bool" or not isinstance(value, bool))
+    if not isinstance(value, _SCALARS[base]) or (base != "bool" and isinstance(value, bool)):
+        return False
+    return base != "float" or math.isfinite(value)  # a NaN would slip through every range check
 
 
 def _check_type(name: str, value: Any, annotation: str) -> None:

@@ -32,7 +32,7 @@ from ..models.gpt_moe import lm_loss
 from ..models.registry import model_exists, unknown_model_message
 from ..moe import expert_layers, moe_aux_loss, routing_metrics
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
-from .config import check_device, check_types
+from .config import check_device, check_types, config_from_dict
 from .loop import prepare_run_dir
 from .schedule import lr_factor
 
@@ -111,6 +111,10 @@ class ExciteConfig:
             raise ConfigError(f"model_kwargs must not set {', '.join(reserved)}: they come from the data set")
         check_device(self.device)
         return self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExciteConfig:
+        return config_from_dict(cls, values)
 
     @property
     def is_text(self) -> bool:
