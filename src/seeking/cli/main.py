@@ -98,6 +98,13 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="(default: %(default)s)")
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="(default: %(default)s)")
     g.add_argument("--crop-padding", type=int, help="random-crop padding in pixels (default: image size / 8)")
+    g.add_argument(
+        "--max-nonfinite",
+        type=int,
+        default=d.max_nonfinite,
+        help="a step with a non-finite loss or gradient is skipped; stop after this many in a row "
+        "(default: %(default)s)",
+    )
     g = parser.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     g.add_argument(

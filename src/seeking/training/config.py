@@ -47,6 +47,7 @@ class TrainConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     eval_every: int = 1
+    max_nonfinite: int = 10
     seed: int = 0
     device: str = "cpu"
     channels_last: bool = False
@@ -66,6 +67,10 @@ class TrainConfig:
         _choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATE_POLICIES)
         _choice("batchnorm", self.batchnorm, BATCHNORM_POLICIES)
         _choice("sync", self.sync, SYNC_MODES)
+        if self.max_nonfinite < 1:
+            raise ConfigError(
+                f"max_nonfinite (non-finite losses in a row before stopping) must be >= 1, got {self.max_nonfinite}"
+            )
         if self.k < 1:
             raise ConfigError(f"k (consecutive loss decreases before switching) must be >= 1, got {self.k}")
         if not 0.0 <= self.p <= 1.0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..checkpoint import save_model
 from ..data import ImageData, ImageDataset, augment, batches, load_dataset, normalize
-from ..errors import ConfigError
+from ..errors import ConfigError, SeekingError
 from ..io import write_json
 from ..models import create_model
 from ..motivation import Motivator, WeightMap, make_condition
@@ -76,6 +77,14 @@ def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
         raise ConfigError(f"run folder {path} already exists and is not empty; choose another --out or remove it")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _loss_and_finite(loss: torch.Tensor, model: nn.Module) -> tuple[float, bool]:
+    """The loss on the host, and whether it and every gradient of ``model`` are finite (one sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
+    loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
+    return loss_value, math.isfinite(loss_value) and math.isfinite(norm_value)
 
 
 def model_kwargs(config: TrainConfig, dataset: ImageDataset) -> dict[str, Any]:
@@ -195,10 +204,10 @@ def train(
             results[name] = evaluate(m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last)
         return results
 
-    step, train_seconds, eval_seconds = 0, 0.0, 0.0
+    step, train_seconds, eval_seconds, skipped, nonfinite_run = 0, 0.0, 0.0, 0, 0
     with open(run_dir / "steps.jsonl", "w") as step_log, open(run_dir / "epochs.jsonl", "w") as epoch_log:
         for epoch in range(1, config.epochs + 1):
-            start, loss_sum = time.perf_counter(), 0.0
+            start, loss_sum, counted = time.perf_counter(), 0.0, 0
             for x, y in tqdm(
                 batches(train_data, config.batch_size, shuffle=True, generator=order, drop_last=True),
                 total=steps_per_epoch,
@@ -215,15 +224,27 @@ def train(
                     loss = F.cross_entropy(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
-                loss_value = loss.item()  # the condition needs it on the host before the next step
+                # one host sync, which the condition needs anyway: the loss and the gradients' norm
+                loss_value, finite = _loss_and_finite(loss, model)
                 flops[plan.active] += step_flops[plan.active]
-                step_log.write(
-                    json.dumps({"step": step, "epoch": epoch, "model": plan.active, "loss": loss_value, "lr": lr})
-                    + "\n"
-                )
-                plan.observe(loss_value)
-                loss_sum += loss_value
+                loss_logged = loss_value if math.isfinite(loss_value) else None  # JSON has no NaN
+                entry = {"step": step, "epoch": epoch, "model": plan.active, "loss": loss_logged, "lr": lr}
+                if finite:
+                    optimizer.step()
+                    plan.observe(loss_value)
+                    loss_sum += loss_value
+                    counted += 1
+                    nonfinite_run = 0
+                else:  # skipped: the weights stay finite, so nothing reaches the other model or the condition
+                    entry["skipped"] = "non-finite loss or gradient"
+                    skipped += 1
+                    nonfinite_run += 1
+                    if nonfinite_run >= config.max_nonfinite:
+                        raise SeekingError(
+                            f"training diverged: {nonfinite_run} non-finite losses or gradients in a row "
+                            f"(last at step {step}, lr {lr:.3g}); lower --lr, or raise --max-nonfinite"
+                        )
+                step_log.write(json.dumps(entry) + "\n")
                 step += 1
             train_seconds += time.perf_counter() - start
 
@@ -232,7 +253,8 @@ def train(
                 "steps": plan.steps,
                 "p": plan.p,
                 "switches": plan.switches,
-                "train_loss": loss_sum / steps_per_epoch,
+                "train_loss": loss_sum / counted if counted else float("nan"),
+                "skipped_steps": skipped,
                 "flops": sum(flops.values()),
                 "train_seconds": train_seconds,
             }
@@ -259,6 +281,7 @@ def train(
         "motivated_steps": plan.motivated_steps,
         "p": plan.p,
         "switches": plan.switches,
+        "skipped_steps": skipped,
         "train_flops": sum(flops.values()),
         "train_flops_by_model": flops,
         "step_flops": step_flops,

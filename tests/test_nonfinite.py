@@ -1,0 +1,55 @@
+"""Non-finite losses: the step is skipped and counted, the condition never sees it, no NaN reaches
+either model, and a run of them stops training with a clear message."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import seeking.training.loop as loop
+from seeking import SeekingError, TrainConfig, train
+from seeking.cli.main import main
+
+FAST = dict(train_subset=128, test_subset=60, epochs=2, batch_size=32, k=1)
+
+
+class PoisonedLoss:
+    """Stands in for ``torch.nn.functional`` in the training loop: the loss of chosen calls is NaN."""
+
+    def __init__(self, poisoned):
+        self.poisoned, self.calls = set(poisoned), 0
+
+    def __getattr__(self, name):
+        return getattr(torch.nn.functional, name)
+
+    def cross_entropy(self, logits, target):
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        self.calls += 1
+        return loss * math.nan if self.calls - 1 in self.poisoned else loss
+
+
+def test_a_nan_step_is_skipped_and_reaches_neither_model_nor_the_condition(tmp_path, monkeypatch):
+    clean = train(TrainConfig(**FAST), tmp_path / "clean", progress=False, log=lambda line: None)
+    monkeypatch.setattr(loop, "F", PoisonedLoss({3}))
+    run = tmp_path / "poisoned"
+    poisoned = train(TrainConfig(**FAST), run, progress=False, log=lambda line: None)
+    steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert steps[3]["skipped"] and steps[3]["loss"] is None
+    assert sum("skipped" in s for s in steps) == 1
+    summary = poisoned.summary
+    assert summary["skipped_steps"] == 1
+    assert summary["steps"] == clean.summary["steps"] - 1  # the condition observed one step fewer
+    for name in ("base", "motivated"):
+        weights = load_file(run / f"{name}.safetensors")
+        assert all(torch.isfinite(t.float()).all() for t in weights.values())
+
+
+def test_a_run_of_nan_losses_stops_with_a_clear_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(loop, "F", PoisonedLoss(range(1000)))
+    with pytest.raises(SeekingError, match="training diverged: 3 non-finite losses or gradients in a row"):
+        train(TrainConfig(**FAST, max_nonfinite=3), tmp_path / "run", progress=False, log=lambda line: None)
+    argv = ["train", "--train-subset", "128", "--epochs", "1", "--max-nonfinite", "2", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "cli")]) == 2
+    assert "lower --lr" in capsys.readouterr().err
