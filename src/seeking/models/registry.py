@@ -73,22 +73,15 @@ def _create_timm(
 ) -> nn.Module:
     timm = _timm()
     kwargs = {"num_classes": num_classes, "in_chans": in_channels, **kwargs}
-    if image_size is not None:
+    attempts = [{"img_size": tuple(image_size)}, {}] if image_size is not None else [{}]
+    for size in attempts:
         try:
-            model = timm.create_model(name, pretrained=False, img_size=tuple(image_size), **kwargs)
-        except TypeError as exc:  # a convolutional network: any input size, no img_size argument
-            if "img_size" not in str(exc):
-                raise ConfigError(f"cannot build timm model {name!r} with {kwargs}: {exc}") from None
-        else:
-            return _with_cfg(model, num_classes, in_channels, image_size)
-    try:
-        model = timm.create_model(name, pretrained=False, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"cannot build timm model {name!r} with {kwargs}: {exc}") from None
-    return _with_cfg(model, num_classes, in_channels, image_size)
-
-
-def _with_cfg(model: nn.Module, num_classes: int, in_channels: int, image_size) -> nn.Module:
+            model = timm.create_model(name, pretrained=False, **size, **kwargs)
+            break
+        except TypeError as exc:
+            if size and "img_size" in str(exc):  # a convolutional network: any input size, no img_size argument
+                continue
+            raise ConfigError(f"cannot build timm model {name!r} with {kwargs}: {exc}") from None
     # timm initialises some classifiers (EfficientNet's) uniformly within 1/sqrt(num_classes): with 10
     # classes the first logits reach +-30 and SGD diverges. A fresh head has PyTorch's default init.
     model.reset_classifier(num_classes)

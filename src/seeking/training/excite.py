@@ -37,17 +37,14 @@ from .loop import prepare_run_dir
 from .schedule import lr_factor
 
 BASELINE = "none"
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "sgd": lambda params, lr, momentum, weight_decay: torch.optim.SGD(
-        params, lr=lr, momentum=momentum, weight_decay=weight_decay
-    ),
-    "adam": lambda params, lr, momentum, weight_decay: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
-    "adamw": lambda params, lr, momentum, weight_decay: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
-    "rmsprop": lambda params, lr, momentum, weight_decay: torch.optim.RMSprop(
-        params, lr=lr, momentum=momentum, weight_decay=weight_decay
-    ),
-    "adagrad": lambda params, lr, momentum, weight_decay: torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay),
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
 }
+WITH_MOMENTUM = ("sgd", "rmsprop")
 
 
 @dataclass
@@ -211,8 +208,10 @@ def run_arm(task: _Task, arm: str, seed: int, log: Callable[[str], None]) -> dic
     """Train one arm for one seed; returns its final and periodic results."""
     config = task.config
     model = task.build(seed)
-    make = OPTIMIZERS[config.optimizer]
-    optimizer = make(model.parameters(), config.lr, config.momentum, config.weight_decay)
+    momentum = {"momentum": config.momentum} if config.optimizer in WITH_MOMENTUM else {}
+    optimizer = OPTIMIZERS[config.optimizer](
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **momentum
+    )
     if arm != BASELINE:
         optimizer = Excitation(optimizer, model, arm, config.gamma, seed=seed)
     stream = task.stream(seed)
