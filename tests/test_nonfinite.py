@@ -2,10 +2,10 @@
 either model, and a run of them stops training with a clear message."""
 
 import json
-import math
 
 import pytest
 import torch
+from helpers import PoisonedLoss
 from safetensors.torch import load_file
 
 import seeking.training.loop as loop
@@ -13,21 +13,6 @@ from seeking import SeekingError, TrainConfig, train
 from seeking.cli.main import main
 
 FAST = dict(train_subset=128, test_subset=60, epochs=2, batch_size=32, k=1)
-
-
-class PoisonedLoss:
-    """Stands in for ``torch.nn.functional`` in the training loop: the loss of chosen calls is NaN."""
-
-    def __init__(self, poisoned):
-        self.poisoned, self.calls = set(poisoned), 0
-
-    def __getattr__(self, name):
-        return getattr(torch.nn.functional, name)
-
-    def cross_entropy(self, logits, target):
-        loss = torch.nn.functional.cross_entropy(logits, target)
-        self.calls += 1
-        return loss * math.nan if self.calls - 1 in self.poisoned else loss
 
 
 def test_a_nan_step_is_skipped_and_reaches_neither_model_nor_the_condition(tmp_path, monkeypatch):

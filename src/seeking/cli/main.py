@@ -19,6 +19,8 @@ from ..training import TrainConfig
 from ..training.config import CONDITIONS, SCHEDULES
 
 DEFAULTS = TrainConfig()
+# options of train and compare that are not TrainConfig fields, with their defaults
+TRAIN_EXTRAS: dict[str, object] = {"pair": None, "model_kwargs": "{}", "out": None}
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +108,26 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     g = parser.add_argument_group("run")
+    g.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the unfinished run in RUN_DIR from its newest checkpoint, with its saved options",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        metavar="STEPS",
+        help="also write a checkpoint every STEPS steps (one is always written at the end of each epoch) "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=d.keep_checkpoints,
+        metavar="N",
+        help="keep the last N checkpoints in RUN_DIR/checkpoints (default: %(default)s)",
+    )
     g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     g.add_argument(
         "--eval-every",
@@ -132,6 +154,16 @@ def _json_object(option: str, text: str) -> dict:
     return value
 
 
+def _refuse_options_with_resume(args: argparse.Namespace, config_type: type, extra: dict[str, object]) -> None:
+    """``--resume`` takes the run's saved options; an option given beside it would be silently ignored."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config_type) if f.default is not dataclasses.MISSING}
+    defaults |= {f.name: f.default_factory() for f in dataclasses.fields(config_type) if f.name not in defaults}
+    given = [name for name, default in {**defaults, **extra}.items() if getattr(args, name, default) != default]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(given))
+        raise SeekingError(f"--resume continues a run with the options it was started with; drop {flags}")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     if args.pair:
@@ -143,13 +175,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
+def _resumed_values(args: argparse.Namespace, config_type: type, extra: dict[str, object], result: str) -> dict:
+    """The saved options of the run that ``--resume`` names (after refusing options given beside it)."""
+    from ..training.resume import read_run_config
+
+    _refuse_options_with_resume(args, config_type, extra)
+    return read_run_config(args.resume, result)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..training import train
 
-    config = config_from_args(args)
-    result = train(
-        config, args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}", progress=not args.quiet, log=_logger(args)
-    )
+    if args.resume:
+        config, out = (
+            TrainConfig.from_dict(_resumed_values(args, TrainConfig, TRAIN_EXTRAS, "summary.json")),
+            args.resume,
+        )
+    else:
+        config, out = config_from_args(args), args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = train(config, out, resume=bool(args.resume), progress=not args.quiet, log=_logger(args))
     s = result.summary
     for name, m in s["models"].items():
         print(f"{name:9s} {m['model']:10s} test accuracy {m['accuracy']:.2f}%  -> {result.run_dir / m['checkpoint']}")
@@ -165,9 +209,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ..reporting.comparison import gain_sentence
     from ..training.compare import compare
 
-    config = config_from_args(args)
-    out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = compare(config, out, random_control=not args.no_random_control, progress=not args.quiet, log=_logger(args))
+    random_control = not args.no_random_control
+    if args.resume:
+        values = _resumed_values(args, TrainConfig, {**TRAIN_EXTRAS, "no_random_control": False}, "comparison.json")
+        random_control = bool(values.pop("random_control", True))
+        config, out = TrainConfig.from_dict(values), args.resume
+    else:
+        config, out = config_from_args(args), args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = compare(
+        config,
+        out,
+        random_control=random_control,
+        resume=bool(args.resume),
+        progress=not args.quiet,
+        log=_logger(args),
+    )
     print(markdown_table(result["rows"]))
     print(
         f"\n{gain_sentence(result['efficiency_gain'])} "
@@ -234,6 +290,26 @@ def _add_excite_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-subset", type=int, help="use this many test images (class-stratified)")
     parser.add_argument("--device", default=d.device, help="(default: %(default)s)")
     parser.add_argument("--cache-dir")
+    parser.add_argument(
+        "--max-nonfinite",
+        type=int,
+        default=d.max_nonfinite,
+        help="a step with a non-finite loss or gradient is skipped; stop after this many in a row "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        metavar="STEPS",
+        help="also checkpoint every STEPS steps (one is always written at each evaluation) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-checkpoints", type=int, default=d.keep_checkpoints, metavar="N", help="(default: %(default)s)"
+    )
+    parser.add_argument(
+        "--resume", metavar="OUT", help="continue the unfinished experiment in OUT, with its saved options"
+    )
     parser.add_argument("--out", help="results folder (default: runs/excite-<time>)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -241,11 +317,14 @@ def _add_excite_options(parser: argparse.ArgumentParser) -> None:
 def _cmd_excite(args: argparse.Namespace) -> int:
     from ..training.excite import ExciteConfig, compare_excitation
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExciteConfig)}
-    values["model_kwargs"] = _json_object("--model-kwargs", args.model_kwargs)
-    config = ExciteConfig(**values).validate()
-    out = args.out or f"runs/excite-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(compare_excitation(config, out, log=_logger(args))["table"])
+    if args.resume:
+        values = _resumed_values(args, ExciteConfig, {"model_kwargs": "{}", "out": None}, "excitation.json")
+        config, out = ExciteConfig.from_dict(values), args.resume
+    else:
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExciteConfig)}
+        values["model_kwargs"] = _json_object("--model-kwargs", args.model_kwargs)
+        config, out = ExciteConfig(**values).validate(), args.out or f"runs/excite-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(compare_excitation(config, out, log=_logger(args), resume=bool(args.resume))["table"])
     print(f"results: {out}/excitation.md, excitation.csv, excitation.json")
     return 0
 
@@ -293,8 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SeekingError as exc:
         print(f"seeking: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("seeking: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # RunInterrupted says where the checkpoint is
+        print(f"seeking: interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
 
 

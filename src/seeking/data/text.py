@@ -10,7 +10,6 @@ targets are the inputs shifted by one token.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,17 +74,43 @@ def load_text(path: str | os.PathLike, val_fraction: float = 0.1) -> TextData:
     return TextData(path.stem, vocab, ids[:n_train], ids[n_train:])
 
 
+class TextBatches:
+    """Endless (inputs, targets) int64 batches (batch_size, block_size) of random blocks of ``data``.
+
+    The only state is the generator's, read between batches, so ``state_dict`` / ``load_state_dict``
+    resume the exact sequence (with a ``generator``; without one, torch's global RNG is used)."""
+
+    def __init__(
+        self, data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator | None = None
+    ) -> None:
+        if block_size < 1 or batch_size < 1:
+            raise DataError(f"block_size and batch_size must be at least 1, got {block_size} and {batch_size}")
+        if len(data) <= block_size:
+            raise DataError(f"a block of {block_size} tokens and its target need {block_size + 1}, got {len(data)}")
+        self.data, self.block_size, self.batch_size, self.generator = data, block_size, batch_size, generator
+        self.device = generator.device if generator is not None else torch.device("cpu")
+        self.offsets = torch.arange(block_size + 1, device=self.device)
+
+    def __iter__(self) -> TextBatches:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        high = len(self.data) - self.block_size
+        starts = torch.randint(0, high, (self.batch_size, 1), generator=self.generator, device=self.device)
+        chunk = self.data[(starts + self.offsets).to(self.data.device)].long()
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.generator is None:
+            raise DataError("TextBatches without a generator draws from torch's global RNG and has no state of its own")
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
 def text_batches(
     data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (inputs, targets) int64 batches (batch_size, block_size) of random blocks of ``data``."""
-    if block_size < 1 or batch_size < 1:
-        raise DataError(f"block_size and batch_size must be at least 1, got {block_size} and {batch_size}")
-    if len(data) <= block_size:
-        raise DataError(f"a block of {block_size} tokens and its target need {block_size + 1}, got {len(data)}")
-    device = generator.device if generator is not None else "cpu"
-    offsets = torch.arange(block_size + 1, device=device)
-    while True:
-        starts = torch.randint(0, len(data) - block_size, (batch_size, 1), generator=generator, device=device)
-        chunk = data[(starts + offsets).to(data.device)].long()
-        yield chunk[:, :-1], chunk[:, 1:]
+) -> TextBatches:
+    """Endless (inputs, targets) batches of random blocks of ``data``: see :class:`TextBatches`."""
+    return TextBatches(data, block_size, batch_size, generator)

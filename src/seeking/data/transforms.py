@@ -36,6 +36,47 @@ def batches(
             yield data.images[index], data.labels[index]
 
 
+class EpochBatches:
+    """Full shuffled batches epoch after epoch (the last partial batch of each epoch is dropped).
+
+    The same batches as ``batches(data, batch_size, shuffle=True, generator=generator,
+    drop_last=True)`` called once per epoch, but resumable: the state is the generator's state at
+    the start of the current epoch and how many of its batches were taken, so ``load_state_dict``
+    redraws that epoch's order and goes on from there.
+    """
+
+    def __init__(self, data: ImageData, batch_size: int, generator: torch.Generator) -> None:
+        if not 1 <= batch_size <= len(data):
+            raise DataError(f"batch_size {batch_size} must lie in 1..{len(data)} (the number of examples)")
+        self.data, self.batch_size, self.generator = data, batch_size, generator
+        self.per_epoch = len(data) // batch_size
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self.epoch_start = self.generator.get_state()
+        self.order = torch.randperm(len(self.data), generator=self.generator, device=self.generator.device)
+        self.order = self.order.to(self.data.labels.device)
+        self.taken = 0
+
+    def __iter__(self) -> EpochBatches:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.taken == self.per_epoch:
+            self._new_epoch()
+        index = self.order[self.taken * self.batch_size : (self.taken + 1) * self.batch_size]
+        self.taken += 1
+        return self.data.images[index], self.data.labels[index]
+
+    def state_dict(self) -> dict[str, object]:
+        return {"epoch_start": self.epoch_start, "taken": self.taken}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.generator.set_state(state["epoch_start"])
+        self._new_epoch()
+        self.taken = int(state["taken"])
+
+
 def augment(
     images: torch.Tensor,
     *,

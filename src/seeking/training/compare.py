@@ -8,6 +8,7 @@ optionally the random control firing at the p the motivated run measured.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -15,12 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..data import load_dataset
+from ..errors import ConfigError
 from ..io import atomic_write_text, write_json
 from ..reporting import comparison_rows, csv_table, efficiency_gain, markdown_table
 from ..reporting.comparison import gain_sentence
 from .config import TrainConfig
 from .loop import check_pair, prepare_run_dir, train
+from .resume import mark_complete, mark_incomplete
 
 
 def compare(
@@ -28,28 +32,43 @@ def compare(
     out_dir: str | os.PathLike,
     *,
     random_control: bool = True,
+    resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train every arm into ``out_dir/<arm>/`` and write ``comparison.{md,csv,json}`` there."""
+    """Train every arm into ``out_dir/<arm>/`` and write ``comparison.{md,csv,json}`` there.
+
+    ``resume=True`` continues an unfinished comparison: finished arms are read back, an unfinished
+    one is resumed from its checkpoint, the others are trained."""
     config.validate()
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress and sys.stderr.isatty())
     check_pair(config, dataset)
-    out = prepare_run_dir(out_dir)
-    arms = [("classical_base", "never"), ("classical_large", "always"), ("motivated", config.condition)]
-    summaries: dict[str, dict[str, Any]] = {}
-    for arm, condition in arms:
+    out = Path(out_dir)
+    if resume:
+        if (out / "comparison.json").exists():
+            raise ConfigError(f"cannot resume {out}: the comparison is complete (it has comparison.json)")
+    else:
+        prepare_run_dir(out)
+        saved = {"seeking_version": __version__, "command": sys.argv, **config.to_dict()}
+        write_json(out / "config.json", {**saved, "random_control": random_control})
+        mark_incomplete(out, f"seeking compare --resume {out}")
+
+    def run_arm(arm: str, arm_config: TrainConfig) -> dict[str, Any]:
+        folder = out / arm
+        if (folder / "summary.json").exists():
+            log(f"== arm {arm}: finished before, read from {folder}")
+            return json.loads((folder / "summary.json").read_text())
         log(f"== arm {arm}")
-        arm_config = dataclasses.replace(config, condition=condition)
-        summaries[arm] = train(arm_config, out / arm, progress=progress, log=log, dataset=dataset).summary
+        started = resume and folder.exists()
+        return train(arm_config, folder, resume=started, progress=progress, log=log, dataset=dataset).summary
+
+    arms = [("classical_base", "never"), ("classical_large", "always"), ("motivated", config.condition)]
+    summaries = {arm: run_arm(arm, dataclasses.replace(config, condition=condition)) for arm, condition in arms}
     if random_control:
         p = summaries["motivated"]["p"]
-        log(f"== arm random_control (p = {p:.3f}, as measured in the motivated run)")
-        arm_config = dataclasses.replace(config, condition="random", p=p)
-        summaries["random_control"] = train(
-            arm_config, out / "random_control", progress=progress, log=log, dataset=dataset
-        ).summary
+        log(f"random control at p = {p:.3f}, as measured in the motivated run")
+        summaries["random_control"] = run_arm("random_control", dataclasses.replace(config, condition="random", p=p))
     rows = comparison_rows(summaries)
     table = markdown_table(rows)
     gain = efficiency_gain(rows)
@@ -57,6 +76,7 @@ def compare(
     atomic_write_text(Path(out) / "comparison.csv", csv_table(rows))
     result = {"config": config.to_dict(), "rows": rows, "efficiency_gain": gain}
     write_json(Path(out) / "comparison.json", _without_nan(result))
+    mark_complete(out)
     return result
 
 

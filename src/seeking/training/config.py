@@ -23,6 +23,8 @@ class TrainConfig:
 
     ``condition``: ``decrease`` (motivation training, rule of METHODS.md with ``k``), ``random``
     (the control, rate ``p``), ``never`` (classical base) or ``always`` (classical large model).
+    A checkpoint for resuming is written at the end of every epoch, and every ``checkpoint_every``
+    steps if that is not 0; the last ``keep_checkpoints`` are kept.
     """
 
     data: str = "digits"
@@ -48,6 +50,8 @@ class TrainConfig:
     test_subset: int | None = None
     eval_every: int = 1
     max_nonfinite: int = 10
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 1
     seed: int = 0
     device: str = "cpu"
     channels_last: bool = False
@@ -67,10 +71,7 @@ class TrainConfig:
         _choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATE_POLICIES)
         _choice("batchnorm", self.batchnorm, BATCHNORM_POLICIES)
         _choice("sync", self.sync, SYNC_MODES)
-        if self.max_nonfinite < 1:
-            raise ConfigError(
-                f"max_nonfinite (non-finite losses in a row before stopping) must be >= 1, got {self.max_nonfinite}"
-            )
+        check_checkpointing(self)
         if self.k < 1:
             raise ConfigError(f"k (consecutive loss decreases before switching) must be >= 1, got {self.k}")
         if not 0.0 <= self.p <= 1.0:
@@ -107,6 +108,18 @@ def config_from_dict(cls: type, values: Any) -> Any:
     if unknown:
         raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(names))}")
     return cls(**values).validate()
+
+
+def check_checkpointing(config: Any) -> None:
+    """The fields shared by both configurations: ``checkpoint_every``, ``keep_checkpoints``, ``max_nonfinite``."""
+    if config.max_nonfinite < 1:
+        raise ConfigError(
+            f"max_nonfinite (non-finite losses in a row before stopping) must be >= 1, got {config.max_nonfinite}"
+        )
+    if config.checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be >= 0 steps (0: the default points), got {config.checkpoint_every}")
+    if config.keep_checkpoints < 1:
+        raise ConfigError(f"keep_checkpoints must be >= 1 (resuming needs one), got {config.keep_checkpoints}")
 
 
 def check_device(name: str) -> None:

@@ -4,15 +4,22 @@ Every arm (``"none"`` = the plain optimizer, or an Excitation strategy) trains t
 the same initial weights on the same batches, for each seed, and is tested every ``eval_every``
 steps. Image data sets train classifiers (Micro-MoE, the deep sparse MLPs, ViT-MoE); a ``.txt``
 file trains a character-level language model (GPT-MoE) and reports validation loss.
+
+The results folder holds ``config.json``, one ``runs/<arm>-seed<seed>.json`` per finished run, the
+checkpoints of the run in progress (``checkpoints/<arm>-seed<seed>/``), ``INCOMPLETE`` until all runs
+are done, and then ``excitation.{md,csv,json}``. ``compare_excitation(..., resume=True)`` reads the
+finished runs back and resumes the one in progress exactly. A step with a non-finite loss or gradient
+is skipped (its routing counts dropped) and counted; ``max_nonfinite`` in a row stop the experiment.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +30,9 @@ from torch import nn
 
 from .. import __version__
 from ..data import ImageData, batches, load_dataset, normalize
-from ..data.text import TextData, load_text, text_batches
-from ..errors import ConfigError
+from ..data.text import TextBatches, TextData, load_text, text_batches
+from ..data.transforms import EpochBatches
+from ..errors import CheckpointError, ConfigError, SeekingError
 from ..excitation import Excitation, list_strategies
 from ..io import atomic_write_text, write_json
 from ..models import create_model
@@ -32,8 +40,18 @@ from ..models.gpt_moe import lm_loss
 from ..models.registry import model_exists, unknown_model_message
 from ..moe import expert_layers, moe_aux_loss, routing_metrics
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
-from .config import check_device, check_types, config_from_dict
-from .loop import prepare_run_dir
+from .config import check_checkpointing, check_device, check_types, config_from_dict
+from .loop import _loss_and_finite, prepare_run_dir
+from .resume import (
+    Checkpoints,
+    RunInterrupted,
+    StopRequests,
+    check_state,
+    mark_complete,
+    mark_incomplete,
+    rng_state,
+    set_rng_state,
+)
 from .schedule import lr_factor
 
 BASELINE = "none"
@@ -53,7 +71,8 @@ class ExciteConfig:
 
     ``arms``: ``"none"`` (the plain optimizer) and/or Excitation strategies (``zero_sum``,
     ``positive_sum``, ``exp_diff`` and the controls ``global``, ``random``, ``inverted``).
-    ``momentum`` is used by SGD and RMSprop. ``block_size`` is for text data only.
+    ``momentum`` is used by SGD and RMSprop. ``block_size`` is for text data only. A checkpoint of
+    the run in progress is written at each evaluation and every ``checkpoint_every`` steps if not 0.
     """
 
     data: str = "digits"
@@ -75,9 +94,13 @@ class ExciteConfig:
     test_subset: int | None = None
     device: str = "cpu"
     cache_dir: str | None = None
+    max_nonfinite: int = 10
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 1
 
     def validate(self) -> ExciteConfig:
         check_types(self)
+        check_checkpointing(self)
         if not model_exists(self.model):
             raise ConfigError(unknown_model_message(self.model))
         if self.optimizer not in OPTIMIZERS:
@@ -163,21 +186,17 @@ class _Task:
             )
         return model
 
-    def stream(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def stream(self, seed: int) -> TextBatches | EpochBatches:
+        """The training batches of one run: resumable (``state_dict``), endless, fixed by ``seed``."""
         generator = torch.Generator().manual_seed(seed)
         if self.config.is_text:
-            yield from text_batches(self.train_tokens, self.config.block_size, self.config.batch_size, generator)
-            return
+            return TextBatches(self.train_tokens, self.config.block_size, self.config.batch_size, generator)
         if len(self.train) < self.config.batch_size:
             raise ConfigError(f"batch_size {self.config.batch_size} exceeds the {len(self.train)} training images")
-        while True:
-            for images, labels in batches(
-                self.train, self.config.batch_size, shuffle=True, generator=generator, drop_last=True
-            ):
-                yield self.inputs(images), labels
+        return EpochBatches(self.train, self.config.batch_size, generator)
 
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return normalize(images, self.dataset.mean, self.dataset.std)
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.config.is_text else normalize(x, self.dataset.mean, self.dataset.std)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return lm_loss(output, target) if self.config.is_text else F.cross_entropy(output, target)
@@ -204,8 +223,35 @@ class _Task:
         return value, {k: v for k, v in metrics.items() if "/" not in k}
 
 
-def run_arm(task: _Task, arm: str, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Train one arm for one seed; returns its final and periodic results."""
+@dataclass
+class ArmProgress:
+    """One run's counters, as a checkpoint holds them."""
+
+    step: int = 0
+    loss_sum: float = 0.0  # finite training losses since the last evaluation
+    loss_count: int = 0
+    skipped: int = 0
+    nonfinite_run: int = 0
+    step_seconds: float = 0.0  # in optimizer.step()
+    wall_seconds: float = 0.0
+    curve: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_arm(
+    task: _Task,
+    arm: str,
+    seed: int,
+    log: Callable[[str], None],
+    *,
+    checkpoints: Checkpoints | None = None,
+    resume: bool = False,
+    stop: StopRequests | None = None,
+) -> dict[str, Any]:
+    """Train one arm for one seed; returns its final and periodic results.
+
+    With ``checkpoints``, a checkpoint is written at each evaluation (and every ``checkpoint_every``
+    steps); ``resume`` starts from the newest one; a ``stop`` request writes one and raises
+    :class:`RunInterrupted`."""
     config = task.config
     model = task.build(seed)
     momentum = {"momentum": config.momentum} if config.optimizer in WITH_MOMENTUM else {}
@@ -215,55 +261,137 @@ def run_arm(task: _Task, arm: str, seed: int, log: Callable[[str], None]) -> dic
     if arm != BASELINE:
         optimizer = Excitation(optimizer, model, arm, config.gamma, seed=seed)
     stream = task.stream(seed)
-    curve, loss_sum, loss_count = [], torch.zeros((), device=config.device), 0
-    step_seconds = 0.0
-    start = time.perf_counter()
-    for step in range(1, config.steps + 1):
+    identity = {**dataclasses.asdict(config), "arm": arm, "seed": seed}
+    run = ArmProgress()
+    state = checkpoints.latest(warn=log) if checkpoints and resume else None
+    if state is not None:
+        check_state(state, identity, checkpoints.folder)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"the checkpoint in {checkpoints.folder} does not fit {config.model}: {exc}"
+            ) from None
+        stream.load_state_dict(state["stream"])
+        set_rng_state(state["rng"])
+        run = ArmProgress(**state["progress"])
+        log(f"  {arm:>12} seed {seed}: resuming at step {run.step}")
+
+    def save_checkpoint() -> None:
+        checkpoints.save(
+            run.step,
+            {
+                "seeking_version": __version__,
+                "config": identity,
+                "progress": dataclasses.asdict(run),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "stream": stream.state_dict(),
+                "rng": rng_state(),
+            },
+        )
+
+    layers = expert_layers(model)
+    start = time.perf_counter() - run.wall_seconds
+    while run.step < config.steps:
+        if stop is not None and stop.requested:
+            if checkpoints:
+                run.wall_seconds = time.perf_counter() - start
+                save_checkpoint()
+            raise RunInterrupted(f"{stop.requested} during {arm} seed {seed} at step {run.step}")
+        step = run.step + 1
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(config.schedule, step - 1, config.steps, 0)
         x, y = next(stream)
-        loss = task.loss(model(x), y)
+        loss = task.loss(model(task.inputs(x)), y)
         optimizer.zero_grad(set_to_none=True)
         (loss + moe_aux_loss(model)).backward()
-        tick = time.perf_counter()
-        optimizer.step()
-        step_seconds += time.perf_counter() - tick
-        loss_sum += loss.detach()
-        loss_count += 1
-        if step % config.eval_every == 0 or step == config.steps:
+        loss_value, finite = _loss_and_finite(loss, model)  # the guard's one host sync per step
+        if finite:
+            tick = time.perf_counter()
+            optimizer.step()
+            run.step_seconds += time.perf_counter() - tick
+            run.loss_sum += loss_value
+            run.loss_count += 1
+            run.nonfinite_run = 0
+        else:  # skipped, and its routing counts with it, so they do not weigh on the next step
+            for layer in layers:
+                layer.expert_counts.zero_()
+            run.skipped += 1
+            run.nonfinite_run += 1
+            if run.nonfinite_run >= config.max_nonfinite:
+                raise SeekingError(
+                    f"{arm} seed {seed} diverged: {run.nonfinite_run} non-finite losses or gradients in a row "
+                    f"(last at step {step}); lower --lr, or raise --max-nonfinite"
+                )
+        run.step = step
+        evaluated = step % config.eval_every == 0 or step == config.steps
+        if evaluated:
             value, metrics = task.evaluate(model)
-            train_loss = loss_sum.item() / loss_count  # the one host sync per evaluation
-            loss_sum.zero_()
-            loss_count = 0
-            curve.append({"step": step, "train_loss": train_loss, task.metric: value, **metrics})
+            train_loss = run.loss_sum / run.loss_count if run.loss_count else math.nan
+            run.loss_sum, run.loss_count = 0.0, 0
+            run.curve.append({"step": step, "train_loss": train_loss, task.metric: value, **metrics})
             log(
                 f"  {arm:>12} seed {seed} step {step}/{config.steps}  train loss {train_loss:.4f}  "
                 f"{task.metric} {value:.4f}  dead {metrics.get('dead_fraction', math.nan):.3f}"
             )
+        periodic = config.checkpoint_every and step % config.checkpoint_every == 0
+        if checkpoints and step < config.steps and (evaluated or periodic):
+            run.wall_seconds = time.perf_counter() - start
+            save_checkpoint()
     return {
         "arm": arm,
         "seed": seed,
         "wall_seconds": time.perf_counter() - start,
-        "optimizer_step_ms": 1000 * step_seconds / config.steps,
-        **{k: v for k, v in curve[-1].items() if k != "step"},
-        "curve": curve,
+        "optimizer_step_ms": 1000 * run.step_seconds / config.steps,
+        "skipped_steps": run.skipped,
+        **{k: v for k, v in run.curve[-1].items() if k != "step"},
+        "curve": run.curve,
     }
 
 
-def compare_excitation(config: ExciteConfig, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def compare_excitation(
+    config: ExciteConfig, out: str | Path, log: Callable[[str], None] = print, *, resume: bool = False
+) -> dict[str, Any]:
     """Train every arm for every seed; write ``excitation.{md,csv,json}`` into ``out``.
 
     Returns the JSON's content: the config, the ``metric`` name, one row per arm (``rows``), every
-    run with its evaluations (``runs``), and the markdown ``table``."""
+    run with its evaluations (``runs``), and the markdown ``table``. ``resume=True`` continues the
+    unfinished experiment in ``out``."""
     config.validate()
     task = _Task(config)
     task.build(config.seeds[0])  # a model without MoE layers fails here, before anything is written
-    out = prepare_run_dir(out)
+    out = Path(out)
+    if resume:
+        if (out / "excitation.json").exists():
+            raise ConfigError(f"cannot resume {out}: the experiment is complete (it has excitation.json)")
+    else:
+        prepare_run_dir(out)
+        write_json(out / "config.json", {"seeking_version": __version__, **dataclasses.asdict(config)})
+        mark_incomplete(out, f"seeking excite --resume {out}")
     log(
         f"{config.model} on {task.name}, {config.optimizer} lr {config.lr}, {config.steps} steps of "
         f"{config.batch_size}, arms {', '.join(config.arms)}, seeds {config.seeds}; results in {out}"
     )
-    runs = [run_arm(task, arm, seed, log) for seed in config.seeds for arm in config.arms]
+    runs = []
+    with StopRequests() as stop:
+        for seed in config.seeds:
+            for arm in config.arms:
+                done = out / "runs" / f"{arm}-seed{seed}.json"
+                if done.exists():
+                    runs.append(json.loads(done.read_text()))
+                    log(f"  {arm:>12} seed {seed}: finished before, read from {done}")
+                    continue
+                checkpoints = Checkpoints(out / "checkpoints" / f"{arm}-seed{seed}", config.keep_checkpoints)
+                try:
+                    result = run_arm(task, arm, seed, log, checkpoints=checkpoints, resume=resume, stop=stop)
+                except RunInterrupted as exc:
+                    raise RunInterrupted(
+                        f"{exc}: checkpoint written; continue with: seeking excite --resume {out}"
+                    ) from None
+                write_json(done, result)
+                runs.append(result)
     rows = excitation_rows(runs, task.metric)
     table = excitation_markdown(rows, task.metric)
     result = {
@@ -277,4 +405,5 @@ def compare_excitation(config: ExciteConfig, out: str | Path, log: Callable[[str
     atomic_write_text(out / "excitation.md", table + "\n")
     atomic_write_text(out / "excitation.csv", excitation_csv(rows))
     write_json(out / "excitation.json", result)
+    mark_complete(out)
     return result

@@ -7,19 +7,25 @@
     steps.jsonl      one line per step: step, epoch, model that stepped, loss, learning rate
     epochs.jsonl     one line per epoch: p, FLOPs so far, train loss, test accuracy of each model
     base.safetensors / motivated.safetensors   the final models (loadable with nothing from here)
+    checkpoints/     training states for resuming (the last ``keep_checkpoints``), see :mod:`.resume`
+    INCOMPLETE       present until the run completes; says how to resume it
     summary.json     final figures; written last, so its presence means the run completed
+
+``train(config, run_dir, resume=True)`` continues an unfinished run from its newest checkpoint; on CPU
+the result is bit for bit the one an uninterrupted run gives. The first Ctrl-C (or SIGTERM) finishes
+the current step, writes a checkpoint and raises :class:`~seeking.training.resume.RunInterrupted`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import json
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,8 @@ from tqdm import tqdm
 from .. import __version__
 from ..checkpoint import save_model
 from ..data import ImageData, ImageDataset, augment, batches, load_dataset, normalize
-from ..errors import ConfigError, SeekingError
+from ..data.transforms import EpochBatches
+from ..errors import CheckpointError, ConfigError, SeekingError
 from ..io import write_json
 from ..models import create_model
 from ..motivation import Motivator, WeightMap, make_condition
@@ -39,6 +46,17 @@ from .batchnorm import recalibrate_batchnorm
 from .config import TrainConfig
 from .evaluate import evaluate
 from .flops import train_step_flops
+from .resume import (
+    Checkpoints,
+    JsonLines,
+    RunInterrupted,
+    StopRequests,
+    check_state,
+    mark_complete,
+    mark_incomplete,
+    rng_state,
+    set_rng_state,
+)
 from .schedule import lr_factor
 
 
@@ -63,11 +81,34 @@ class SingleModel:
     def finish(self) -> None:
         pass
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "motivated_steps": self.motivated_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps, self.motivated_steps = int(state["steps"]), int(state["motivated_steps"])
+
 
 @dataclass
 class RunResult:
     run_dir: Path
     summary: dict[str, Any]
+
+
+@dataclass
+class Progress:
+    """The loop's counters: what a checkpoint holds besides weights, optimizers and random states."""
+
+    step: int = 0  # steps done
+    epoch: int = 1  # the epoch in progress
+    position: int = 0  # its batches done
+    loss_sum: float = 0.0  # this epoch's finite losses
+    counted: int = 0
+    skipped: int = 0  # non-finite steps, all epochs
+    nonfinite_run: int = 0  # non-finite steps in a row
+    flops: dict[str, int] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    results: dict[str, dict[str, float]] = field(default_factory=dict)  # the last test of each model
 
 
 def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
@@ -117,11 +158,14 @@ def train(
     config: TrainConfig,
     run_dir: str | os.PathLike,
     *,
+    resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     dataset: ImageDataset | None = None,
 ) -> RunResult:
-    """Run one training as configured and write the run folder (see the module docstring)."""
+    """Run one training as configured and write the run folder (see the module docstring).
+
+    ``resume=True`` continues the unfinished run in ``run_dir`` (whose config must be ``config``)."""
     config.validate()
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     bar = progress and sys.stderr.isatty()
@@ -159,17 +203,49 @@ def train(
         ((name, model),) = models.items()
         plan = SingleModel(name, model, optimizers[name])
 
-    # Everything is checked (the pair included, by the Motivator) before anything is written.
-    run_dir = prepare_run_dir(run_dir)
-    write_json(run_dir / "config.json", {"seeking_version": __version__, "command": sys.argv, **config.to_dict()})
-
     train_data = ImageData(train_data.images.to(device), train_data.labels.to(device))
-    order = torch.Generator().manual_seed(config.seed)
+    stream = EpochBatches(train_data, config.batch_size, torch.Generator().manual_seed(config.seed))
     jitter = torch.Generator(device=device).manual_seed(config.seed)
     padding = config.crop_padding if config.crop_padding is not None else max(dataset.image_size) // 8
-    steps_per_epoch = len(train_data) // config.batch_size
+    steps_per_epoch = stream.per_epoch
     total_steps = steps_per_epoch * config.epochs
     warmup = round(config.warmup_epochs * steps_per_epoch)
+
+    # Everything is checked (the pair included, by the Motivator) before anything is written.
+    run_dir = Path(run_dir)
+    checkpoints = Checkpoints(run_dir / "checkpoints", config.keep_checkpoints)
+    if resume:
+        if (run_dir / "summary.json").exists():
+            raise ConfigError(f"cannot resume {run_dir}: the run is complete (it has summary.json)")
+        state = checkpoints.latest(warn=log)
+    else:
+        prepare_run_dir(run_dir)
+        state = None
+    if state is None:
+        if resume:
+            log(f"{run_dir} has no checkpoint yet: starting the run again from step 0")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", {"seeking_version": __version__, "command": sys.argv, **config.to_dict()})
+        mark_incomplete(run_dir, f"seeking train --resume {run_dir}")
+    run = Progress(flops=dict.fromkeys(models, 0))
+    if state is not None:
+        check_state(state, config.to_dict(), checkpoints.folder)
+        try:
+            for n, m in models.items():
+                m.load_state_dict(state["models"][n])
+                optimizers[n].load_state_dict(state["optimizers"][n])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            where = checkpoints.folder
+            raise CheckpointError(f"the checkpoint in {where} does not fit this run's models: {exc}") from None
+        plan.load_state_dict(state["plan"])
+        stream.load_state_dict(state["stream"])
+        jitter.set_state(state["jitter"])
+        set_rng_state(state["rng"])
+        run = Progress(**state["progress"])
+        log(f"resuming {run_dir} at step {run.step} (epoch {run.epoch}, batch {run.position})")
+    logs = {"steps": state["logs"]["steps"], "epochs": state["logs"]["epochs"]} if state else {}
+    step_log = JsonLines(run_dir / "steps.jsonl", logs.get("steps", 0 if resume else None))
+    epoch_log = JsonLines(run_dir / "epochs.jsonl", logs.get("epochs", 0 if resume else None))
 
     def prepare(images: torch.Tensor) -> torch.Tensor:
         return normalize(images, dataset.mean, dataset.std).contiguous(memory_format=memory_format)
@@ -180,7 +256,6 @@ def train(
     # Counted once per model before training (every step has the same batch shape: drop_last).
     sample = prepare(train_data.images[: config.batch_size])
     step_flops = {n: train_step_flops(m, sample, dataset.num_classes) for n, m in models.items()}
-    flops = dict.fromkeys(models, 0)
     model_names = {"base": config.base, "motivated": config.motivated}
     log(
         f"training {' -> '.join(model_names[n] for n in models)} on {dataset.name} "
@@ -204,73 +279,108 @@ def train(
             results[name] = evaluate(m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last)
         return results
 
-    step, train_seconds, eval_seconds, skipped, nonfinite_run = 0, 0.0, 0.0, 0, 0
-    with open(run_dir / "steps.jsonl", "w") as step_log, open(run_dir / "epochs.jsonl", "w") as epoch_log:
-        for epoch in range(1, config.epochs + 1):
-            start, loss_sum, counted = time.perf_counter(), 0.0, 0
-            for x, y in tqdm(
-                batches(train_data, config.batch_size, shuffle=True, generator=order, drop_last=True),
-                total=steps_per_epoch,
-                desc=f"epoch {epoch}/{config.epochs}",
-                leave=False,
-                disable=not bar,
-            ):
-                x = training_batch(x, jitter)
-                lr = config.lr * lr_factor(config.schedule, step, total_steps, warmup)
-                model, optimizer = plan.select()
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                    loss = F.cross_entropy(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # one host sync, which the condition needs anyway: the loss and the gradients' norm
-                loss_value, finite = _loss_and_finite(loss, model)
-                flops[plan.active] += step_flops[plan.active]
-                loss_logged = loss_value if math.isfinite(loss_value) else None  # JSON has no NaN
-                entry = {"step": step, "epoch": epoch, "model": plan.active, "loss": loss_logged, "lr": lr}
-                if finite:
-                    optimizer.step()
-                    plan.observe(loss_value)
-                    loss_sum += loss_value
-                    counted += 1
-                    nonfinite_run = 0
-                else:  # skipped: the weights stay finite, so nothing reaches the other model or the condition
-                    entry["skipped"] = "non-finite loss or gradient"
-                    skipped += 1
-                    nonfinite_run += 1
-                    if nonfinite_run >= config.max_nonfinite:
-                        raise SeekingError(
-                            f"training diverged: {nonfinite_run} non-finite losses or gradients in a row "
-                            f"(last at step {step}, lr {lr:.3g}); lower --lr, or raise --max-nonfinite"
-                        )
-                step_log.write(json.dumps(entry) + "\n")
-                step += 1
-            train_seconds += time.perf_counter() - start
+    def save_checkpoint() -> None:
+        checkpoints.save(
+            run.step,
+            {
+                "seeking_version": __version__,
+                "config": config.to_dict(),
+                "progress": dataclasses.asdict(run),
+                "models": {n: m.state_dict() for n, m in models.items()},
+                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                "plan": plan.state_dict(),
+                "stream": stream.state_dict(),
+                "jitter": jitter.get_state(),
+                "rng": rng_state(),
+                "logs": {"steps": step_log.mark(), "epochs": epoch_log.mark()},
+            },
+        )
 
-            record = {
-                "epoch": epoch,
-                "steps": plan.steps,
-                "p": plan.p,
-                "switches": plan.switches,
-                "train_loss": loss_sum / counted if counted else float("nan"),
-                "skipped_steps": skipped,
-                "flops": sum(flops.values()),
-                "train_seconds": train_seconds,
-            }
-            if epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0):
-                start = time.perf_counter()
-                results = test_models()
-                record.update({f"{n}_accuracy": r["accuracy"] for n, r in results.items()})
-                eval_seconds += time.perf_counter() - start
-            epoch_log.write(json.dumps(record) + "\n")
-            step_log.flush()
-            epoch_log.flush()
-            log(
-                f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  p {plan.p:.2f}  "
-                + "".join(f"{n} {record[f'{n}_accuracy']:.2f}%  " for n in models if f"{n}_accuracy" in record)
-                + f"{train_seconds:.1f}s"
-            )
+    try:
+        with StopRequests() as stop:
+            while run.epoch <= config.epochs:
+                epoch = run.epoch
+                tick = time.perf_counter()
+                for _ in tqdm(
+                    range(run.position, steps_per_epoch),
+                    total=steps_per_epoch,
+                    initial=run.position,
+                    desc=f"epoch {epoch}/{config.epochs}",
+                    leave=False,
+                    disable=not bar,
+                ):
+                    if stop.requested:
+                        run.train_seconds += time.perf_counter() - tick
+                        save_checkpoint()
+                        raise RunInterrupted(
+                            f"{stop.requested} at step {run.step}: checkpoint written; "
+                            f"continue with: seeking train --resume {run_dir}"
+                        )
+                    x, y = next(stream)
+                    x = training_batch(x, jitter)
+                    lr = config.lr * lr_factor(config.schedule, run.step, total_steps, warmup)
+                    model, optimizer = plan.select()
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+                        loss = F.cross_entropy(model(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    # one host sync, which the condition needs anyway: the loss and the gradients' norm
+                    loss_value, finite = _loss_and_finite(loss, model)
+                    run.flops[plan.active] += step_flops[plan.active]
+                    loss_logged = loss_value if math.isfinite(loss_value) else None  # JSON has no NaN
+                    entry = {"step": run.step, "epoch": epoch, "model": plan.active, "loss": loss_logged, "lr": lr}
+                    if finite:
+                        optimizer.step()
+                        plan.observe(loss_value)
+                        run.loss_sum += loss_value
+                        run.counted += 1
+                        run.nonfinite_run = 0
+                    else:  # skipped: the weights stay finite, so nothing reaches the other model or the condition
+                        entry["skipped"] = "non-finite loss or gradient"
+                        run.skipped += 1
+                        run.nonfinite_run += 1
+                        if run.nonfinite_run >= config.max_nonfinite:
+                            raise SeekingError(
+                                f"training diverged: {run.nonfinite_run} non-finite losses or gradients in a row "
+                                f"(last at step {run.step}, lr {lr:.3g}); lower --lr, or raise --max-nonfinite"
+                            )
+                    step_log.write(entry)
+                    run.step += 1
+                    run.position += 1
+                    if config.checkpoint_every and run.step % config.checkpoint_every == 0:
+                        run.train_seconds += time.perf_counter() - tick
+                        save_checkpoint()
+                        tick = time.perf_counter()
+                run.train_seconds += time.perf_counter() - tick
+
+                record = {
+                    "epoch": epoch,
+                    "steps": plan.steps,
+                    "p": plan.p,
+                    "switches": plan.switches,
+                    "train_loss": run.loss_sum / run.counted if run.counted else float("nan"),
+                    "skipped_steps": run.skipped,
+                    "flops": sum(run.flops.values()),
+                    "train_seconds": run.train_seconds,
+                }
+                if epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0):
+                    tick = time.perf_counter()
+                    run.results = test_models()
+                    record.update({f"{n}_accuracy": r["accuracy"] for n, r in run.results.items()})
+                    run.eval_seconds += time.perf_counter() - tick
+                epoch_log.write(record)
+                log(
+                    f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  p {plan.p:.2f}  "
+                    + "".join(f"{n} {record[f'{n}_accuracy']:.2f}%  " for n in models if f"{n}_accuracy" in record)
+                    + f"{run.train_seconds:.1f}s"
+                )
+                run.epoch, run.position, run.loss_sum, run.counted = epoch + 1, 0, 0.0, 0
+                save_checkpoint()
+    finally:
+        step_log.close()
+        epoch_log.close()
 
     kwargs = model_kwargs(config, dataset)
     normalization = {"mean": list(dataset.mean), "std": list(dataset.std), "dataset": dataset.name}
@@ -281,22 +391,23 @@ def train(
         "motivated_steps": plan.motivated_steps,
         "p": plan.p,
         "switches": plan.switches,
-        "skipped_steps": skipped,
-        "train_flops": sum(flops.values()),
-        "train_flops_by_model": flops,
+        "skipped_steps": run.skipped,
+        "train_flops": sum(run.flops.values()),
+        "train_flops_by_model": run.flops,
         "step_flops": step_flops,
         "batch_shape": list(sample.shape),
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
+        "train_seconds": run.train_seconds,
+        "eval_seconds": run.eval_seconds,
         "models": {},
     }
     for name, m in models.items():  # the last epoch's test figures describe exactly these weights
         save_model(m, run_dir / f"{name}.safetensors", model_names[name], kwargs, normalization)
         summary["models"][name] = {
             "model": model_names[name],
-            **results[name],
+            **run.results[name],
             "parameters": sum(p.numel() for p in m.parameters()),
             "checkpoint": f"{name}.safetensors",
         }
     write_json(run_dir / "summary.json", summary)
+    mark_complete(run_dir)
     return RunResult(run_dir, summary)

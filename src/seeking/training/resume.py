@@ -1,0 +1,277 @@
+"""What makes a run resumable: training-state files, a run's checkpoints, its logs, and a clean stop.
+
+A training state is one file ``step-000001234.pt``: a header line (the format, its version and the
+SHA-256 of the payload), then the payload, ``torch.save`` of plain dicts and tensors, read back with
+``weights_only=True``. A truncated or damaged file is recognised by its checksum before anything in it
+is used. Files are written aside, fsynced and renamed into place (:mod:`seeking.io`), so a kill at any
+moment leaves the previous checkpoint whole.
+
+A run folder that has not finished holds a file ``INCOMPLETE`` saying how to resume it; it is removed
+when the run's results are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import safetensors
+import torch
+
+from .. import __version__
+from ..errors import CheckpointError, ConfigError
+from ..io import atomic_write_bytes, atomic_write_text
+
+STATE_FORMAT = "1"
+_MAGIC = "seeking-training-state"
+INCOMPLETE = "INCOMPLETE"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a run after it wrote a checkpoint; the message says how to resume."""
+
+
+def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write a training state atomically, with a checksum of its content."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    header = f"{_MAGIC} {STATE_FORMAT} {hashlib.sha256(payload).hexdigest()}\n".encode()
+    atomic_write_bytes(path, header + payload)
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training state written by :func:`save_state`, or raise :class:`CheckpointError`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    header, _, payload = data.partition(b"\n")
+    fields = header.decode("ascii", errors="replace").split(" ")
+    if len(fields) != 3 or fields[0] != _MAGIC:
+        raise CheckpointError(f"{path} is not a seeking training checkpoint")
+    if fields[1] != STATE_FORMAT:
+        raise CheckpointError(
+            f"{path} is a training checkpoint of format {fields[1]}; this seeking ({__version__}) reads format "
+            f"{STATE_FORMAT}: resume with the seeking version that wrote it"
+        )
+    if hashlib.sha256(payload).hexdigest() != fields[2]:
+        raise CheckpointError(f"{path} is damaged (truncated or corrupted: its checksum does not match)")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a checksummed payload that does not load was not written by save_state
+        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from None
+
+
+class Checkpoints:
+    """A folder of numbered training states, of which the last ``keep`` are kept."""
+
+    def __init__(self, folder: str | os.PathLike, keep: int = 1) -> None:
+        self.folder, self.keep = Path(folder), keep
+
+    def paths(self) -> list[Path]:
+        return sorted(self.folder.glob("step-*.pt")) if self.folder.is_dir() else []
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        path = self.folder / f"step-{step:09d}.pt"
+        save_state(path, state)
+        for old in self.paths()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        for aside in self.folder.glob(".step-*.tmp"):  # left by a write that a kill interrupted
+            aside.unlink(missing_ok=True)
+        return path
+
+    def latest(self, warn: Callable[[str], None]) -> dict[str, Any] | None:
+        """The newest state that loads (``None`` if there is none yet); damaged files are skipped with a warning."""
+        paths = self.paths()
+        errors = []
+        for path in reversed(paths):
+            try:
+                return load_state(path)
+            except CheckpointError as exc:
+                errors.append(str(exc))
+                warn(f"warning: {exc}; trying an older checkpoint")
+        if errors:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.folder}: {'; '.join(errors)}. Start the run again, "
+                "or keep more checkpoints (--keep-checkpoints) so that an older one survives"
+            )
+        return None
+
+
+def check_state(state: dict[str, Any], config: dict[str, Any], where: Path) -> None:
+    """Refuse a state written by another seeking version or by a run with another configuration."""
+    if state.get("seeking_version") != __version__:
+        raise CheckpointError(
+            f"the checkpoint in {where} was written by seeking {state.get('seeking_version')}; this is "
+            f"{__version__}: resume with the version that wrote it"
+        )
+    saved = state.get("config", {})
+    differ = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+    if differ:
+        details = ", ".join(f"{k}={saved.get(k)!r} (run: {config.get(k)!r})" for k in differ)
+        raise CheckpointError(
+            f"the checkpoint in {where} belongs to another run: it was written with {details}; "
+            "resume each run from its own folder"
+        )
+
+
+def read_run_config(run_dir: str | os.PathLike, result: str) -> dict[str, Any]:
+    """The configuration saved in a run folder whose ``result`` file is not written yet, for resuming it
+    (without the bookkeeping keys)."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ConfigError(f"cannot resume {path}: no such run folder")
+    try:
+        saved = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"cannot resume {path}: it has no config.json, so it is not a seeking run folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot resume {path}: its config.json cannot be read ({exc})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"cannot resume {path}: its config.json is not a JSON object")
+    version = saved.pop("seeking_version", None)
+    if version != __version__:
+        raise ConfigError(
+            f"cannot resume {path}: it was started by seeking {version}; this is {__version__}: "
+            "resume with the version that started it"
+        )
+    if (path / result).exists():
+        raise ConfigError(f"cannot resume {path}: the run is complete (it has {result})")
+    saved.pop("command", None)
+    return saved
+
+
+def mark_incomplete(run_dir: Path, resume_command: str) -> None:
+    atomic_write_text(
+        run_dir / INCOMPLETE,
+        f"This run has not finished: its results are missing or partial.\nContinue it with: {resume_command}\n",
+    )
+
+
+def mark_complete(run_dir: Path) -> None:
+    (run_dir / INCOMPLETE).unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's global random state (CPU, and each CUDA device if CUDA was used)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class JsonLines:
+    """A JSON-lines log that a checkpoint marks (its length) and a resume cuts back to that mark."""
+
+    def __init__(self, path: Path, resume_at: int | None = None) -> None:
+        if resume_at is not None:
+            size = path.stat().st_size if path.exists() else -1
+            if size < resume_at:
+                raise CheckpointError(
+                    f"{path} holds {max(size, 0)} bytes but the checkpoint recorded {resume_at}: the log was "
+                    "truncated or replaced since; it cannot be resumed"
+                )
+            os.truncate(path, resume_at)
+        self.file = open(path, "a" if resume_at is not None else "w")  # noqa: SIM115 (closed by close())
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+
+    def mark(self) -> int:
+        """Flush to disk and return the length, which a checkpoint records."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return self.file.tell()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class StopRequests:
+    """Within ``with``, the first Ctrl-C or SIGTERM only sets ``requested``: the loop finishes its step,
+    writes a checkpoint and stops. A second one interrupts at once (the previous handlers are back)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = signal.Signals(signum).name
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+
+def without_timings(value: Any) -> Any:
+    """JSON data without the fields that measure time (``*seconds*``, ``*_ms``), which differ between runs."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if "seconds" not in k and not k.endswith("_ms")}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    text = path.read_text()
+    return [json.loads(line) for line in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)
+
+
+def _same_model_file(a: Path, b: Path) -> bool:
+    """Same tensors bit for bit and same metadata. (Not the same bytes: safetensors writes the metadata
+    in an order that changes from process to process.)"""
+    files = [safetensors.safe_open(path, "pt") for path in (a, b)]
+    if files[0].metadata() != files[1].metadata() or set(files[0].keys()) != set(files[1].keys()):
+        return False
+    for key in files[0].keys():  # noqa: SIM118 (safe_open objects are not mappings)
+        x, y = (f.get_tensor(key).reshape(-1) for f in files)
+        if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x.view(torch.uint8), y.view(torch.uint8)):
+            return False
+    return True
+
+
+def run_differences(expected: str | os.PathLike, actual: str | os.PathLike) -> list[str]:
+    """How two finished run folders differ, apart from time measurements: the model files bit for bit,
+    the logs, ``summary.json`` and Excitation's ``runs/*.json`` (tables and aggregates derive from
+    these). Works on comparison folders too (one run folder per arm). Empty when they are the same."""
+    expected, actual = Path(expected), Path(actual)
+    differences = []
+    for path in sorted(expected.rglob("*")):
+        name = path.relative_to(expected)
+        compared = path.suffix in (".safetensors", ".jsonl") or name.name == "summary.json" or "runs" in name.parts
+        if not compared or "checkpoints" in name.parts or not path.is_file():
+            continue
+        other = actual / name
+        if not other.is_file():
+            differences.append(f"{name}: missing")
+        elif path.suffix == ".safetensors":
+            if not _same_model_file(path, other):
+                differences.append(f"{name}: the weights differ")
+        elif without_timings(_read_json(path)) != without_timings(_read_json(other)):
+            differences.append(f"{name}: the content differs")
+    return differences
