@@ -52,7 +52,8 @@ JOBS = {
 
 
 def seeking(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "seeking", *argv, "--quiet"], stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "seeking", *argv, "--quiet"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def finish(proc: subprocess.Popen, kill_after: float | None) -> bool:
@@ -64,7 +65,7 @@ def finish(proc: subprocess.Popen, kill_after: float | None) -> bool:
         proc.wait()
         return True
     if proc.returncode != 0:
-        raise SystemExit(f"seeking exited with code {proc.returncode}")
+        raise SystemExit(f"{' '.join(proc.args[2:])} exited with code {proc.returncode}: {proc.stderr.read()}")
     return False
 
 

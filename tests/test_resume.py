@@ -2,6 +2,7 @@
 like an uninterrupted one; damaged or foreign checkpoints and bad resume requests fail clearly."""
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -14,6 +15,7 @@ import pytest
 import torch
 from helpers import assert_same_run, json_lines
 
+import seeking.training.excite as excite
 import seeking.training.loop as loop
 from seeking import TrainConfig, train
 from seeking.cli.main import main
@@ -38,7 +40,7 @@ class Crash(Exception):
 
 def crash_at(monkeypatch, module, call):
     """Make the training loop of ``module`` die at its ``call``-th step (counted from 0), as a kill would."""
-    real, calls = module._loss_and_finite, [0]
+    real, calls = module.step_outcome, [0]
 
     def dying(*args):
         calls[0] += 1
@@ -46,7 +48,7 @@ def crash_at(monkeypatch, module, call):
             raise Crash
         return real(*args)
 
-    monkeypatch.setattr(module, "_loss_and_finite", dying)
+    monkeypatch.setattr(module, "step_outcome", dying)
 
 
 @pytest.fixture(scope="module")
@@ -276,8 +278,6 @@ def excitation_runs(out):
 
 @pytest.mark.parametrize("crash", [7, 20])  # plain arm at step 8; zero_sum arm at step 9 (after its step-5 checkpoint)
 def test_an_excitation_experiment_resumes_bit_for_bit(crash, tmp_path, monkeypatch):
-    import seeking.training.excite as excite
-
     argv = [*EXCITE, "--arms", "none", "zero_sum"]
     assert main([*argv, "--out", str(tmp_path / "reference")]) == 0
     crash_at(monkeypatch, excite, crash)
@@ -291,8 +291,6 @@ def test_an_excitation_experiment_resumes_bit_for_bit(crash, tmp_path, monkeypat
 
 
 def test_a_text_experiment_resumes_bit_for_bit(tmp_path, monkeypatch):
-    import seeking.training.excite as excite
-
     text = tmp_path / "poem.txt"
     text.write_text("so long lives this, and this gives life to thee.\n" * 60, encoding="utf-8")
     small = json.dumps({"depth": 1, "width": 32, "heads": 2, "num_experts": 4})
@@ -309,8 +307,6 @@ def test_a_text_experiment_resumes_bit_for_bit(tmp_path, monkeypatch):
 
 def test_excite_skips_non_finite_steps_and_stops_after_a_run_of_them(tmp_path, monkeypatch, capsys):
     from helpers import PoisonedLoss
-
-    import seeking.training.excite as excite
 
     monkeypatch.setattr(excite, "F", PoisonedLoss({3}))
     assert main([*EXCITE, "--arms", "zero_sum", "--out", str(tmp_path / "one")]) == 0
@@ -345,3 +341,24 @@ def test_logs_of_a_resumed_run_hold_each_step_once(crashed):
     train(TrainConfig(**TINY), crashed, resume=True, **QUIET)
     steps = [entry["step"] for entry in json_lines(crashed / "steps.jsonl")]
     assert steps == list(range(8))
+
+
+def test_ctrl_c_in_an_excitation_experiment_checkpoints_and_resumes(tmp_path, monkeypatch, capsys):
+    argv = [*EXCITE, "--arms", "none", "zero_sum"]
+    assert main([*argv, "--out", str(tmp_path / "reference")]) == 0
+    real, calls = excite.step_outcome, [0]
+
+    def interrupting(*args):  # Ctrl-C during the zero_sum arm's 4th step: seen at the 5th
+        calls[0] += 1
+        if calls[0] == 16:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args)
+
+    monkeypatch.setattr(excite, "step_outcome", interrupting)
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert "SIGINT during zero_sum seed 0 at step 5: checkpoint written; continue with: seeking excite --resume" in err
+    assert [p.name for p in (tmp_path / "run" / "checkpoints" / "zero_sum-seed0").iterdir()] == ["step-000000005.pt"]
+    monkeypatch.undo()
+    assert main(["excite", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
+    assert_same_run(tmp_path / "reference", tmp_path / "run")

@@ -6,8 +6,11 @@ Bad input gives one line on stderr and exit code 2; nothing is written before th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -368,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 alone prints results
+            with contextlib.redirect_stdout(io.StringIO()):
+                return args.func(args)
         return args.func(args)
     except SeekingError as exc:
         print(f"seeking: error: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ from ..io import atomic_write_text, write_json
 from ..reporting import comparison_rows, csv_table, efficiency_gain, markdown_table
 from ..reporting.comparison import gain_sentence
 from .config import TrainConfig
+from .distributed import join
 from .loop import check_pair, prepare_run_dir, train
 from .resume import mark_complete, mark_incomplete
 
@@ -41,7 +42,10 @@ def compare(
     ``resume=True`` continues an unfinished comparison: finished arms are read back, an unfinished
     one is resumed from its checkpoint, the others are trained."""
     config.validate()
+    ranks, _ = join(config.device, config.batch_size)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if not ranks.main:
+        log = lambda line: None  # noqa: E731 (one process speaks)
     dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress and sys.stderr.isatty())
     check_pair(config, dataset)
     out = Path(out_dir)
@@ -49,7 +53,8 @@ def compare(
         if (out / "comparison.json").exists():
             raise ConfigError(f"cannot resume {out}: the comparison is complete (it has comparison.json)")
     else:
-        prepare_run_dir(out)
+        prepare_run_dir(out, ranks)
+    if ranks.main and not resume:
         saved = {"seeking_version": __version__, "command": sys.argv, **config.to_dict()}
         write_json(out / "config.json", {**saved, "random_control": random_control})
         mark_incomplete(out, f"seeking compare --resume {out}")
@@ -72,11 +77,12 @@ def compare(
     rows = comparison_rows(summaries)
     table = markdown_table(rows)
     gain = efficiency_gain(rows)
-    atomic_write_text(Path(out) / "comparison.md", table + f"\n\n{gain_sentence(gain)}\n")
-    atomic_write_text(Path(out) / "comparison.csv", csv_table(rows))
     result = {"config": config.to_dict(), "rows": rows, "efficiency_gain": gain}
-    write_json(Path(out) / "comparison.json", _without_nan(result))
-    mark_complete(out)
+    if ranks.main:
+        atomic_write_text(out / "comparison.md", table + f"\n\n{gain_sentence(gain)}\n")
+        atomic_write_text(out / "comparison.csv", csv_table(rows))
+        write_json(out / "comparison.json", _without_nan(result))
+        mark_complete(out)
     return result
 
 

@@ -41,7 +41,8 @@ from ..models.registry import model_exists, unknown_model_message
 from ..moe import expert_layers, moe_aux_loss, routing_metrics
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
 from .config import check_checkpointing, check_device, check_types, config_from_dict
-from .loop import _loss_and_finite, prepare_run_dir
+from .distributed import Ranks, join, wrap
+from .loop import prepare_run_dir, step_outcome
 from .resume import (
     Checkpoints,
     RunInterrupted,
@@ -144,9 +145,9 @@ class ExciteConfig:
 class _Task:
     """What differs between image classification and language modelling: data, model, loss, test."""
 
-    def __init__(self, config: ExciteConfig) -> None:
+    def __init__(self, config: ExciteConfig, device: torch.device | None = None) -> None:
         self.config = config
-        device = torch.device(config.device)
+        self.device = device = device or torch.device(config.device)
         if config.is_text:
             self.text: TextData = load_text(config.data)
             self.name, self.metric = self.text.name, "val loss"
@@ -172,7 +173,7 @@ class _Task:
     def build(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         try:
-            model = create_model(self.config.model, **self.model_kwargs).to(self.config.device)
+            model = create_model(self.config.model, **self.model_kwargs).to(self.device)
         except TypeError as exc:
             kind = "a text file" if self.config.is_text else "an image data set"
             raise ConfigError(
@@ -246,13 +247,16 @@ def run_arm(
     checkpoints: Checkpoints | None = None,
     resume: bool = False,
     stop: StopRequests | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Train one arm for one seed; returns its final and periodic results.
 
     With ``checkpoints``, a checkpoint is written at each evaluation (and every ``checkpoint_every``
     steps); ``resume`` starts from the newest one; a ``stop`` request writes one and raises
-    :class:`RunInterrupted`."""
+    :class:`RunInterrupted`. Under torchrun (``ranks``) each process trains on its shard of every batch
+    in DistributedDataParallel, and rank 0 alone writes checkpoints."""
     config = task.config
+    ranks = ranks or Ranks()
     model = task.build(seed)
     momentum = {"momentum": config.momentum} if config.optimizer in WITH_MOMENTUM else {}
     optimizer = OPTIMIZERS[config.optimizer](
@@ -279,6 +283,8 @@ def run_arm(
         log(f"  {arm:>12} seed {seed}: resuming at step {run.step}")
 
     def save_checkpoint() -> None:
+        if not ranks.main:
+            return
         checkpoints.save(
             run.step,
             {
@@ -293,21 +299,26 @@ def run_arm(
         )
 
     layers = expert_layers(model)
+    net = wrap(model, ranks, task.device, find_unused=True)  # an expert no token reached has no gradient
     start = time.perf_counter() - run.wall_seconds
+    stopping = False  # agreed by all processes at the last step
     while run.step < config.steps:
-        if stop is not None and stop.requested:
+        if stopping:
             if checkpoints:
                 run.wall_seconds = time.perf_counter() - start
                 save_checkpoint()
-            raise RunInterrupted(f"{stop.requested} during {arm} seed {seed} at step {run.step}")
+            requested = stop.requested if stop is not None else None
+            raise RunInterrupted(f"{requested or 'a stop request'} during {arm} seed {seed} at step {run.step}")
         step = run.step + 1
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(config.schedule, step - 1, config.steps, 0)
-        x, y = next(stream)
-        loss = task.loss(model(task.inputs(x)), y)
+        x, y = next(stream)  # the global batch; this process trains on its shard
+        x, y = ranks.shard(x), ranks.shard(y)
+        loss = task.loss(net(task.inputs(x)), y)
         optimizer.zero_grad(set_to_none=True)
         (loss + moe_aux_loss(model)).backward()
-        loss_value, finite = _loss_and_finite(loss, model)  # the guard's one host sync per step
+        # the guard's one host sync per step, with the all-reduce that keeps the processes agreed
+        loss_value, finite, stopping = step_outcome(loss, model, ranks, stop is not None and stop.requested is not None)
         if finite:
             tick = time.perf_counter()
             optimizer.step()
@@ -360,16 +371,20 @@ def compare_excitation(
     run with its evaluations (``runs``), and the markdown ``table``. ``resume=True`` continues the
     unfinished experiment in ``out``."""
     config.validate()
-    task = _Task(config)
+    ranks, device = join(config.device, config.batch_size)
+    if not ranks.main:
+        log = lambda line: None  # noqa: E731 (one process speaks)
+    task = _Task(config, device)
     task.build(config.seeds[0])  # a model without MoE layers fails here, before anything is written
     out = Path(out)
     if resume:
         if (out / "excitation.json").exists():
             raise ConfigError(f"cannot resume {out}: the experiment is complete (it has excitation.json)")
     else:
-        prepare_run_dir(out)
-        write_json(out / "config.json", {"seeking_version": __version__, **dataclasses.asdict(config)})
-        mark_incomplete(out, f"seeking excite --resume {out}")
+        prepare_run_dir(out, ranks)
+        if ranks.main:
+            write_json(out / "config.json", {"seeking_version": __version__, **dataclasses.asdict(config)})
+            mark_incomplete(out, f"seeking excite --resume {out}")
     log(
         f"{config.model} on {task.name}, {config.optimizer} lr {config.lr}, {config.steps} steps of "
         f"{config.batch_size}, arms {', '.join(config.arms)}, seeds {config.seeds}; results in {out}"
@@ -385,12 +400,15 @@ def compare_excitation(
                     continue
                 checkpoints = Checkpoints(out / "checkpoints" / f"{arm}-seed{seed}", config.keep_checkpoints)
                 try:
-                    result = run_arm(task, arm, seed, log, checkpoints=checkpoints, resume=resume, stop=stop)
+                    result = run_arm(
+                        task, arm, seed, log, checkpoints=checkpoints, resume=resume, stop=stop, ranks=ranks
+                    )
                 except RunInterrupted as exc:
                     raise RunInterrupted(
                         f"{exc}: checkpoint written; continue with: seeking excite --resume {out}"
                     ) from None
-                write_json(done, result)
+                if ranks.main:
+                    write_json(done, result)
                 runs.append(result)
     rows = excitation_rows(runs, task.metric)
     table = excitation_markdown(rows, task.metric)
@@ -402,8 +420,9 @@ def compare_excitation(
         "runs": runs,
         "table": table,
     }
-    atomic_write_text(out / "excitation.md", table + "\n")
-    atomic_write_text(out / "excitation.csv", excitation_csv(rows))
-    write_json(out / "excitation.json", result)
-    mark_complete(out)
+    if ranks.main:
+        atomic_write_text(out / "excitation.md", table + "\n")
+        atomic_write_text(out / "excitation.csv", excitation_csv(rows))
+        write_json(out / "excitation.json", result)
+        mark_complete(out)
     return result

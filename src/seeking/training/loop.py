@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
@@ -44,6 +45,7 @@ from ..models import create_model
 from ..motivation import Motivator, WeightMap, make_condition
 from .batchnorm import recalibrate_batchnorm
 from .config import TrainConfig
+from .distributed import Ranks, join, sum_over_ranks, wrap
 from .evaluate import evaluate
 from .flops import train_step_flops
 from .resume import (
@@ -111,21 +113,35 @@ class Progress:
     results: dict[str, dict[str, float]] = field(default_factory=dict)  # the last test of each model
 
 
-def prepare_run_dir(run_dir: str | os.PathLike) -> Path:
-    """Create an empty run folder; refuse to mix a new run into an existing one."""
+def check_new_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Refuse to mix a new run into an existing folder."""
     path = Path(run_dir)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(f"run folder {path} already exists and is not empty; choose another --out or remove it")
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _loss_and_finite(loss: torch.Tensor, model: nn.Module) -> tuple[float, bool]:
-    """The loss on the host, and whether it and every gradient of ``model`` are finite (one sync)."""
+def prepare_run_dir(run_dir: str | os.PathLike, ranks: Ranks | None = None) -> Path:
+    """Create an empty run folder (rank 0 does, once every rank has checked it)."""
+    path = check_new_run_dir(run_dir)
+    ranks = ranks or Ranks()
+    if ranks.world > 1:
+        dist.barrier()
+    if ranks.main:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def step_outcome(loss: torch.Tensor, model: nn.Module, ranks: Ranks, stop: bool) -> tuple[float, bool, bool]:
+    """The loss averaged over processes, whether it and every gradient of ``model`` are finite, and
+    whether any process was asked to stop: one all-reduce and one host sync, so every rank decides alike."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
-    loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
-    return loss_value, math.isfinite(loss_value) and math.isfinite(norm_value)
+    flag = torch.ones((), device=loss.device) if stop else torch.zeros((), device=loss.device)
+    values = sum_over_ranks(torch.stack([loss.detach().float(), norm.float(), flag]), ranks)
+    loss_sum, norm_sum, stops = values.tolist()
+    loss_value = loss_sum / ranks.world
+    return loss_value, math.isfinite(loss_value) and math.isfinite(norm_sum), stops > 0
 
 
 def model_kwargs(config: TrainConfig, dataset: ImageDataset) -> dict[str, Any]:
@@ -167,14 +183,16 @@ def train(
 
     ``resume=True`` continues the unfinished run in ``run_dir`` (whose config must be ``config``)."""
     config.validate()
+    ranks, device = join(config.device, config.batch_size)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    bar = progress and sys.stderr.isatty()
+    if not ranks.main:
+        log = lambda line: None  # noqa: E731 (one process speaks)
+    bar = progress and sys.stderr.isatty() and ranks.main
     dataset = dataset or load_dataset(config.data, cache_dir=config.cache_dir, progress=bar)
     train_data = dataset.train.subset(config.train_subset, seed=config.seed) if config.train_subset else dataset.train
     test_data = dataset.test.subset(config.test_subset, seed=0) if config.test_subset else dataset.test
     if config.batch_size > len(train_data):
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(train_data)} training examples")
-    device = torch.device(config.device)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
     models = {n: m.to(device, memory_format=memory_format) for n, m in build_models(config, dataset).items()}
     optimizers = {
@@ -219,9 +237,9 @@ def train(
             raise ConfigError(f"cannot resume {run_dir}: the run is complete (it has summary.json)")
         state = checkpoints.latest(warn=log)
     else:
-        prepare_run_dir(run_dir)
+        prepare_run_dir(run_dir, ranks)
         state = None
-    if state is None:
+    if state is None and ranks.main:
         if resume:
             log(f"{run_dir} has no checkpoint yet: starting the run again from step 0")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -244,8 +262,10 @@ def train(
         run = Progress(**state["progress"])
         log(f"resuming {run_dir} at step {run.step} (epoch {run.epoch}, batch {run.position})")
     logs = {"steps": state["logs"]["steps"], "epochs": state["logs"]["epochs"]} if state else {}
-    step_log = JsonLines(run_dir / "steps.jsonl", logs.get("steps", 0 if resume else None))
-    epoch_log = JsonLines(run_dir / "epochs.jsonl", logs.get("epochs", 0 if resume else None))
+    step_log = JsonLines(run_dir / "steps.jsonl" if ranks.main else None, logs.get("steps", 0 if resume else None))
+    epoch_log = JsonLines(run_dir / "epochs.jsonl" if ranks.main else None, logs.get("epochs", 0 if resume else None))
+    # DDP over each model; built after loading, though every rank holds the same weights anyway.
+    nets = {n: wrap(m, ranks, device) for n, m in models.items()}
 
     def prepare(images: torch.Tensor) -> torch.Tensor:
         return normalize(images, dataset.mean, dataset.std).contiguous(memory_format=memory_format)
@@ -280,6 +300,8 @@ def train(
         return results
 
     def save_checkpoint() -> None:
+        if not ranks.main:
+            return
         checkpoints.save(
             run.step,
             {
@@ -296,6 +318,7 @@ def train(
             },
         )
 
+    stopping = False  # agreed by all processes at the last step
     try:
         with StopRequests() as stop:
             while run.epoch <= config.epochs:
@@ -309,25 +332,25 @@ def train(
                     leave=False,
                     disable=not bar,
                 ):
-                    if stop.requested:
+                    if stopping:
                         run.train_seconds += time.perf_counter() - tick
                         save_checkpoint()
                         raise RunInterrupted(
-                            f"{stop.requested} at step {run.step}: checkpoint written; "
+                            f"{stop.requested or 'a stop request'} at step {run.step}: checkpoint written; "
                             f"continue with: seeking train --resume {run_dir}"
                         )
-                    x, y = next(stream)
-                    x = training_batch(x, jitter)
+                    x, y = next(stream)  # the global batch; this process trains on its shard
+                    x, y = ranks.shard(training_batch(x, jitter)), ranks.shard(y)
                     lr = config.lr * lr_factor(config.schedule, run.step, total_steps, warmup)
                     model, optimizer = plan.select()
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                        loss = F.cross_entropy(model(x), y)
+                        loss = F.cross_entropy(nets[plan.active](x), y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     # one host sync, which the condition needs anyway: the loss and the gradients' norm
-                    loss_value, finite = _loss_and_finite(loss, model)
+                    loss_value, finite, stopping = step_outcome(loss, model, ranks, stop.requested is not None)
                     run.flops[plan.active] += step_flops[plan.active]
                     loss_logged = loss_value if math.isfinite(loss_value) else None  # JSON has no NaN
                     entry = {"step": run.step, "epoch": epoch, "model": plan.active, "loss": loss_logged, "lr": lr}
@@ -401,13 +424,15 @@ def train(
         "models": {},
     }
     for name, m in models.items():  # the last epoch's test figures describe exactly these weights
-        save_model(m, run_dir / f"{name}.safetensors", model_names[name], kwargs, normalization)
+        if ranks.main:
+            save_model(m, run_dir / f"{name}.safetensors", model_names[name], kwargs, normalization)
         summary["models"][name] = {
             "model": model_names[name],
             **run.results[name],
             "parameters": sum(p.numel() for p in m.parameters()),
             "checkpoint": f"{name}.safetensors",
         }
-    write_json(run_dir / "summary.json", summary)
-    mark_complete(run_dir)
+    if ranks.main:
+        write_json(run_dir / "summary.json", summary)
+        mark_complete(run_dir)
     return RunResult(run_dir, summary)

@@ -174,9 +174,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class JsonLines:
-    """A JSON-lines log that a checkpoint marks (its length) and a resume cuts back to that mark."""
+    """A JSON-lines log that a checkpoint marks (its length) and a resume cuts back to that mark.
+    Without a path (processes other than rank 0) it writes nothing."""
 
-    def __init__(self, path: Path, resume_at: int | None = None) -> None:
+    def __init__(self, path: Path | None, resume_at: int | None = None) -> None:
+        self.file = None
+        if path is None:
+            return
         if resume_at is not None:
             size = path.stat().st_size if path.exists() else -1
             if size < resume_at:
@@ -188,16 +192,20 @@ class JsonLines:
         self.file = open(path, "a" if resume_at is not None else "w")  # noqa: SIM115 (closed by close())
 
     def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
 
     def mark(self) -> int:
         """Flush to disk and return the length, which a checkpoint records."""
+        if not self.file:
+            return 0
         self.file.flush()
         os.fsync(self.file.fileno())
         return self.file.tell()
 
     def close(self) -> None:
-        self.file.close()
+        if self.file:
+            self.file.close()
 
 
 class StopRequests:
