@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import EngFormatter, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 
 from .runs import TrainRun
 
@@ -22,6 +22,7 @@ ROLE_COLORS = {"base": "tab:blue", "motivated": "tab:orange"}
 ROLE_NAMES = {"base": "base", "motivated": "large"}
 ARM_STYLES = {"classical_base": "--", "classical_large": "--", "random_control": ":"}
 EPISODE_COLOR = "tab:orange"
+FLOP_UNITS = ((1e18, "EFLOPs"), (1e15, "PFLOPs"), (1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1, "FLOPs"))
 FLOPS_NOTE = "FLOPs: PyTorch's FlopCounterMode, forward + backward, 2 per multiply-add"
 
 
@@ -107,11 +108,11 @@ def loss_figure(run: TrainRun, title: str) -> Figure:
     return figure
 
 
-def _lines(ax, runs: dict[str, TrainRun], x_key: str) -> None:
-    """One line per (arm, model) of test accuracy against the epoch record's ``x_key``."""
+def _lines(ax, runs: dict[str, TrainRun], x_key: str, x_scale: float = 1.0) -> None:
+    """One line per (arm, model) of test accuracy against the epoch record's ``x_key`` / ``x_scale``."""
     for arm, run in runs.items():
         for role, model in run.model_names.items():
-            points = [(e[x_key], e[f"{role}_accuracy"]) for e in run.epochs if f"{role}_accuracy" in e]
+            points = [(e[x_key] / x_scale, e[f"{role}_accuracy"]) for e in run.epochs if f"{role}_accuracy" in e]
             if not points:
                 continue
             label = f"{arm.replace('_', ' ')}: " * bool(arm) + f"{ROLE_NAMES[role]} ({model})"
@@ -137,8 +138,9 @@ def accuracy_figure(runs: dict[str, TrainRun], title: str) -> Figure:
 def cost_figure(runs: dict[str, TrainRun], title: str) -> Figure:
     figure = new_figure(10.0)
     ax = figure.subplots()
-    _lines(ax, runs, "flops")
-    ax.xaxis.set_major_formatter(EngFormatter(unit="FLOP"))
-    ax.set_xlabel(f"cumulative training FLOPs of the run ({FLOPS_NOTE})", fontsize="small")
+    most = max((e["flops"] for run in runs.values() for e in run.epochs), default=1)
+    scale, unit = next((s, u) for s, u in FLOP_UNITS if most >= s or s == 1)
+    _lines(ax, runs, "flops", scale)
+    ax.set_xlabel(f"cumulative training {unit} of the run ({FLOPS_NOTE})", fontsize="small")
     ax.set_title(title)
     return figure

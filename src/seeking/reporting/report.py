@@ -155,7 +155,8 @@ def _run_plots(run: TrainRun, label: str, output: _Output, title: str) -> list[s
 def _train_section(run: TrainRun, label: str, output: _Output) -> list[str]:
     title = f"{' inside '.join(run.model_names.values())}, condition {run.config.get('condition')}"
     parts = [html.heading(2, f"Training run {run.path}: {title}")]
-    parts += [_incomplete_note(run)] * (not run.complete)
+    if not run.complete:
+        parts.append(_incomplete_note(run))
     parts += [_facts(run), *_run_plots(run, label, output, title), *_command(run.config), _config(run.config)]
     return parts
 
@@ -181,7 +182,10 @@ def _comparison_section(cmp: Comparison, label: str, output: _Output) -> list[st
     parts += _command(first.config)
     for arm, run in cmp.arms.items():
         title = f"{arm.replace('_', ' ')} ({' inside '.join(run.model_names.values())})"
-        parts += [html.heading(3, title), *[_incomplete_note(run)] * (not run.complete), _facts(run)]
+        parts.append(html.heading(3, title))
+        if not run.complete:
+            parts.append(_incomplete_note(run))
+        parts.append(_facts(run))
         parts.append(output.plot(f"{label}-{arm}-loss.png", loss_figure(run, f"Training loss: {title}"), "loss"))
     parts.append(_config(first.config))
     return parts

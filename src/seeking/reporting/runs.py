@@ -78,10 +78,13 @@ def read_run_folder(path: str | Path) -> Run:
 
 
 def read_train_run(path: Path) -> TrainRun:
+    config = _read_json(path / "config.json")
+    if "arms" in config:  # an Excitation experiment's configuration: it writes excitation.json when done
+        raise RunFolderError(f"{path} is an Excitation experiment that has not finished (no excitation.json yet)")
     summary = path / "summary.json"
     return TrainRun(
         path,
-        _read_json(path / "config.json"),
+        config,
         _read_jsonl(path / "steps.jsonl"),
         _read_jsonl(path / "epochs.jsonl"),
         _read_json(summary) if summary.is_file() else None,
