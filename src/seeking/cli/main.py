@@ -24,6 +24,7 @@ from ..training.config import CONDITIONS, SCHEDULES
 DEFAULTS = TrainConfig()
 # options of train and compare that are not TrainConfig fields, with their defaults
 TRAIN_EXTRAS: dict[str, object] = {"pair": None, "model_kwargs": "{}", "out": None}
+TENSORBOARD_HELP = "also write TensorBoard event files under the run folder's tensorboard/ (needs seeking[tensorboard])"
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +149,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tensorboard",
         action="store_true",
-        help="also write TensorBoard event files under the run folder's tensorboard/ (needs seeking[tensorboard])",
+        help=TENSORBOARD_HELP,
     )
 
 
@@ -323,7 +324,7 @@ def _add_excite_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tensorboard",
         action="store_true",
-        help="also write TensorBoard event files under the run folder's tensorboard/ (needs seeking[tensorboard])",
+        help=TENSORBOARD_HELP,
     )
 
 
