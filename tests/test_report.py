@@ -16,6 +16,7 @@ from PIL import Image
 
 from seeking.cli.main import main
 from seeking.reporting.plots import epoch_p, motivated_spans, moving_average
+from seeking.training.resume import mark_incomplete
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 BOARD = ["--tensorboard"] if HAS_TENSORBOARD else []
@@ -87,7 +88,10 @@ def test_the_report_of_an_excitation_experiment(excitation):
     assert [p.name for p in pngs] == ["exc-phi.png", "exc-routing.png", "exc-utilization.png"]
     for png in pngs:
         assert_real_png(png)
-    assert_self_contained((report / "report.html").read_text(), pngs)
+    page = (report / "report.html").read_text()
+    assert_self_contained(page, pngs)
+    config = json.loads((excitation / "config.json").read_text())
+    assert html.escape(shlex.join(config["command"])) in page and "excitation zero_sum" in page
 
 
 def test_excite_records_per_layer_utilization_and_phi(excitation):
@@ -110,6 +114,7 @@ def test_report_of_several_folders_with_an_unfinished_run(comparison, excitation
     unfinished = tmp_path / "unfinished"
     shutil.copytree(comparison / "motivated", unfinished)
     (unfinished / "summary.json").unlink()
+    mark_incomplete(unfinished, f"seeking train --resume {unfinished}")
     with open(unfinished / "steps.jsonl", "a") as f:
         f.write('{"step": 99, "epo')  # cut off while the run was writing
     out = tmp_path / "report"
@@ -117,9 +122,20 @@ def test_report_of_several_folders_with_an_unfinished_run(comparison, excitation
     captured = capsys.readouterr()
     assert f"note: {unfinished} is incomplete" in captured.err and "report.html" in captured.out
     page = (out / "report.html").read_text()
-    assert "Incomplete" in page and "2 of 2 epochs" in page
+    assert "Incomplete" in page and "2 of 2 epochs" in page and f"seeking train --resume {unfinished}" in page
     assert {p.name for p in out.glob("*.png")} >= {"unfinished-loss.png", "unfinished-cost.png", "exc-phi.png"}
     assert_self_contained(page, list(out.glob("*.png")))
+
+
+def test_report_of_a_comparison_that_has_not_started_an_arm(comparison, tmp_path, capsys):
+    started = tmp_path / "started"
+    started.mkdir()
+    shutil.copy(comparison / "config.json", started)
+    mark_incomplete(started, f"seeking compare --resume {started}")
+    assert main(["report", str(started)]) == 0
+    page = (started / "report" / "report.html").read_text()
+    assert "arms present: none yet" in page and f"seeking compare --resume {started}" in page
+    assert not list((started / "report").glob("*.png"))
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from .comparison import COLUMNS, cell_text, comparison_rows, csv_table, efficien
 from .excitation import excitation_cells
 from .excitation_plots import curves_figure, phi_figure, utilization_figure
 from .plots import FLOPS_NOTE, accuracy_figure, cost_figure, loss_figure, png_bytes
-from .runs import Comparison, ExcitationRun, Run, TrainRun, read_run_folder
+from .runs import Comparison, ExcitationRun, Run, TrainRun, read_run_folder, resume_hint
 
 
 class _Output:
@@ -107,9 +107,11 @@ def _config(config: dict[str, Any]) -> str:
 
 
 def _incomplete_note(run: TrainRun) -> str:
+    hint = resume_hint(run.path)
     return html.paragraph(
         f"Incomplete: {run.path} has no summary.json (the run stopped or is still running); shown as far as "
-        f"it went: {len(run.epochs)} of {run.config.get('epochs', '?')} epochs, {len(run.steps)} steps.",
+        f"it went: {len(run.epochs)} of {run.config.get('epochs', '?')} epochs, {len(run.steps)} steps."
+        + (f" {hint}" if hint else ""),
         note=True,
     )
 
@@ -164,7 +166,11 @@ def _train_section(run: TrainRun, label: str, output: _Output) -> list[str]:
 def _comparison_section(cmp: Comparison, label: str, output: _Output) -> list[str]:
     parts = [html.heading(2, f"Comparison {cmp.path}")]
     if not cmp.complete:
-        parts.append(html.paragraph(f"Incomplete: no comparison.json; arms present: {', '.join(cmp.arms)}.", note=True))
+        hint = resume_hint(cmp.path)
+        arms = ", ".join(cmp.arms) or "none yet"
+        parts.append(html.paragraph(f"Incomplete: no comparison.json; arms present: {arms}. {hint or ''}", note=True))
+    if not cmp.arms:
+        return [*parts, *_command(cmp.config), _config(cmp.config)]
     summaries = {arm: run.summary for arm, run in cmp.arms.items() if run.summary is not None}
     if "classical_base" in summaries:
         rows = comparison_rows(summaries)
@@ -178,8 +184,8 @@ def _comparison_section(cmp: Comparison, label: str, output: _Output) -> list[st
             f"{label}-cost.png", cost_figure(cmp.arms, "Test accuracy against training cost"), "accuracy vs FLOPs"
         )
     )
-    first = next(iter(cmp.arms.values()))
-    parts += _command(first.config)
+    config = cmp.config or next(iter(cmp.arms.values())).config
+    parts += _command(config)
     for arm, run in cmp.arms.items():
         title = f"{arm.replace('_', ' ')} ({' inside '.join(run.model_names.values())})"
         parts.append(html.heading(3, title))
@@ -187,7 +193,7 @@ def _comparison_section(cmp: Comparison, label: str, output: _Output) -> list[st
             parts.append(_incomplete_note(run))
         parts.append(_facts(run))
         parts.append(output.plot(f"{label}-{arm}-loss.png", loss_figure(run, f"Training loss: {title}"), "loss"))
-    parts.append(_config(first.config))
+    parts.append(_config(config))
     return parts
 
 
@@ -202,4 +208,4 @@ def _excitation_section(run: ExcitationRun, label: str, output: _Output) -> list
             parts.append(html.paragraph(f"No {name} plot: this run did not record it (or has no Excitation arm)."))
         else:
             parts.append(output.plot(f"{label}-{name}.png", figure, name))
-    return [*parts, *_command(result), _config(result.get("config", {}))]
+    return [*parts, *_command(run.config), _config(result.get("config", {}))]

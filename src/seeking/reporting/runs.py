@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunFolderError
+from ..training.resume import INCOMPLETE
 from .comparison import ARMS
 
 ARM_FOLDERS = tuple(dict.fromkeys(folder for _, folder, _ in ARMS))
@@ -41,18 +42,20 @@ class TrainRun:
 
 @dataclass
 class Comparison:
-    """A folder of ``seeking compare``: one training run per arm, keyed by arm folder name."""
+    """A folder of ``seeking compare``: its configuration and one training run per arm (by folder name)."""
 
     path: Path
+    config: dict[str, Any]  # empty for folders written before compare saved its config.json
     arms: dict[str, TrainRun]
     complete: bool  # comparison.json is written last
 
 
 @dataclass
 class ExcitationRun:
-    """A folder of ``seeking excite``: the content of its ``excitation.json``."""
+    """A folder of ``seeking excite``: its configuration and the content of its ``excitation.json``."""
 
     path: Path
+    config: dict[str, Any]  # empty for folders written before excite saved its config.json
     result: dict[str, Any]
 
 
@@ -64,17 +67,25 @@ def read_run_folder(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise RunFolderError(f"no such run folder: {path}")
+    config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
     if (path / "excitation.json").is_file():
-        return ExcitationRun(path, _read_json(path / "excitation.json"))
+        return ExcitationRun(path, config, _read_json(path / "excitation.json"))
+    arms = {arm: read_train_run(path / arm) for arm in ARM_FOLDERS if (path / arm / "config.json").is_file()}
+    if arms or "random_control" in config:  # compare saves its config (with this key) before any arm starts
+        return Comparison(path, config, arms, (path / "comparison.json").is_file())
     if (path / "config.json").is_file():
         return read_train_run(path)
-    arms = {arm: read_train_run(path / arm) for arm in ARM_FOLDERS if (path / arm / "config.json").is_file()}
-    if arms:
-        return Comparison(path, arms, (path / "comparison.json").is_file())
     raise RunFolderError(
         f"{path} holds no seeking run: expected config.json (seeking train), the arm folders "
         f"{', '.join(ARM_FOLDERS)} (seeking compare) or excitation.json (seeking excite)"
     )
+
+
+def resume_hint(path: Path) -> str | None:
+    """How to continue an unfinished run: the last line of the ``INCOMPLETE`` file it holds, if any."""
+    marker = path / INCOMPLETE
+    lines = marker.read_text(encoding="utf-8", errors="replace").strip().splitlines() if marker.is_file() else []
+    return lines[-1] if lines else None
 
 
 def read_train_run(path: Path) -> TrainRun:
