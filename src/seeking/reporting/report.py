@@ -33,7 +33,8 @@ class _Output:
     """The report folder: writes each file atomically and remembers what it wrote."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.files = folder, []
+        self.folder = folder
+        self.files: list[Path] = []
 
     def text(self, name: str, content: str) -> None:
         atomic_write_text(self.folder / name, content)
