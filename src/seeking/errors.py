@@ -18,3 +18,7 @@ class DataError(SeekingError):
 
 class CheckpointError(SeekingError):
     """A checkpoint file that cannot be read or does not fit the model."""
+
+
+class RunFolderError(SeekingError):
+    """A folder given to ``seeking report`` that is missing or holds no readable seeking run."""

@@ -1,4 +1,4 @@
-"""The ``seeking`` command line: train, compare, evaluate, models.
+"""The ``seeking`` command line: train, compare, evaluate, excite, report, models.
 
 Bad input gives one line on stderr and exit code 2; nothing is written before the input is checked.
 """
@@ -24,6 +24,7 @@ from ..training.config import CONDITIONS, SCHEDULES
 DEFAULTS = TrainConfig()
 # options of train and compare that are not TrainConfig fields, with their defaults
 TRAIN_EXTRAS: dict[str, object] = {"pair": None, "model_kwargs": "{}", "out": None}
+TENSORBOARD_HELP = "also write TensorBoard event files under the run folder's tensorboard/ (needs seeking[tensorboard])"
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +146,11 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     g.add_argument("--out", help="run folder (default: runs/<command>-<time>)")
     g.add_argument("--quiet", action="store_true", help="no progress output")
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help=TENSORBOARD_HELP,
+    )
 
 
 def _json_object(option: str, text: str) -> dict:
@@ -232,7 +238,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         f"\n{gain_sentence(result['efficiency_gain'])} "
         "(classical base as reference; FLOPs: forward + backward, 2 per multiply-add)"
     )
-    print(f"results: {out}/comparison.md, comparison.csv, comparison.json")
+    print(f"results: {out}/comparison.md, comparison.csv, comparison.json; report: {out}/report/report.html")
     return 0
 
 
@@ -315,6 +321,11 @@ def _add_excite_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", help="results folder (default: runs/excite-<time>)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help=TENSORBOARD_HELP,
+    )
 
 
 def _cmd_excite(args: argparse.Namespace) -> int:
@@ -327,8 +338,21 @@ def _cmd_excite(args: argparse.Namespace) -> int:
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExciteConfig)}
         values["model_kwargs"] = _json_object("--model-kwargs", args.model_kwargs)
         config, out = ExciteConfig(**values).validate(), args.out or f"runs/excite-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(compare_excitation(config, out, log=_logger(args), resume=bool(args.resume))["table"])
-    print(f"results: {out}/excitation.md, excitation.csv, excitation.json")
+    result = compare_excitation(config, out, log=_logger(args), resume=bool(args.resume), progress=not args.quiet)
+    print(result["table"])
+    print(f"results: {out}/excitation.md, excitation.csv, excitation.json; report: {out}/report/report.html")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ..reporting.report import write_report
+
+    several = f"runs/report-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or (f"{args.run_dirs[0]}/report" if len(args.run_dirs) == 1 else several)
+    report = write_report(args.run_dirs, out)
+    for path in report.incomplete:
+        print(f"note: {path} is incomplete (no summary.json); reported as far as it went", file=sys.stderr)
+    print(f"report: {report.files[-1]} ({len(report.files) - 1} more files beside it)")
     return 0
 
 
@@ -362,6 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("excite", help="train an MoE model with a base optimizer, plain and with Excitation: one table")
     _add_excite_options(p)
     p.set_defaults(func=_cmd_excite)
+    p = sub.add_parser("report", help="plots (PNG) and one self-contained report.html of run folders")
+    p.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="folders written by seeking train, compare or excite (an unfinished run is reported as far as it went)",
+    )
+    p.add_argument(
+        "--out", help="report folder (default: RUN_DIR/report for one folder, runs/report-<time> for several)"
+    )
+    p.set_defaults(func=_cmd_report)
     p = sub.add_parser("models", help="list the model names")
     p.set_defaults(func=_cmd_models)
     return parser

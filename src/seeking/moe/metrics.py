@@ -80,6 +80,11 @@ def layer_metrics(layer: RoutedLayer, labels: Tensor | None = None) -> dict[str,
     return out
 
 
+def layer_utilization(model: nn.Module) -> list[list[float]]:
+    """Each routed layer's per-expert utilization in its last forward (module order), for plots."""
+    return [utilization(m.last_counts).tolist() for m in model.modules() if isinstance(m, RoutedLayer)]
+
+
 def routing_metrics(model: nn.Module, labels: Tensor | None = None) -> dict[str, float]:
     """``layer{i}/{name}`` for the i-th routed layer (module order) and ``{name}``: the mean over layers."""
     out: dict[str, float] = {}

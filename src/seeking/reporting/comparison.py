@@ -68,7 +68,8 @@ def comparison_rows(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]
     return rows
 
 
-def _cell(value: Any, column: str) -> str:
+def cell_text(value: Any, column: str) -> str:
+    """One value of the comparison table as it is shown."""
     if isinstance(value, str):
         return value
     if math.isnan(value):
@@ -85,7 +86,7 @@ def _cell(value: Any, column: str) -> str:
 def markdown_table(
     rows: list[dict[str, Any]],
     columns: Sequence[str] = COLUMNS,
-    cell: Callable[[Any, str], str] = _cell,
+    cell: Callable[[Any, str], str] = cell_text,
 ) -> str:
     """A markdown table of ``columns``, each value written by ``cell(value, column)``."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]

@@ -20,6 +20,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def arm_label(arm: str) -> str:
+    return "plain optimizer" if arm == BASELINE else f"excitation {arm}"
+
+
 def excitation_rows(runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """One row per arm, in the order the arms were run: ``<measure>`` = mean, ``<measure> std``."""
     arms = list(dict.fromkeys(r["arm"] for r in runs))
@@ -27,7 +31,7 @@ def excitation_rows(runs: list[dict[str, Any]], metric: str) -> list[dict[str, A
     rows = []
     for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]
-        row: dict[str, Any] = {"arm": "plain optimizer" if arm == BASELINE else f"excitation {arm}", "seeds": len(mine)}
+        row: dict[str, Any] = {"arm": arm_label(arm), "seeds": len(mine)}
         for measure in (metric, *MEASURES):
             row[measure], row[f"{measure} std"] = _mean_std([r.get(measure, math.nan) for r in mine])
         paired = [r[metric] - baseline[r["seed"]] for r in mine if r["seed"] in baseline and arm != BASELINE]
@@ -51,9 +55,14 @@ def _shown(row: dict[str, Any], column: str) -> str:
     return f"{value:{sign}.{digits}f} ± {row[f'{column} std']:.{digits}f}"
 
 
-def excitation_markdown(rows: list[dict[str, Any]], metric: str) -> str:
+def excitation_cells(rows: list[dict[str, Any]], metric: str) -> tuple[list[str], list[dict[str, str]]]:
+    """The table's columns and its rows as text (mean ± std)."""
     columns = _columns(metric)
-    shown = [{c: _shown(r, c) for c in columns} for r in rows]
+    return columns, [{c: _shown(r, c) for c in columns} for r in rows]
+
+
+def excitation_markdown(rows: list[dict[str, Any]], metric: str) -> str:
+    columns, shown = excitation_cells(rows, metric)
     return markdown_table(shown, columns, lambda value, column: value)
 
 

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_text, write_json
 from ..reporting import comparison_rows, csv_table, efficiency_gain, markdown_table
 from ..reporting.comparison import gain_sentence
+from ..reporting.report import write_report
 from .config import TrainConfig
 from .distributed import join
 from .loop import check_pair, prepare_run_dir, train
@@ -37,7 +38,8 @@ def compare(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train every arm into ``out_dir/<arm>/`` and write ``comparison.{md,csv,json}`` there.
+    """Train every arm into ``out_dir/<arm>/``, write ``comparison.{md,csv,json}`` there and the report
+    (plots and report.html) into ``out_dir/report/``.
 
     ``resume=True`` continues an unfinished comparison: finished arms are read back, an unfinished
     one is resumed from its checkpoint, the others are trained."""
@@ -83,6 +85,7 @@ def compare(
         atomic_write_text(out / "comparison.csv", csv_table(rows))
         write_json(out / "comparison.json", _without_nan(result))
         mark_complete(out)
+        write_report([out], out / "report")
     return result
 
 

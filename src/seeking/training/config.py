@@ -12,6 +12,7 @@ import torch
 from ..errors import ConfigError
 from ..models.registry import model_exists, unknown_model_message
 from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES
+from ..reporting.tensorboard import require_tensorboard
 
 CONDITIONS = ("decrease", "never", "always", "random")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -57,6 +58,7 @@ class TrainConfig:
     channels_last: bool = False
     amp: bool = False
     cache_dir: str | None = None
+    tensorboard: bool = False
 
     def validate(self) -> TrainConfig:
         check_types(self)
@@ -89,6 +91,8 @@ class TrainConfig:
         check_device(self.device)
         if self.amp and not self.device.startswith("cuda"):
             raise ConfigError("amp (bfloat16 autocast) is for CUDA devices; drop --amp or use --device cuda")
+        if self.tensorboard:
+            require_tensorboard()
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from .. import __version__
 from ..data import ImageData, batches, load_dataset, normalize
@@ -38,8 +40,9 @@ from ..io import atomic_write_text, write_json
 from ..models import create_model
 from ..models.gpt_moe import lm_loss
 from ..models.registry import model_exists, unknown_model_message
-from ..moe import expert_layers, moe_aux_loss, routing_metrics
+from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metrics
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
+from ..reporting.tensorboard import ScalarLog, require_tensorboard
 from .config import check_checkpointing, check_device, check_types, config_from_dict
 from .distributed import Ranks, join, wrap
 from .loop import prepare_run_dir, step_outcome
@@ -98,6 +101,7 @@ class ExciteConfig:
     max_nonfinite: int = 10
     checkpoint_every: int = 0
     keep_checkpoints: int = 1
+    tensorboard: bool = False
 
     def validate(self) -> ExciteConfig:
         check_types(self)
@@ -131,6 +135,8 @@ class ExciteConfig:
         if reserved:
             raise ConfigError(f"model_kwargs must not set {', '.join(reserved)}: they come from the data set")
         check_device(self.device)
+        if self.tensorboard:
+            require_tensorboard()
         return self
 
     @classmethod
@@ -145,8 +151,8 @@ class ExciteConfig:
 class _Task:
     """What differs between image classification and language modelling: data, model, loss, test."""
 
-    def __init__(self, config: ExciteConfig, device: torch.device | None = None) -> None:
-        self.config = config
+    def __init__(self, config: ExciteConfig, device: torch.device | None = None, progress: bool = False) -> None:
+        self.config, self.progress = config, progress
         self.device = device = device or torch.device(config.device)
         if config.is_text:
             self.text: TextData = load_text(config.data)
@@ -154,7 +160,7 @@ class _Task:
             self.model_kwargs = {"vocab_size": self.text.vocab_size, "block_size": config.block_size}
             self.train_tokens, self.val_tokens = self.text.train.to(device), self.text.val.to(device)
         else:
-            dataset = load_dataset(config.data, cache_dir=config.cache_dir)
+            dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress)
             train, test = dataset.train, dataset.test
             if config.train_subset:
                 train = train.subset(config.train_subset, seed=0)
@@ -203,8 +209,9 @@ class _Task:
         return lm_loss(output, target) if self.config.is_text else F.cross_entropy(output, target)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> tuple[float, dict[str, float]]:
-        """The task metric and the routing metrics of the last test batch (with its labels)."""
+    def evaluate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
+        """The task metric and the routing metrics of the last test batch (with its labels), with the
+        per-expert utilization of each layer."""
         model.eval()
         if self.config.is_text:
             gen = torch.Generator().manual_seed(1234)  # the same validation blocks for every arm and step
@@ -221,7 +228,7 @@ class _Task:
             value = 100.0 * correct / len(self.test_data)
         metrics = routing_metrics(model, labels)
         model.train()
-        return value, {k: v for k, v in metrics.items() if "/" not in k}
+        return value, {**{k: v for k, v in metrics.items() if "/" not in k}, "utilization": layer_utilization(model)}
 
 
 @dataclass
@@ -248,8 +255,10 @@ def run_arm(
     resume: bool = False,
     stop: StopRequests | None = None,
     ranks: Ranks | None = None,
+    tensorboard_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Train one arm for one seed; returns its final and periodic results.
+    """Train one arm for one seed; returns its final and periodic results (and TensorBoard scalars
+    under ``tensorboard_dir`` if given).
 
     With ``checkpoints``, a checkpoint is written at each evaluation (and every ``checkpoint_every``
     steps); ``resume`` starts from the newest one; a ``stop`` request writes one and raises
@@ -302,6 +311,16 @@ def run_arm(
     net = wrap(model, ranks, task.device, find_unused=True)  # an expert no token reached has no gradient
     start = time.perf_counter() - run.wall_seconds
     stopping = False  # agreed by all processes at the last step
+    board = ScalarLog(tensorboard_dir, purge_step=run.step)
+    bar = tqdm(
+        total=config.steps,
+        initial=run.step,
+        desc=f"{arm} seed {seed}",
+        unit="step",
+        leave=False,
+        disable=not task.progress,
+    )
+    shown: dict[str, str] = {"loss": "-"}  # on the bar: the step's loss, the metric and dead experts of the last test
     while run.step < config.steps:
         if stopping:
             if checkpoints:
@@ -342,15 +361,25 @@ def run_arm(
             value, metrics = task.evaluate(model)
             train_loss = run.loss_sum / run.loss_count if run.loss_count else math.nan
             run.loss_sum, run.loss_count = 0.0, 0
-            run.curve.append({"step": step, "train_loss": train_loss, task.metric: value, **metrics})
-            log(
-                f"  {arm:>12} seed {seed} step {step}/{config.steps}  train loss {train_loss:.4f}  "
-                f"{task.metric} {value:.4f}  dead {metrics.get('dead_fraction', math.nan):.3f}"
-            )
+            phi = [f.tolist() for f in optimizer.last_factors] if arm != BASELINE else None
+            run.curve.append({"step": step, "train_loss": train_loss, task.metric: value, **metrics, "phi": phi})
+            board.write("eval", step, run.curve[-1])
+            dead = metrics.get("dead_fraction", math.nan)
+            shown |= {task.metric: f"{value:.3g}", "dead": f"{dead:.3f}"}
+            with tqdm.external_write_mode(file=sys.stderr):  # the line goes above the bar, not through it
+                log(
+                    f"  {arm:>12} seed {seed} step {step}/{config.steps}  train loss {train_loss:.4f}  "
+                    f"{task.metric} {value:.4f}  dead {dead:.3f}"
+                )
+        shown["loss"] = f"{loss_value:.3f}"
+        bar.update()
+        bar.set_postfix(shown, refresh=False)
         periodic = config.checkpoint_every and step % config.checkpoint_every == 0
         if checkpoints and step < config.steps and (evaluated or periodic):
             run.wall_seconds = time.perf_counter() - start
             save_checkpoint()
+    board.close()
+    bar.close()
     return {
         "arm": arm,
         "seed": seed,
@@ -363,9 +392,14 @@ def run_arm(
 
 
 def compare_excitation(
-    config: ExciteConfig, out: str | Path, log: Callable[[str], None] = print, *, resume: bool = False
+    config: ExciteConfig,
+    out: str | Path,
+    log: Callable[[str], None] = print,
+    *,
+    resume: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Train every arm for every seed; write ``excitation.{md,csv,json}`` into ``out``.
+    """Train every arm for every seed; write ``excitation.{md,csv,json}`` and ``report/`` into ``out``.
 
     Returns the JSON's content: the config, the ``metric`` name, one row per arm (``rows``), every
     run with its evaluations (``runs``), and the markdown ``table``. ``resume=True`` continues the
@@ -374,7 +408,7 @@ def compare_excitation(
     ranks, device = join(config.device, config.batch_size)
     if not ranks.main:
         log = lambda line: None  # noqa: E731 (one process speaks)
-    task = _Task(config, device)
+    task = _Task(config, device, progress=progress and sys.stderr.isatty() and ranks.main)
     task.build(config.seeds[0])  # a model without MoE layers fails here, before anything is written
     out = Path(out)
     if resume:
@@ -383,13 +417,15 @@ def compare_excitation(
     else:
         prepare_run_dir(out, ranks)
         if ranks.main:
-            write_json(out / "config.json", {"seeking_version": __version__, **dataclasses.asdict(config)})
+            saved = {"seeking_version": __version__, "command": sys.argv, **dataclasses.asdict(config)}
+            write_json(out / "config.json", saved)
             mark_incomplete(out, f"seeking excite --resume {out}")
     log(
         f"{config.model} on {task.name}, {config.optimizer} lr {config.lr}, {config.steps} steps of "
         f"{config.batch_size}, arms {', '.join(config.arms)}, seeds {config.seeds}; results in {out}"
     )
     runs = []
+    board = out / "tensorboard" if config.tensorboard and ranks.main else None  # rank 0 writes
     with StopRequests() as stop:
         for seed in config.seeds:
             for arm in config.arms:
@@ -401,7 +437,15 @@ def compare_excitation(
                 checkpoints = Checkpoints(out / "checkpoints" / f"{arm}-seed{seed}", config.keep_checkpoints)
                 try:
                     result = run_arm(
-                        task, arm, seed, log, checkpoints=checkpoints, resume=resume, stop=stop, ranks=ranks
+                        task,
+                        arm,
+                        seed,
+                        log,
+                        checkpoints=checkpoints,
+                        resume=resume,
+                        stop=stop,
+                        ranks=ranks,
+                        tensorboard_dir=board and board / f"{arm}-seed{seed}",  # a TensorBoard run each
                     )
                 except RunInterrupted as exc:
                     raise RunInterrupted(
@@ -425,4 +469,7 @@ def compare_excitation(
         atomic_write_text(out / "excitation.csv", excitation_csv(rows))
         write_json(out / "excitation.json", result)
         mark_complete(out)
+        from ..reporting.report import write_report  # imports matplotlib: not on every start of the CLI
+
+        write_report([out], out / "report")
     return result

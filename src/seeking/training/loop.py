@@ -43,6 +43,7 @@ from ..errors import CheckpointError, ConfigError, SeekingError
 from ..io import write_json
 from ..models import create_model
 from ..motivation import Motivator, WeightMap, make_condition
+from ..reporting.tensorboard import ScalarLog
 from .batchnorm import recalibrate_batchnorm
 from .config import TrainConfig
 from .distributed import Ranks, join, sum_over_ranks, wrap
@@ -296,7 +297,9 @@ def train(
                     config.bn_recalibrate,
                 )
                 recalibrate_batchnorm(m, (training_batch(x, calibration_jitter) for x, _ in chosen))
-            results[name] = evaluate(m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last)
+            results[name] = evaluate(
+                m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last, progress=bar
+            )
         return results
 
     def save_checkpoint() -> None:
@@ -319,19 +322,23 @@ def train(
         )
 
     stopping = False  # agreed by all processes at the last step
+    # rank 0 writes; a resumed run hides the events its interrupted process logged after the checkpoint
+    board = ScalarLog(run_dir / "tensorboard" if config.tensorboard and ranks.main else None, purge_step=run.step)
     try:
         with StopRequests() as stop:
             while run.epoch <= config.epochs:
                 epoch = run.epoch
                 tick = time.perf_counter()
-                for _ in tqdm(
+                progress_bar = tqdm(
                     range(run.position, steps_per_epoch),
                     total=steps_per_epoch,
                     initial=run.position,
                     desc=f"epoch {epoch}/{config.epochs}",
+                    unit="step",
                     leave=False,
                     disable=not bar,
-                ):
+                )
+                for _ in progress_bar:
                     if stopping:
                         run.train_seconds += time.perf_counter() - tick
                         save_checkpoint()
@@ -370,6 +377,8 @@ def train(
                                 f"(last at step {run.step}, lr {lr:.3g}); lower --lr, or raise --max-nonfinite"
                             )
                     step_log.write(entry)
+                    board.write("step", run.step, entry)
+                    progress_bar.set_postfix(loss=f"{loss_value:.4f}", p=f"{plan.p:.3f}", refresh=False)
                     run.step += 1
                     run.position += 1
                     if config.checkpoint_every and run.step % config.checkpoint_every == 0:
@@ -394,6 +403,7 @@ def train(
                     record.update({f"{n}_accuracy": r["accuracy"] for n, r in run.results.items()})
                     run.eval_seconds += time.perf_counter() - tick
                 epoch_log.write(record)
+                board.write("epoch", run.step, record)
                 log(
                     f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  p {plan.p:.2f}  "
                     + "".join(f"{n} {record[f'{n}_accuracy']:.2f}%  " for n in models if f"{n}_accuracy" in record)
@@ -404,6 +414,7 @@ def train(
     finally:
         step_log.close()
         epoch_log.close()
+        board.close()
 
     kwargs = model_kwargs(config, dataset)
     normalization = {"mean": list(dataset.mean), "std": list(dataset.std), "dataset": dataset.name}

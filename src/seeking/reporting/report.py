@@ -1,0 +1,212 @@
+"""``seeking report``: PNG plots and one self-contained ``report.html`` for run folders.
+
+Each folder given (a training run, a comparison or an Excitation experiment) gets a section with
+its plots, tables, the command that made it and its configuration. Every folder is read before
+anything is written; each file is written atomically, ``report.html`` last. Files are named
+``<folder name>-<plot>.png`` so that the report of several folders keeps them apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from .. import __version__
+from ..io import atomic_write_bytes, atomic_write_text
+from . import html
+from .comparison import COLUMNS, cell_text, comparison_rows, csv_table, efficiency_gain, gain_sentence, markdown_table
+from .excitation import excitation_cells
+from .excitation_plots import curves_figure, phi_figure, utilization_figure
+from .plots import FLOPS_NOTE, accuracy_figure, cost_figure, loss_figure, png_bytes
+from .runs import Comparison, ExcitationRun, Run, TrainRun, read_run_folder, resume_hint
+
+
+class _Output:
+    """The report folder: writes each file atomically and remembers what it wrote."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files: list[Path] = []
+
+    def text(self, name: str, content: str) -> None:
+        atomic_write_text(self.folder / name, content)
+        self.files.append(self.folder / name)
+
+    def plot(self, name: str, figure: Figure, alt: str) -> str:
+        """Save ``figure`` as ``name`` and return it as an embedded HTML image."""
+        png = png_bytes(figure)
+        atomic_write_bytes(self.folder / name, png)
+        self.files.append(self.folder / name)
+        return html.image(png, alt)
+
+
+@dataclass
+class Report:
+    files: list[Path]  # every file written, report.html last
+    incomplete: list[Path]  # the training runs (or arms) without summary.json
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Report:
+    """Write the report of ``run_dirs`` into ``out``."""
+    runs = [read_run_folder(d) for d in run_dirs]  # a bad folder fails before anything is written
+    output = _Output(Path(out))
+    parts = [
+        html.heading(1, "seeking report"),
+        html.paragraph(
+            f"Made by seeking {__version__} on {time.strftime('%Y-%m-%d %H:%M')} from "
+            f"{', '.join(str(r.path) for r in runs)}. {FLOPS_NOTE}. Every plot is also saved as a PNG "
+            "file beside this page."
+        ),
+    ]
+    for run, label in zip(runs, _labels(runs), strict=True):
+        if isinstance(run, TrainRun):
+            parts += _train_section(run, label, output)
+        elif isinstance(run, Comparison):
+            parts += _comparison_section(run, label, output)
+        else:
+            parts += _excitation_section(run, label, output)
+    output.text("report.html", html.page(f"seeking report: {', '.join(r.path.name for r in runs)}", parts))
+    return Report(output.files, [r.path for r in _training_runs(runs) if not r.complete])
+
+
+def _training_runs(runs: list[Run]) -> list[TrainRun]:
+    """Every training run: the lone ones and the arms of comparisons."""
+    out: list[TrainRun] = []
+    for run in runs:
+        out += run.arms.values() if isinstance(run, Comparison) else [run] if isinstance(run, TrainRun) else []
+    return out
+
+
+def _labels(runs: list[Run]) -> list[str]:
+    labels: list[str] = []
+    for run in runs:
+        base = re.sub(r"[^\w.-]+", "_", run.path.resolve().name) or "run"
+        label, n = base, 1
+        while label in labels:
+            n += 1
+            label = f"{base}-{n}"
+        labels.append(label)
+    return labels
+
+
+def _command(config: dict[str, Any]) -> list[str]:
+    command = config.get("command")
+    return [html.paragraph("Command:"), html.preformatted(shlex.join(command))] if command else []
+
+
+def _config(config: dict[str, Any]) -> str:
+    rows = [(k, json.dumps(v)) for k, v in config.items() if k != "command"]
+    return html.details("Configuration", html.table(("option", "value"), rows))
+
+
+def _incomplete_note(run: TrainRun) -> str:
+    hint = resume_hint(run.path)
+    return html.paragraph(
+        f"Incomplete: {run.path} has no summary.json (the run stopped or is still running); shown as far as "
+        f"it went: {len(run.epochs)} of {run.config.get('epochs', '?')} epochs, {len(run.steps)} steps."
+        + (f" {hint}" if hint else ""),
+        note=True,
+    )
+
+
+def _facts(run: TrainRun) -> str:
+    """The models' test accuracy and the run's cost, from the summary or (unfinished) the last epoch."""
+    last = run.epochs[-1] if run.epochs else {}
+    s = run.summary or {}
+    models = s.get("models", {})
+    rows = []
+    for role, name in run.model_names.items():
+        accuracy = models[role]["accuracy"] if role in models else last.get(f"{role}_accuracy")
+        parameters = models.get(role, {}).get("parameters")
+        rows.append(
+            (
+                role,
+                name,
+                "-" if accuracy is None else f"{accuracy:.2f}",
+                "-" if parameters is None else f"{parameters:,}",
+            )
+        )
+
+    def latest(key: str) -> float:
+        return s.get(key, last.get(key, 0))
+
+    cost = (
+        f"p = {latest('p'):.3f} (motivated fraction of the steps), {latest('switches')} switches, "
+        f"{latest('skipped_steps')} skipped steps, {s.get('train_flops', last.get('flops', 0)) / 1e12:.4g} "
+        f"training TFLOPs, {latest('train_seconds'):.1f} s of training"
+    )
+    return html.table(("model", "name", "test accuracy (%)", "parameters"), rows) + html.paragraph(cost)
+
+
+def _run_plots(run: TrainRun, label: str, output: _Output, title: str) -> list[str]:
+    parts = [output.plot(f"{label}-loss.png", loss_figure(run, f"Training loss: {title}"), f"training loss of {title}")]
+    if any(key.endswith("_accuracy") for e in run.epochs for key in e):
+        runs = {"": run}
+        parts.append(output.plot(f"{label}-accuracy.png", accuracy_figure(runs, f"Test accuracy: {title}"), "accuracy"))
+        parts.append(output.plot(f"{label}-cost.png", cost_figure(runs, f"Accuracy against cost: {title}"), "cost"))
+    return parts
+
+
+def _train_section(run: TrainRun, label: str, output: _Output) -> list[str]:
+    title = f"{' inside '.join(run.model_names.values())}, condition {run.config.get('condition')}"
+    parts = [html.heading(2, f"Training run {run.path}: {title}")]
+    if not run.complete:
+        parts.append(_incomplete_note(run))
+    parts += [_facts(run), *_run_plots(run, label, output, title), *_command(run.config), _config(run.config)]
+    return parts
+
+
+def _comparison_section(cmp: Comparison, label: str, output: _Output) -> list[str]:
+    parts = [html.heading(2, f"Comparison {cmp.path}")]
+    if not cmp.complete:
+        hint = resume_hint(cmp.path)
+        arms = ", ".join(cmp.arms) or "none yet"
+        parts.append(html.paragraph(f"Incomplete: no comparison.json; arms present: {arms}. {hint or ''}", note=True))
+    if not cmp.arms:
+        return [*parts, *_command(cmp.config), _config(cmp.config)]
+    summaries = {arm: run.summary for arm, run in cmp.arms.items() if run.summary is not None}
+    if "classical_base" in summaries:
+        rows = comparison_rows(summaries)
+        gain = gain_sentence(efficiency_gain(rows))
+        output.text(f"{label}-comparison.md", markdown_table(rows) + f"\n\n{gain}\n")
+        output.text(f"{label}-comparison.csv", csv_table(rows))
+        parts += [html.table(COLUMNS, [[cell_text(r[c], c) for c in COLUMNS] for r in rows]), html.paragraph(gain)]
+    parts.append(output.plot(f"{label}-accuracy.png", accuracy_figure(cmp.arms, "Test accuracy per epoch"), "accuracy"))
+    parts.append(
+        output.plot(
+            f"{label}-cost.png", cost_figure(cmp.arms, "Test accuracy against training cost"), "accuracy vs FLOPs"
+        )
+    )
+    config = cmp.config or next(iter(cmp.arms.values())).config
+    parts += _command(config)
+    for arm, run in cmp.arms.items():
+        title = f"{arm.replace('_', ' ')} ({' inside '.join(run.model_names.values())})"
+        parts.append(html.heading(3, title))
+        if not run.complete:
+            parts.append(_incomplete_note(run))
+        parts.append(_facts(run))
+        parts.append(output.plot(f"{label}-{arm}-loss.png", loss_figure(run, f"Training loss: {title}"), "loss"))
+    parts.append(_config(config))
+    return parts
+
+
+def _excitation_section(run: ExcitationRun, label: str, output: _Output) -> list[str]:
+    result = run.result
+    parts = [html.heading(2, f"Excitation experiment {run.path}")]
+    columns, rows = excitation_cells(result["rows"], result["metric"])
+    parts.append(html.table(columns, [[r[c] for c in columns] for r in rows]))
+    parts.append(output.plot(f"{label}-routing.png", curves_figure(result), "loss, metric and routing per step"))
+    for name, figure in (("utilization", utilization_figure(result)), ("phi", phi_figure(result))):
+        if figure is None:
+            parts.append(html.paragraph(f"No {name} plot: this run did not record it (or has no Excitation arm)."))
+        else:
+            parts.append(output.plot(f"{label}-{name}.png", figure, name))
+    return [*parts, *_command(run.config), _config(result.get("config", {}))]

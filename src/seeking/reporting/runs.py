@@ -1,0 +1,131 @@
+"""Reading the folders that ``seeking train``, ``compare`` and ``excite`` write, for the report.
+
+A training run may be unfinished (no ``summary.json``: stopped, or still running); it is read as far
+as it goes, and the last line of a JSON-lines file is dropped if it is cut off mid-write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import RunFolderError
+from ..training.resume import INCOMPLETE
+from .comparison import ARMS
+
+ARM_FOLDERS = tuple(dict.fromkeys(folder for _, folder, _ in ARMS))
+
+
+@dataclass
+class TrainRun:
+    """A run folder of ``seeking train`` (or one arm of a comparison)."""
+
+    path: Path
+    config: dict[str, Any]
+    steps: list[dict[str, Any]]
+    epochs: list[dict[str, Any]]
+    summary: dict[str, Any] | None  # None: the run did not finish
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def model_names(self) -> dict[str, str]:
+        """Role (``base``, ``motivated``) to model name, for the models this run trained."""
+        condition = self.config.get("condition")
+        roles = [r for r, skip in (("base", "always"), ("motivated", "never")) if condition != skip]
+        return {role: self.config.get(role, role) for role in roles}
+
+
+@dataclass
+class Comparison:
+    """A folder of ``seeking compare``: its configuration and one training run per arm (by folder name)."""
+
+    path: Path
+    config: dict[str, Any]  # empty for folders written before compare saved its config.json
+    arms: dict[str, TrainRun]
+    complete: bool  # comparison.json is written last
+
+
+@dataclass
+class ExcitationRun:
+    """A folder of ``seeking excite``: its configuration and the content of its ``excitation.json``."""
+
+    path: Path
+    config: dict[str, Any]  # empty for folders written before excite saved its config.json
+    result: dict[str, Any]
+
+
+Run = TrainRun | Comparison | ExcitationRun
+
+
+def read_run_folder(path: str | Path) -> Run:
+    """Whichever kind of run ``path`` holds, or a :class:`RunFolderError` that says what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunFolderError(f"no such run folder: {path}")
+    config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
+    if (path / "excitation.json").is_file():
+        return ExcitationRun(path, config, _read_json(path / "excitation.json"))
+    arms = {arm: read_train_run(path / arm) for arm in ARM_FOLDERS if (path / arm / "config.json").is_file()}
+    if arms or "random_control" in config:  # compare saves its config (with this key) before any arm starts
+        return Comparison(path, config, arms, (path / "comparison.json").is_file())
+    if (path / "config.json").is_file():
+        return read_train_run(path)
+    raise RunFolderError(
+        f"{path} holds no seeking run: expected config.json (seeking train), the arm folders "
+        f"{', '.join(ARM_FOLDERS)} (seeking compare) or excitation.json (seeking excite)"
+    )
+
+
+def resume_hint(path: Path) -> str | None:
+    """How to continue an unfinished run: the last line of the ``INCOMPLETE`` file it holds, if any."""
+    marker = path / INCOMPLETE
+    lines = marker.read_text(encoding="utf-8", errors="replace").strip().splitlines() if marker.is_file() else []
+    return lines[-1] if lines else None
+
+
+def read_train_run(path: Path) -> TrainRun:
+    config = _read_json(path / "config.json")
+    if "arms" in config:  # an Excitation experiment's configuration: it writes excitation.json when done
+        raise RunFolderError(f"{path} is an Excitation experiment that has not finished (no excitation.json yet)")
+    summary = path / "summary.json"
+    return TrainRun(
+        path,
+        config,
+        _read_jsonl(path / "steps.jsonl"),
+        _read_jsonl(path / "epochs.jsonl"),
+        _read_json(summary) if summary.is_file() else None,
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"cannot read {path}: {exc}") from None
+    if not isinstance(value, dict):
+        raise RunFolderError(f"{path} is not a seeking run file: expected a JSON object")
+    return value
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log; none if it is missing, and a cut-off last line is dropped."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # a run that is still writing
+                break
+            raise RunFolderError(f"{path} line {number} is not valid JSON: {line[:80]!r}") from None
+        if not isinstance(record, dict):
+            raise RunFolderError(f"{path} line {number} is not a JSON object: {line[:80]!r}")
+        records.append(record)
+    return records
