@@ -69,6 +69,10 @@ def finish(proc: subprocess.Popen, kill_after: float | None) -> bool:
     return False
 
 
+def complete(out: Path) -> bool:
+    return any((out / name).exists() for name in ("summary.json", "comparison.json", "excitation.json"))
+
+
 def damage(data: bytes, rng: random.Random) -> tuple[str, bytes]:
     kind = rng.choice(["truncate", "flip a bit", "random bytes", "empty"])
     if kind == "truncate":
@@ -108,7 +112,7 @@ def main() -> None:
             killed = finish(seeking([*argv, "--out", str(out)]), rng.uniform(0.2, 1.0) * wall)
             kills += 1
             landed += killed
-            while killed:
+            while killed and not complete(out):  # a kill can land after the results were written
                 resumes += 1
                 again = rng.random() < 0.5
                 killed = finish(
