@@ -115,9 +115,11 @@ def main() -> None:
             while killed and not complete(out):  # a kill can land after the results were written
                 resumes += 1
                 again = rng.random() < 0.5
-                killed = finish(
-                    seeking([argv[0], "--resume", str(out)]), rng.uniform(0.2, 1.0) * wall if again else None
+                # killed before the run folder had its config: nothing to resume, start it again
+                command = (
+                    [argv[0], "--resume", str(out)] if (out / "config.json").exists() else [*argv, "--out", str(out)]
                 )
+                killed = finish(seeking(command), rng.uniform(0.2, 1.0) * wall if again else None)
                 kills += again
             differences = run_differences(reference, out)
             identical += not differences
