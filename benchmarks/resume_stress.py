@@ -125,8 +125,9 @@ def main() -> None:
             identical += not differences
             if differences:
                 print(f"  {name}, trial {trial}: {differences}", file=sys.stderr)
-            checkpoints += list(out.rglob("step-*.pt"))
-            if trial:  # keep the first trial's folder for its checkpoints; the rest only cost disk
+            if trial == 0:  # its checkpoints are damaged below; the other folders only cost disk
+                checkpoints += list(out.rglob("step-*.pt"))
+            else:
                 shutil.rmtree(out)
         print(f"| {name} | {args.kills} | {kills} | {resumes} | {landed} | {identical}/{args.kills} | {wall:.1f} |")
 
