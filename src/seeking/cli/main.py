@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import SeekingError
 from ..models import list_models
@@ -104,34 +105,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="(default: %(default)s)")
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="(default: %(default)s)")
     g.add_argument("--crop-padding", type=int, help="random-crop padding in pixels (default: image size / 8)")
-    g.add_argument(
-        "--max-nonfinite",
-        type=int,
-        default=d.max_nonfinite,
-        help="a step with a non-finite loss or gradient is skipped; stop after this many in a row "
-        "(default: %(default)s)",
-    )
     g = parser.add_argument_group("run")
-    g.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue the unfinished run in RUN_DIR from its newest checkpoint, with its saved options",
-    )
-    g.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=d.checkpoint_every,
-        metavar="STEPS",
-        help="also write a checkpoint every STEPS steps (one is always written at the end of each epoch) "
-        "(default: %(default)s)",
-    )
-    g.add_argument(
-        "--keep-checkpoints",
-        type=int,
-        default=d.keep_checkpoints,
-        metavar="N",
-        help="keep the last N checkpoints in RUN_DIR/checkpoints (default: %(default)s)",
-    )
+    _add_survival_options(g, d, "RUN_DIR", "the end of each epoch")
     g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     g.add_argument(
         "--eval-every",
@@ -150,6 +125,36 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "--tensorboard",
         action="store_true",
         help=TENSORBOARD_HELP,
+    )
+
+
+def _add_survival_options(group: argparse._ActionsContainer, defaults: Any, folder: str, always: str) -> None:
+    """The options of train, compare and excite that keep a run alive: the non-finite guard and resume."""
+    group.add_argument(
+        "--max-nonfinite",
+        type=int,
+        default=defaults.max_nonfinite,
+        help="a step with a non-finite loss or gradient is skipped; stop after this many in a row "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--resume",
+        metavar=folder,
+        help=f"continue the unfinished run in {folder} from its newest checkpoint, with its saved options",
+    )
+    group.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=defaults.checkpoint_every,
+        metavar="STEPS",
+        help=f"also write a checkpoint every STEPS steps (one is always written at {always}) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=defaults.keep_checkpoints,
+        metavar="N",
+        help=f"keep the last N checkpoints in {folder}/checkpoints (default: %(default)s)",
     )
 
 
@@ -299,26 +304,7 @@ def _add_excite_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-subset", type=int, help="use this many test images (class-stratified)")
     parser.add_argument("--device", default=d.device, help="(default: %(default)s)")
     parser.add_argument("--cache-dir")
-    parser.add_argument(
-        "--max-nonfinite",
-        type=int,
-        default=d.max_nonfinite,
-        help="a step with a non-finite loss or gradient is skipped; stop after this many in a row "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=d.checkpoint_every,
-        metavar="STEPS",
-        help="also checkpoint every STEPS steps (one is always written at each evaluation) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--keep-checkpoints", type=int, default=d.keep_checkpoints, metavar="N", help="(default: %(default)s)"
-    )
-    parser.add_argument(
-        "--resume", metavar="OUT", help="continue the unfinished experiment in OUT, with its saved options"
-    )
+    _add_survival_options(parser, d, "OUT", "each evaluation")
     parser.add_argument("--out", help="results folder (default: runs/excite-<time>)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument(
