@@ -45,9 +45,7 @@ def compare(
     one is resumed from its checkpoint, the others are trained."""
     config.validate()
     ranks, _ = join(config.device, config.batch_size)
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    if not ranks.main:
-        log = lambda line: None  # noqa: E731 (one process speaks)
+    log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
     dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress and sys.stderr.isatty())
     check_pair(config, dataset)
     out = Path(out_dir)

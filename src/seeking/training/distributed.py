@@ -11,6 +11,7 @@ Rank 0 alone writes files.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,10 @@ class Ranks:
     def main(self) -> bool:
         """Whether this process writes files and logs."""
         return self.rank == 0
+
+    def speaker(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """``log`` on rank 0, a log that says nothing elsewhere: one process speaks."""
+        return log if self.main else lambda line: None
 
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a global batch (all of it in a single process)."""

@@ -34,7 +34,7 @@ from .. import __version__
 from ..data import ImageData, batches, load_dataset, normalize
 from ..data.text import TextBatches, TextData, load_text, text_batches
 from ..data.transforms import EpochBatches
-from ..errors import CheckpointError, ConfigError, SeekingError
+from ..errors import ConfigError, SeekingError
 from ..excitation import Excitation, list_strategies
 from ..io import atomic_write_text, write_json
 from ..models import create_model
@@ -51,6 +51,7 @@ from .resume import (
     RunInterrupted,
     StopRequests,
     check_state,
+    fitting,
     mark_complete,
     mark_incomplete,
     rng_state,
@@ -279,13 +280,9 @@ def run_arm(
     state = checkpoints.latest(warn=log) if checkpoints and resume else None
     if state is not None:
         check_state(state, identity, checkpoints.folder)
-        try:
+        with fitting(checkpoints.folder, config.model):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(
-                f"the checkpoint in {checkpoints.folder} does not fit {config.model}: {exc}"
-            ) from None
         stream.load_state_dict(state["stream"])
         set_rng_state(state["rng"])
         run = ArmProgress(**state["progress"])
@@ -406,8 +403,7 @@ def compare_excitation(
     unfinished experiment in ``out``."""
     config.validate()
     ranks, device = join(config.device, config.batch_size)
-    if not ranks.main:
-        log = lambda line: None  # noqa: E731 (one process speaks)
+    log = ranks.speaker(log)
     task = _Task(config, device, progress=progress and sys.stderr.isatty() and ranks.main)
     task.build(config.seeds[0])  # a model without MoE layers fails here, before anything is written
     out = Path(out)

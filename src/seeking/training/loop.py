@@ -39,7 +39,7 @@ from .. import __version__
 from ..checkpoint import save_model
 from ..data import ImageData, ImageDataset, augment, batches, load_dataset, normalize
 from ..data.transforms import EpochBatches
-from ..errors import CheckpointError, ConfigError, SeekingError
+from ..errors import ConfigError, SeekingError
 from ..io import write_json
 from ..models import create_model
 from ..motivation import Motivator, WeightMap, make_condition
@@ -55,6 +55,7 @@ from .resume import (
     RunInterrupted,
     StopRequests,
     check_state,
+    fitting,
     mark_complete,
     mark_incomplete,
     rng_state,
@@ -185,9 +186,7 @@ def train(
     ``resume=True`` continues the unfinished run in ``run_dir`` (whose config must be ``config``)."""
     config.validate()
     ranks, device = join(config.device, config.batch_size)
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    if not ranks.main:
-        log = lambda line: None  # noqa: E731 (one process speaks)
+    log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
     bar = progress and sys.stderr.isatty() and ranks.main
     dataset = dataset or load_dataset(config.data, cache_dir=config.cache_dir, progress=bar)
     train_data = dataset.train.subset(config.train_subset, seed=config.seed) if config.train_subset else dataset.train
@@ -249,13 +248,10 @@ def train(
     run = Progress(flops=dict.fromkeys(models, 0))
     if state is not None:
         check_state(state, config.to_dict(), checkpoints.folder)
-        try:
+        with fitting(checkpoints.folder, "this run's models"):
             for n, m in models.items():
                 m.load_state_dict(state["models"][n])
                 optimizers[n].load_state_dict(state["optimizers"][n])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            where = checkpoints.folder
-            raise CheckpointError(f"the checkpoint in {where} does not fit this run's models: {exc}") from None
         plan.load_state_dict(state["plan"])
         stream.load_state_dict(state["stream"])
         jitter.set_state(state["jitter"])

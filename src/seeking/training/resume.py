@@ -12,13 +12,14 @@ when the run's results are written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -122,6 +123,15 @@ def check_state(state: dict[str, Any], config: dict[str, Any], where: Path) -> N
             f"the checkpoint in {where} belongs to another run: it was written with {details}; "
             "resume each run from its own folder"
         )
+
+
+@contextlib.contextmanager
+def fitting(where: Path, what: str) -> Iterator[None]:
+    """Within ``with``, a state dict that does not fit (missing keys, other shapes) is a ``CheckpointError``."""
+    try:
+        yield
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint in {where} does not fit {what}: {exc}") from None
 
 
 def read_run_config(run_dir: str | os.PathLike, result: str) -> dict[str, Any]:
