@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seeking.errors import ConfigError
+from seeking.models import create_model
 from seeking.moe import (
     ExpertLayer,
     MoEFeedForward,
@@ -111,6 +112,30 @@ def test_router_aux_loss_uses_coefficients():
     torch.testing.assert_close(r.aux_loss, expected)
     with pytest.raises(ConfigError, match="top_k"):
         TopKRouter(DIM, E, E + 1)
+
+
+def test_routing_is_the_same_under_autocast():
+    torch.manual_seed(3)
+    router = TopKRouter(256, 64, 2)
+    x = torch.randn(4096, 256)
+    routing = router(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = router(x)
+        naive = router.gate(x).float().softmax(-1).topk(2).indices  # the gate's matmul in bfloat16
+    assert torch.equal(mixed.indices, routing.indices) and mixed.probs.dtype == torch.float32
+    torch.testing.assert_close(mixed.probs, routing.probs)
+    assert (
+        0.01 < (naive != routing.indices).any(1).float().mean() < 0.03
+    )  # so this test can tell; router.py: "about 2%"
+
+    micro = create_model("micro_moe", num_classes=10, in_channels=1, image_size=8)  # routes by top-K activations
+    images = torch.randn(512, 1, 8, 8)
+    micro(images)
+    chosen = [m.last_indices for m in expert_layers(micro)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        micro(images)
+    for before, m in zip(chosen, expert_layers(micro), strict=True):
+        assert torch.equal(m.last_indices, before)
 
 
 # ---------------------------------------------------------------- dispatch and layer

@@ -7,7 +7,9 @@ and ``sparse_mlp_deep20`` are the deep variants). Routing is the top-K choice: e
 is an :class:`~seeking.moe.ExpertLayer` with ``num_experts = width``, counting per neuron the
 examples that kept it (so a layer's counts add up to ``batch * K``; a kept activation can be 0 when
 fewer than K are positive), and its expert parameters are the linear weight (width, in) and bias
-(width,), stacked along dimension 0.
+(width,), stacked along dimension 0. Since the activations are the routing scores, a hidden layer
+computes in float32 even under autocast (see :func:`~seeking.moe.router.float32_linear`): bfloat16
+would change the kept neurons of a few percent of examples.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..moe.layer import RoutedLayer
+from ..moe.router import float32_linear
 from .registry import register_model
 
 
@@ -36,7 +39,7 @@ class TopKLinear(RoutedLayer):
         yield self.linear.bias, None
 
     def forward(self, x: Tensor) -> Tensor:
-        values, indices = torch.relu(self.linear(x)).topk(self.k, dim=-1)
+        values, indices = torch.relu(float32_linear(x, self.linear.weight, self.linear.bias)).topk(self.k, dim=-1)
         self.record(indices)
         return values.new_zeros(x.shape[0], self.num_experts).scatter(1, indices, values)
 
