@@ -83,7 +83,7 @@ def exp_diff(u: Tensor, gamma: float, generator: torch.Generator) -> Tensor:
 def inverted(u: Tensor, gamma: float, generator: torch.Generator) -> Tensor:
     """Control that favours rarely used experts (this project's formula):
     ``Phi_k ∝ u_k^-gamma`` over the used experts, mean 1 over all; an unused expert keeps factor 0 (it
-    had no gradient from this batch). For two used experts it swaps Zero-Sum's factors.
+    had no token from this batch). For two used experts it swaps Zero-Sum's factors.
     """
     return _mean_one(torch.where(u > 0, -gamma * u.log(), -torch.inf))
 

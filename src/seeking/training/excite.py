@@ -305,7 +305,7 @@ def run_arm(
         )
 
     layers = expert_layers(model)
-    net = wrap(model, ranks, task.device, find_unused=True)  # an expert no token reached has no gradient
+    net = wrap(model, ranks, task.device, find_unused=True)  # a user's MoE layer may skip unused experts
     start = time.perf_counter() - run.wall_seconds
     stopping = False  # agreed by all processes at the last step
     board = ScalarLog(tensorboard_dir, purge_step=run.step)
