@@ -21,6 +21,7 @@ from seeking.moe import (
     dead_fraction,
     expert_layers,
     layer_metrics,
+    layer_utilization,
     load_balancing_loss,
     load_entropy,
     max_violation,
@@ -293,6 +294,12 @@ def test_class_specialization():
     tokens = torch.tensor([[[0], [0]], [[1], [1]]])
     assert class_specialization(tokens, torch.tensor([3, 5]), 2) == 0
     assert class_specialization(tokens, torch.tensor([[3, 5], [3, 5]]), 2) == pytest.approx(0.5)
+    # tokens labelled -100 (lm_loss's ignore label) are left out, wherever they are routed
+    ignored = torch.cat([indices, torch.tensor([[1], [0], [2]])])
+    assert class_specialization(ignored, torch.cat([labels, torch.full((3,), -100)]), 3) == pytest.approx(expected)
+    assert class_specialization(indices[:2], torch.full((2,), -100), 3) == 0  # nothing left
+    with pytest.raises(ConfigError, match="-100"):
+        class_specialization(indices, labels - 1, 3)
 
 
 def test_routing_metrics_per_layer_and_mean():
@@ -304,3 +311,51 @@ def test_routing_metrics_per_layer_and_mean():
     for name in ("dead_fraction", "max_violation", "load_entropy", "token_entropy", "specialization"):
         assert metrics[name] == pytest.approx((metrics[f"layer0/{name}"] + metrics[f"layer1/{name}"]) / 2)
     assert 0 < metrics["token_entropy"] < math.log(E)
+
+
+class ProtocolLayer(torch.nn.Module):
+    """A user's layer written from seeking.moe.protocol's documentation alone: top-1 routing to the
+    expert of the largest of the first E features, stacked expert weights."""
+
+    def __init__(self, metered: bool = True) -> None:
+        super().__init__()
+        self.num_experts = E
+        self.register_buffer("expert_counts", torch.zeros(E))
+        self.weight = torch.nn.Parameter(torch.randn(E, DIM, DIM))
+        self.metered = metered
+
+    def expert_parameters(self):
+        yield self.weight, None
+
+    def forward(self, x):
+        chosen = x[:, :E].argmax(1)
+        counts = torch.bincount(chosen, minlength=E)  # int64: any numeric dtype will do
+        if self.training and torch.is_grad_enabled():
+            self.expert_counts += counts
+        if self.metered:
+            self.last_counts = counts
+            self.last_indices = chosen[:, None]
+        return torch.einsum("td,tde->te", x, self.weight[chosen])
+
+
+def test_routing_metrics_read_a_layer_written_from_the_protocol():
+    model = torch.nn.Sequential(ProtocolLayer(), torch.nn.Linear(DIM, DIM))
+    x = torch.zeros(6, DIM)
+    x[torch.arange(6), torch.tensor([0, 0, 0, 1, 1, 3])] = 1.0  # counts (3, 2, 0, 1, 0)
+    with torch.no_grad():
+        model.eval()(x)
+    metrics = routing_metrics(model, labels=torch.tensor([0, 0, 0, 1, 2, 1]))
+    shares = [3 / 6, 2 / 6, 1 / 6]
+    assert metrics["layer0/dead_fraction"] == metrics["dead_fraction"] == pytest.approx(2 / 5)
+    assert metrics["max_violation"] == pytest.approx(5 * 3 / 6 - 1)
+    assert metrics["load_entropy"] == pytest.approx(-sum(s * math.log(s) for s in shares))
+    # expert 0: classes 0, 0, 0; expert 1: 1, 2; expert 3: 1. Weighted Gini-Simpson: (3*0 + 2*0.5 + 1*0) / 6
+    assert metrics["specialization"] == pytest.approx(1 / 6)
+    assert "token_entropy" not in metrics  # the layer has no last_token_entropy
+    assert layer_utilization(model) == [pytest.approx([2.5, 5 / 3, 0, 5 / 6, 0])]
+
+    with pytest.raises(ConfigError, match=r"0 \(ProtocolLayer\) has no last_counts"):
+        routing_metrics(torch.nn.Sequential(ProtocolLayer(metered=False)))
+    model[0].last_counts = torch.zeros(E + 1)
+    with pytest.raises(ConfigError, match="last_counts has shape"):
+        routing_metrics(model)

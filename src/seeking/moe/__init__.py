@@ -10,14 +10,16 @@ from .metrics import (
     layer_utilization,
     load_entropy,
     max_violation,
+    metered_layers,
     routing_metrics,
     utilization,
 )
-from .protocol import ExpertLayer, expert_layers
+from .protocol import ExpertLayer, MeteredLayer, expert_layers
 from .router import Routing, TopKRouter, load_balancing_loss, router_z_loss
 
 __all__ = [
     "ExpertLayer",
+    "MeteredLayer",
     "MoEBlock",
     "MoEFeedForward",
     "RoutedLayer",
@@ -33,6 +35,7 @@ __all__ = [
     "load_balancing_loss",
     "load_entropy",
     "max_violation",
+    "metered_layers",
     "moe_aux_loss",
     "router_z_loss",
     "routing_metrics",

@@ -1,4 +1,4 @@
-"""The one protocol between a Mixture-of-Experts layer and :class:`seeking.Excitation`.
+"""The one protocol between a Mixture-of-Experts layer and :class:`seeking.Excitation` (and the metrics).
 
 A layer takes part by having three things (a user's own MoE layer needs a few lines):
 
@@ -13,6 +13,27 @@ A layer takes part by having three things (a user's own MoE layer needs a few li
     Each parameter that belongs to experts, with ``k`` when the whole tensor is expert ``k``'s
     (experts kept as a list of modules), or ``None`` when the tensor is stacked: its dimension 0 has
     ``num_experts`` slices, slice ``k`` being expert ``k``'s.
+
+The routing metrics (:func:`seeking.moe.routing_metrics`) describe the latest forward, whatever the
+mode, which ``expert_counts`` does not (evaluation adds nothing to it, and the optimizer zeroes it),
+so a layer that is to be measured also has (:class:`MeteredLayer`):
+
+``last_counts: Tensor``
+    Shape ``(num_experts,)``, any numeric dtype: the valid tokens that the latest forward routed to
+    each expert, in training or evaluation, with autograd on or off; each forward replaces it.
+
+and, for two of the metrics, optionally:
+
+``last_indices: Tensor | None``
+    int64 shaped ``(token shape..., k)``: each token's ``k`` experts in the latest forward, -1 for
+    padding; needed for ``specialization`` (the token shape is the input's without its last axis).
+``last_token_entropy: Tensor | None``
+    A scalar: the mean over valid tokens of the entropy (nats) of each token's routing
+    distribution in the latest forward; reported as ``token_entropy``.
+
+:class:`seeking.moe.RoutedLayer` provides ``expert_counts``, ``last_counts`` and ``last_indices``,
+filled by its ``record(indices, valid)`` from the hard assignments; :class:`seeking.moe.MoEFeedForward`
+also ``last_token_entropy``.
 """
 
 from __future__ import annotations
@@ -29,6 +50,11 @@ class ExpertLayer(Protocol):
     expert_counts: Tensor
 
     def expert_parameters(self) -> Iterable[tuple[nn.Parameter, int | None]]: ...
+
+
+@runtime_checkable
+class MeteredLayer(ExpertLayer, Protocol):
+    last_counts: Tensor
 
 
 def expert_layers(model: nn.Module) -> list[nn.Module]:
