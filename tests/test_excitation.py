@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from seeking.errors import ConfigError
 from seeking.excitation import Excitation, get_strategy, list_strategies
@@ -434,6 +435,75 @@ def test_closure_scheduler_and_param_groups():
     ex.step()
     assert torch.equal(extra.detach(), torch.full((2,), 0.5))
     assert repr(ex).startswith("Excitation(strategy='zero_sum', gamma=1.0, layers=2, optimizer=SGD (")
+
+
+def test_optimizer_hooks_run_around_the_whole_step_and_the_state_dict():
+    torch.manual_seed(0)
+    model = ToyModel()
+    ex = Excitation(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), model)
+    calls = []
+
+    def snapshot(when, optimizer):
+        counted = model.stacked.expert_counts.sum().item()
+        calls.append((when, optimizer, counted, model.stacked.weight.detach().clone()))
+
+    def pre(optimizer, args, kwargs):
+        snapshot("pre", optimizer)
+        return args, {"closure": lambda: torch.tensor(7.0)}  # a pre hook may replace the arguments
+
+    handles = [
+        ex.register_step_pre_hook(pre),
+        ex.register_step_post_hook(lambda opt, args, kwargs: snapshot("post", opt)),
+        ex.optimizer.register_step_post_hook(lambda opt, args, kwargs: snapshot("base post", opt)),
+        register_optimizer_step_pre_hook(lambda opt, args, kwargs: snapshot("global", opt)),
+    ]
+    try:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(ex, lambda epoch: 0.5**epoch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+            ex.zero_grad()
+            backward(model, 0)
+            before = model.stacked.weight.detach().clone()
+            assert ex.step().item() == 7.0  # the closure given by the pre hook
+            scheduler.step()
+    finally:
+        handles[3].remove()  # global: must not outlive the test
+    assert [(when, opt) for when, opt, _, _ in calls] == [
+        ("global", ex),
+        ("pre", ex),
+        ("global", ex.optimizer),  # global hooks see both optimizers: as for any optimizer that wraps one
+        ("base post", ex.optimizer),
+        ("post", ex),
+    ]
+    snapshots = {when: (counted, weight) for when, _, counted, weight in calls}
+    assert snapshots["pre"][0] == 16 and torch.equal(snapshots["pre"][1], before)
+    # the base optimizer's hook sees its own step; the wrapper's post hook sees the scaled one, counts zeroed
+    assert snapshots["base post"][0] == 16 and not torch.equal(snapshots["base post"][1], model.stacked.weight)
+    assert snapshots["post"][0] == 0 and torch.equal(snapshots["post"][1], model.stacked.weight)
+    assert scheduler.get_last_lr() == [0.05]
+
+    for handle in handles[:3]:
+        handle.remove()
+    calls.clear()
+    train(ex, model, range(1, 2))
+    assert calls == []
+
+    # state dict hooks: the post hook's replacement is saved, the load pre hook's replacement is loaded
+    ex.register_state_dict_pre_hook(lambda opt: calls.append("save pre"))
+    ex.register_state_dict_post_hook(lambda opt, state: {**state, "note": "mine"})
+    ex.register_load_state_dict_pre_hook(lambda opt, state: {k: v for k, v in state.items() if k != "note"})
+    ex.register_load_state_dict_post_hook(lambda opt: calls.append("load post"))
+    saved = ex.state_dict()
+    assert saved["note"] == "mine" and saved["excitation"]["strategy"] == "zero_sum"
+    ex.load_state_dict(saved)
+    assert calls == ["save pre", "load post"]
+
+    # copies start without hooks, and without the scheduler's patch of step (which would step the original)
+    copied_model, copied = copy.deepcopy((model, ex))
+    assert copied.state_dict().get("note") is None, "hooks copied"
+    weight = model.stacked.weight.detach().clone()
+    train(copied, copied_model, range(2, 3))
+    assert torch.equal(model.stacked.weight, weight) and not torch.equal(copied_model.stacked.weight, weight)
 
 
 def _distributed_worker(rank, init_file, out_dir):

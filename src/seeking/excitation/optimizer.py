@@ -34,6 +34,9 @@ _PROTOCOL = (
 )
 
 
+_PICKLED = ("optimizer", "strategy", "gamma", "generator", "layers", "_scaled", "last_factors")
+
+
 class _Scaled(NamedTuple):
     """A parameter whose step is scaled: by ``Phi[layer][expert]``, or slice by slice along dim 0 when
     ``expert`` is None."""
@@ -47,7 +50,12 @@ class Excitation(torch.optim.Optimizer):
     """Wraps an optimizer so that each expert's step is scaled by a function of its utilization.
 
     It is a :class:`torch.optim.Optimizer` (so LR schedulers accept it) whose ``param_groups``,
-    ``state`` and ``defaults`` are the wrapped optimizer's own objects.
+    ``state`` and ``defaults`` are the wrapped optimizer's own objects. Optimizer's hooks work as for
+    any optimizer: step pre hooks run before the whole step (and may return new ``(args, kwargs)``),
+    step post hooks after it, scaling included; the wrapped optimizer's own hooks run around its step
+    inside. Global hooks (``torch.optim.optimizer.register_optimizer_step_pre_hook``) therefore fire
+    for both, as for torch's own wrappers (``ZeroRedundancyOptimizer``). The state dict hooks run
+    around :meth:`state_dict` and :meth:`load_state_dict`. Copies and pickles start without hooks.
 
     Args:
         optimizer: the base optimizer (SGD, Adam, AdamW, RMSprop, Adagrad, ...); it must hold every
@@ -81,9 +89,10 @@ class Excitation(torch.optim.Optimizer):
         include: Iterable[tuple[Tensor, nn.Module, int | None]] = (),
     ) -> None:
         # Optimizer.__init__ is deliberately not called: param_groups, state and defaults are the
-        # wrapped optimizer's (properties below). Optimizer's hook registration is not supported.
+        # wrapped optimizer's (properties below). __setstate__ sets up Optimizer's hooks instead.
         _check_settings(strategy, gamma)
         self.optimizer = optimizer
+        self.__setstate__({})
         self.strategy = strategy
         self.gamma = float(gamma)
         self.generator = torch.Generator().manual_seed(seed)
@@ -168,14 +177,26 @@ class Excitation(torch.optim.Optimizer):
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        """The wrapped optimizer's state dict, with the wrapper's settings under the key ``"excitation"``."""
+        """The wrapped optimizer's state dict, with the wrapper's settings under the key ``"excitation"``.
+
+        The wrapper's own state dict hooks run around it (the wrapped optimizer's run inside)."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         state = self.optimizer.state_dict()
         state["excitation"] = {"strategy": self.strategy, "gamma": self.gamma, "generator": self.generator.get_state()}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            returned = post_hook(self, state)
+            state = state if returned is None else returned
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        """Loads :meth:`state_dict`'s output; a plain optimizer's state dict keeps the wrapper's settings."""
+        """Loads :meth:`state_dict`'s output; a plain optimizer's state dict keeps the wrapper's settings.
+
+        The wrapper's own load hooks run around it: a pre hook may return a replacement state dict."""
         state_dict = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            returned = pre_hook(self, state_dict)
+            state_dict = state_dict if returned is None else dict(returned)
         own = state_dict.pop("excitation", None)
         if own is not None:
             _check_settings(own["strategy"], own["gamma"])
@@ -183,12 +204,17 @@ class Excitation(torch.optim.Optimizer):
         if own is not None:
             self.strategy, self.gamma = own["strategy"], float(own["gamma"])
             self.generator.set_state(own["generator"])
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
-    def __getstate__(self) -> dict[str, Any]:  # Optimizer's would keep only param_groups, state, defaults
-        return self.__dict__.copy()
+    def __getstate__(self) -> dict[str, Any]:
+        # Like Optimizer's, the wrapper's own state only: no hooks (a copy starts without them) and no
+        # LR scheduler's patch of ``step``, which would step the original.
+        return {name: self.__dict__[name] for name in _PICKLED}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        # Optimizer's: adds empty hook registries and wraps ``step`` (once per class) to run the step hooks.
+        super().__setstate__(state)
 
     def __repr__(self) -> str:
         return (
