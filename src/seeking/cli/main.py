@@ -303,6 +303,7 @@ def _add_excite_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-subset", type=int, help="use this many training images (class-stratified)")
     parser.add_argument("--test-subset", type=int, help="use this many test images (class-stratified)")
     parser.add_argument("--device", default=d.device, help="(default: %(default)s)")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in training (CUDA; CPU works, slowly)")
     parser.add_argument("--cache-dir")
     _add_survival_options(parser, d, "OUT", "each evaluation")
     parser.add_argument("--out", help="results folder (default: runs/excite-<time>)")

@@ -78,6 +78,8 @@ class ExciteConfig:
     ``positive_sum``, ``exp_diff`` and the controls ``global``, ``random``, ``inverted``).
     ``momentum`` is used by SGD and RMSprop. ``block_size`` is for text data only. A checkpoint of
     the run in progress is written at each evaluation and every ``checkpoint_every`` steps if not 0.
+    ``amp``: the training forward under bfloat16 autocast (as ``seeking train --amp``, without a
+    gradient scaler, which bfloat16 does not need; routing stays float32), on CUDA or, slowly, CPU.
     """
 
     data: str = "digits"
@@ -98,6 +100,7 @@ class ExciteConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     device: str = "cpu"
+    amp: bool = False
     cache_dir: str | None = None
     max_nonfinite: int = 10
     checkpoint_every: int = 0
@@ -330,7 +333,8 @@ def run_arm(
             group["lr"] = config.lr * lr_factor(config.schedule, step - 1, config.steps, 0)
         x, y = next(stream)  # the global batch; this process trains on its shard
         x, y = ranks.shard(x), ranks.shard(y)
-        loss = task.loss(net(task.inputs(x)), y)
+        with torch.autocast(task.device.type, dtype=torch.bfloat16, enabled=config.amp):
+            loss = task.loss(net(task.inputs(x)), y)
         optimizer.zero_grad(set_to_none=True)
         (loss + moe_aux_loss(model)).backward()
         # the guard's one host sync per step, with the all-reduce that keeps the processes agreed
