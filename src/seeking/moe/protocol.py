@@ -54,6 +54,8 @@ class ExpertLayer(Protocol):
 
 @runtime_checkable
 class MeteredLayer(ExpertLayer, Protocol):
+    """An :class:`ExpertLayer` that the routing metrics can read (``last_counts``; see above)."""
+
     last_counts: Tensor
 
 
