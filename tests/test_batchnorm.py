@@ -1,9 +1,12 @@
 import pytest
 import safetensors.torch
 import torch
+from helpers import motivated_steps
 
-from seeking import TrainConfig, evaluate, load_dataset, load_model, train
-from seeking.training.batchnorm import recalibrate_batchnorm
+from seeking import ConfigError, TrainConfig, create_model, evaluate, load_dataset, load_model, train
+import seeking.training.loop as loop
+from seeking.training.batchnorm import deployable_copy, recalibrate_batchnorm
+from seeking.training.resume import load_state
 
 
 def test_recalibration_is_the_plain_average_over_the_batches():
@@ -21,6 +24,40 @@ def test_recalibration_is_the_plain_average_over_the_batches():
     torch.testing.assert_close(model[1].running_var, variances)
     assert model[1].momentum == 0.3 and not model.training  # restored
     assert all(torch.equal(weights[k], v) for k, v in model.named_parameters())  # weights untouched
+
+
+MODEL_NAMES = {"base": "resnet20", "motivated": "resnet32"}
+
+
+def test_deployable_copies_are_re_estimated_alone_and_leave_training_untouched():
+    torch.manual_seed(0)
+    base, large = create_model("resnet20"), create_model("resnet32")
+    # zero-copy sharing and shared statistics: the base's mapped buffers are views of the large model's
+    motivator = motivated_steps(base, large, "share", steps=6, shape=(16, 3, 8, 8), batchnorm="shared")
+    live = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in motivator.models.items()}
+    calibration = [torch.randn(16, 3, 8, 8) for _ in range(2)]
+    deployed = motivator.deployable(iter(calibration))  # an iterator serves both models
+    for name, model in deployed.items():
+        assert all(torch.equal(v, live[name][k]) for k, v in motivator.models[name].state_dict().items())
+        alone = create_model(MODEL_NAMES[name])  # an independent model with the same state
+        alone.load_state_dict(live[name])
+        recalibrate_batchnorm(alone, calibration)
+        expected = alone.state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items()), name
+        owned = {t.untyped_storage().data_ptr() for t in model.state_dict().values()}
+        assert not owned & {t.untyped_storage().data_ptr() for t in motivator.models["motivated"].state_dict().values()}
+        assert all(p.grad is None for p in model.parameters())
+    assert not torch.equal(deployed["base"].bn1.running_mean, motivator.models["base"].bn1.running_mean)
+    kept = motivator.deployable(None)  # statistics as they are
+    assert all(torch.equal(v, live["base"][k]) for k, v in kept["base"].state_dict().items())
+
+
+def test_re_estimation_refuses_an_empty_calibration():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+    with pytest.raises(ConfigError, match="no calibration batch"):
+        recalibrate_batchnorm(model, iter([]))
+    assert model.training and model[1].momentum == 0.1  # restored
+    assert recalibrate_batchnorm(torch.nn.Linear(2, 2), iter([])) == 0  # nothing to re-estimate
 
 
 # Each combination of weight sync, BatchNorm policy and re-estimation: 2 steps of training.
@@ -56,3 +93,25 @@ def test_saved_models_score_what_the_run_reported(tmp_path, digits, batchnorm, r
         copied, shared = (safetensors.torch.load_file(runs[s].run_dir / f"{name}.safetensors") for s in runs)
         assert copied.keys() == shared.keys()
         assert all(torch.equal(copied[k], shared[k]) for k in copied), name
+
+
+def test_a_default_run_saves_models_with_re_estimated_statistics(tmp_path, digits, monkeypatch):
+    calibrations = []
+
+    def recording(model, calibration):
+        calibrations.append(list(calibration))
+        return deployable_copy(model, calibrations[-1])
+
+    monkeypatch.setattr(loop, "deployable_copy", recording)
+    sizes = {k: v for k, v in TINY.items() if k not in ("k", "lr")}  # every policy at its default
+    run = train(TrainConfig(**sizes), tmp_path / "run", progress=False, log=lambda line: None, dataset=digits)
+    live = load_state(next((run.run_dir / "checkpoints").iterdir()))["models"]  # the models as trained
+    assert [len(c) for c in calibrations] == [4, 4]  # the default N, capped by one epoch of 4 batches
+    for (name, trained), calibration in zip(live.items(), calibrations, strict=True):
+        alone = create_model(MODEL_NAMES[name], num_classes=10, in_channels=1)
+        alone.load_state_dict(trained)
+        assert calibration[0].shape == (32, 1, 8, 8)
+        recalibrate_batchnorm(alone, calibration)
+        saved = safetensors.torch.load_file(run.run_dir / f"{name}.safetensors")
+        assert all(torch.equal(v, saved[k]) for k, v in alone.state_dict().items()), name
+        assert not torch.equal(saved["bn1.running_var"], trained["bn1.running_var"])  # not the statistics as trained
