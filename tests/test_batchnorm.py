@@ -1,10 +1,12 @@
+import itertools
+
 import pytest
 import safetensors.torch
 import torch
 from helpers import motivated_steps
 
-from seeking import ConfigError, TrainConfig, create_model, evaluate, load_dataset, load_model, train
 import seeking.training.loop as loop
+from seeking import ConfigError, TrainConfig, create_model, evaluate, load_dataset, load_model, train
 from seeking.training.batchnorm import deployable_copy, recalibrate_batchnorm
 from seeking.training.resume import load_state
 
@@ -60,7 +62,7 @@ def test_re_estimation_refuses_an_empty_calibration():
     assert recalibrate_batchnorm(torch.nn.Linear(2, 2), iter([])) == 0  # nothing to re-estimate
 
 
-# Each combination of weight sync, BatchNorm policy and re-estimation: 2 steps of training.
+# Each combination of weight sync, BatchNorm policy and re-estimation: 4 steps of training.
 TINY = dict(data="digits", train_subset=128, test_subset=60, epochs=1, batch_size=32, lr=0.05, k=1)
 
 
@@ -69,30 +71,57 @@ def digits():
     return load_dataset("digits", progress=False)
 
 
-@pytest.mark.parametrize("recalibrate", [0, 2])
-@pytest.mark.parametrize("batchnorm", ["separate", "shared"])
-def test_saved_models_score_what_the_run_reported(tmp_path, digits, batchnorm, recalibrate):
-    runs = {
-        sync: train(
+COMBINATIONS = list(itertools.product(("copy", "share"), ("separate", "shared"), (0, 2)))
+
+
+@pytest.fixture(scope="module")
+def combination_runs(tmp_path_factory, digits):
+    root = tmp_path_factory.mktemp("combinations")
+    return {
+        (sync, batchnorm, recalibrate): train(
             TrainConfig(**TINY, sync=sync, batchnorm=batchnorm, bn_recalibrate=recalibrate),
-            tmp_path / sync,
+            root / f"{sync}-{batchnorm}-{recalibrate}",
             progress=False,
             log=lambda line: None,
             dataset=digits,
         )
-        for sync in ("copy", "share")
+        for sync, batchnorm, recalibrate in COMBINATIONS
     }
+
+
+def saved(run, name):
+    return safetensors.torch.load_file(run.run_dir / f"{name}.safetensors")
+
+
+def same_tensors(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=lambda c: "-".join(map(str, c)))
+def test_saved_models_score_what_the_run_reported(combination_runs, digits, combination):
+    run = combination_runs[combination]
     test = digits.test.subset(60, seed=0)
-    for sync, run in runs.items():
-        for name, reported in run.summary["models"].items():
-            model, meta = load_model(run.run_dir / f"{name}.safetensors")  # what `seeking evaluate` does
-            again = evaluate(model, test, meta["extra"]["mean"], meta["extra"]["std"])
-            assert (again["accuracy"], again["loss"]) == (reported["accuracy"], reported["loss"]), (sync, name)
-    # zero-copy sharing gives the same models as copying, statistics included
+    for name, reported in run.summary["models"].items():
+        model, meta = load_model(run.run_dir / f"{name}.safetensors")  # what `seeking evaluate` does
+        again = evaluate(model, test, meta["extra"]["mean"], meta["extra"]["std"])
+        assert (again["accuracy"], again["loss"]) == (reported["accuracy"], reported["loss"]), name
+
+
+def test_sync_and_statistics_policies_change_only_what_they_should(combination_runs):
+    runs = combination_runs
     for name in ("base", "motivated"):
-        copied, shared = (safetensors.torch.load_file(runs[s].run_dir / f"{name}.safetensors") for s in runs)
-        assert copied.keys() == shared.keys()
-        assert all(torch.equal(copied[k], shared[k]) for k in copied), name
+        for batchnorm, recalibrate in itertools.product(("separate", "shared"), (0, 2)):
+            # zero-copy sharing gives the same models as copying, statistics included
+            copied, shared = (saved(runs[sync, batchnorm, recalibrate], name) for sync in ("copy", "share"))
+            assert same_tensors(copied, shared), (name, batchnorm, recalibrate)
+        # running statistics do not enter training: the policy changes no weight, and no re-estimated statistic
+        assert same_tensors(saved(runs["copy", "separate", 2], name), saved(runs["copy", "shared", 2], name))
+        as_trained = [saved(runs["copy", policy, 0], name) for policy in ("separate", "shared")]
+        assert not same_tensors(*as_trained)
+        weights = [
+            {k: v for k, v in s.items() if "running" not in k and "batches_tracked" not in k} for s in as_trained
+        ]
+        assert same_tensors(*weights)
 
 
 def test_a_default_run_saves_models_with_re_estimated_statistics(tmp_path, digits, monkeypatch):

@@ -7,7 +7,7 @@
         optimizer.zero_grad(); loss.backward(); optimizer.step()
         motivator.observe(loss)                     # feeds the condition
     motivator.finish()                              # both models now hold the latest shared weights
-    models = motivator.deployable(calibration)      # or: copies to save, BatchNorm statistics re-estimated
+    models = motivator.deployable(calibration)      # copies to save, BatchNorm statistics re-estimated
 
 Every batch trains exactly one model. Shared weights are copied through the :class:`WeightMap` at
 each switch, so the model about to step always starts from what the other one learned.
