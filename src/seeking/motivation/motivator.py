@@ -118,8 +118,8 @@ class Motivator:
     def deployable(self, calibration: Iterable[torch.Tensor] | None) -> dict[str, nn.Module]:
         """Both models as they should be saved and deployed: :meth:`finish`, then a copy of each that
         owns its tensors, with its BatchNorm running statistics re-estimated on ``calibration``
-        (input batches as training sees them: augmented and normalized; iterated once per model, so a
-        list) or, with ``None``, kept as they are. Training may go on with the Motivator's own models.
+        (input batches as training sees them: augmented and normalized; read once, the same batches
+        serve both models) or, with ``None``, kept as they are. Training may go on with the Motivator's own models.
 
         Re-estimation is what makes the motivated model usable: it trains on a fraction of the
         batches, so its running statistics describe older weights (docs/MOTIVATION.md). The copies
@@ -130,7 +130,7 @@ class Motivator:
 
         self.finish()
         if calibration is not None:
-            calibration = list(calibration)  # one pass per model
+            calibration = list(calibration)  # an iterator would be used up by the first model
         return {name: deployable_copy(model, calibration) for name, model in self.models.items()}
 
     def _sync(self, source: str, target: str) -> None:
