@@ -86,7 +86,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.bn_recalibrate,
         metavar="N",
-        help="re-estimate BatchNorm statistics on N training batches before each test; 0: off (default: %(default)s)",
+        help="re-estimate BatchNorm statistics on N training batches before each test and for the saved models; "
+        "0: keep them as trained (default: %(default)s)",
     )
     g.add_argument(
         "--sync",

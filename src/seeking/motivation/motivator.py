@@ -7,6 +7,7 @@
         optimizer.zero_grad(); loss.backward(); optimizer.step()
         motivator.observe(loss)                     # feeds the condition
     motivator.finish()                              # both models now hold the latest shared weights
+    models = motivator.deployable(calibration)      # copies to save, BatchNorm statistics re-estimated
 
 Every batch trains exactly one model. Shared weights are copied through the :class:`WeightMap` at
 each switch, so the model about to step always starts from what the other one learned.
@@ -16,6 +17,7 @@ it, so one host sync per step is inherent to the method.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
@@ -112,6 +114,24 @@ class Motivator:
     def finish(self) -> None:
         """Copy the shared weights from the model that stepped last to the other one."""
         self._sync(self.active, "base" if self.active == "motivated" else "motivated")
+
+    def deployable(self, calibration: Iterable[torch.Tensor] | None) -> dict[str, nn.Module]:
+        """Both models as they should be saved and deployed: :meth:`finish`, then a copy of each that
+        owns its tensors, with its BatchNorm running statistics re-estimated on ``calibration``
+        (input batches as training sees them: augmented and normalized; read once, the same batches
+        serve both models) or, with ``None``, kept as they are. Training may go on with the Motivator's own models.
+
+        Re-estimation is what makes the motivated model usable: it trains on a fraction of the
+        batches, so its running statistics describe older weights (docs/MOTIVATION.md). The copies
+        also end zero-copy sharing, so re-estimating one model cannot overwrite the other's
+        statistics. Returns ``{"base": ..., "motivated": ...}``.
+        """
+        from ..training.batchnorm import deployable_copy  # imported here: seeking.training imports this module
+
+        self.finish()
+        if calibration is not None:
+            calibration = list(calibration)  # an iterator would be used up by the first model
+        return {name: deployable_copy(model, calibration) for name, model in self.models.items()}
 
     def _sync(self, source: str, target: str) -> None:
         direction = "to_motivated" if target == "motivated" else "to_base"

@@ -44,7 +44,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     optimizer_state: str = "carried"
     batchnorm: str = "separate"
-    bn_recalibrate: int = 0
+    bn_recalibrate: int = 20
     sync: str = "copy"
     crop_padding: int | None = None
     train_subset: int | None = None

@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from ..io import write_json
 from ..models import create_model
 from ..motivation import Motivator, WeightMap, make_condition
 from ..reporting.tensorboard import ScalarLog
-from .batchnorm import recalibrate_batchnorm
+from .batchnorm import deployable_copy
 from .config import TrainConfig
 from .distributed import Ranks, join, sum_over_ranks, wrap
 from .evaluate import evaluate
@@ -280,23 +280,29 @@ def train(
         f"condition {config.condition}, {config.epochs} epochs x {steps_per_epoch} steps, run folder {run_dir}"
     )
 
+    def calibration() -> Iterator[torch.Tensor] | None:
+        """The same batches on every call, made one at a time; None when re-estimation is off."""
+        if not config.bn_recalibrate:
+            return None
+        # batches as training sees them (augmented): the weights were fitted to those statistics
+        calibration_order = torch.Generator().manual_seed(config.seed + 2)
+        calibration_jitter = torch.Generator(device=device).manual_seed(config.seed + 2)
+        chosen = itertools.islice(
+            batches(train_data, config.batch_size, shuffle=True, generator=calibration_order), config.bn_recalibrate
+        )
+        return (training_batch(x, calibration_jitter) for x, _ in chosen)
+
+    tested: dict[str, nn.Module] = {}  # the copies the last test measured: what the run saves
+
     def test_models() -> dict[str, dict[str, float]]:
         plan.finish()  # both models hold the latest shared weights before they are tested
-        results = {}
-        for name, m in models.items():
-            if config.bn_recalibrate:
-                # batches as training sees them (augmented): the weights were fitted to those statistics
-                calibration_order = torch.Generator().manual_seed(config.seed + 2)
-                calibration_jitter = torch.Generator(device=device).manual_seed(config.seed + 2)
-                chosen = itertools.islice(
-                    batches(train_data, config.batch_size, shuffle=True, generator=calibration_order),
-                    config.bn_recalibrate,
-                )
-                recalibrate_batchnorm(m, (training_batch(x, calibration_jitter) for x, _ in chosen))
-            results[name] = evaluate(
-                m, test_data, dataset.mean, dataset.std, channels_last=config.channels_last, progress=bar
-            )
-        return results
+        # Copies, tested and later saved as they are: re-estimating one model's statistics cannot
+        # reach the other through zero-copy sharing, and testing leaves training untouched.
+        tested.update({n: deployable_copy(m, calibration()) for n, m in models.items()})
+        return {
+            n: evaluate(t, test_data, dataset.mean, dataset.std, channels_last=config.channels_last, progress=bar)
+            for n, t in tested.items()
+        }
 
     def save_checkpoint() -> None:
         if not ranks.main:
@@ -412,6 +418,8 @@ def train(
         epoch_log.close()
         board.close()
 
+    if not tested:  # resumed after the last test: test again, so the models saved are the models tested
+        run.results = test_models()
     kwargs = model_kwargs(config, dataset)
     normalization = {"mean": list(dataset.mean), "std": list(dataset.std), "dataset": dataset.name}
     summary: dict[str, Any] = {
@@ -430,7 +438,7 @@ def train(
         "eval_seconds": run.eval_seconds,
         "models": {},
     }
-    for name, m in models.items():  # the last epoch's test figures describe exactly these weights
+    for name, m in tested.items():  # the last test's figures describe exactly these models
         if ranks.main:
             save_model(m, run_dir / f"{name}.safetensors", model_names[name], kwargs, normalization)
         summary["models"][name] = {
