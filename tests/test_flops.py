@@ -102,6 +102,46 @@ def test_attention_block_on_every_cpu_kernel(causal, backend):
     assert_within_1pct(step, 3 * attention_block_flops(b, t, c))
 
 
+aten = torch.ops.aten
+# Each CUDA (and XPU/out-of-tree) fused kernel: its forward, and its backward fed that forward's outputs.
+# Run on meta tensors, which have these kernels' shapes without a GPU.
+CUDA_KERNELS = {
+    "flash": (
+        lambda q, k, v: aten._scaled_dot_product_flash_attention(q, k, v),
+        lambda q, k, v, o: aten._scaled_dot_product_flash_attention_backward(q, q, k, v, *o[:6], 0.0, False, *o[6:8]),
+    ),
+    "efficient": (
+        lambda q, k, v: aten._scaled_dot_product_efficient_attention(q, k, v, None, True),
+        lambda q, k, v, o: aten._scaled_dot_product_efficient_attention_backward(
+            q, q, k, v, None, *o[:4], 0.0, [True, True, True, False]
+        ),
+    ),
+    "cudnn": (
+        lambda q, k, v: aten._scaled_dot_product_cudnn_attention(q, k, v, None, True),
+        lambda q, k, v, o: aten._scaled_dot_product_cudnn_attention_backward(
+            q, q, k, v, o[0], o[1], o[6], o[7], None, *o[2:6], 0.0, False
+        ),
+    ),
+    "overrideable": (
+        lambda q, k, v: aten._scaled_dot_product_fused_attention_overrideable(q, k, v),
+        lambda q, k, v, o: aten._scaled_dot_product_fused_attention_overrideable_backward(
+            q, q, k, v, q.new_empty(0), [True, True, True, False], *o[:6], 0.0, False, *o[6:8]
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("kernel", sorted(CUDA_KERNELS))
+def test_fused_attention_kernels_count_like_the_math_path(kernel):
+    forward, backward = CUDA_KERNELS[kernel]
+    b, h, t, d = 2, 4, 16, 8
+    q, k, v = (torch.empty(b, h, t, d, device="meta") for _ in range(3))
+    products = 2 * (2 * b * h * t * t * d)  # Q K^T and P V
+    assert_within_1pct(count_flops(lambda: forward(q, k, v)), products)
+    out = forward(q, k, v)
+    assert_within_1pct(count_flops(lambda: backward(q, k, v, out)), 2 * products)  # no recomputed scores
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_vit_training_step_with_and_without_fused_attention(fused):
     b, c, depth, patch, size, classes = 2, 32, 2, 4, 16, 10
