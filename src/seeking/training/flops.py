@@ -24,8 +24,8 @@ What torch 2.14's own table gets wrong or misses, and :data:`FORMULAS` fixes:
 - the CPU fused attention kernel and its backward (``_scaled_dot_product_flash_attention_for_cpu``)
   and the ``overrideable`` (XPU and out-of-tree) kernels have no formula, so they counted 0;
 - the CUDA kernels' backward adds the recomputation of the scores (5 products instead of 4);
-- ``mv``, ``addmv``, ``dot``, ``vdot``, ``addbmm``, ``addr``, ``_int_mm``, ``_addmm_activation`` and
-  ``_grouped_mm`` have no formula.
+- ``mv``, ``addmv``, ``dot``, ``vdot``, ``addbmm``, ``addr``, ``_int_mm``, ``_addmm_activation``,
+  ``_grouped_mm`` and the in-place ``addmm_``, ``baddbmm_``... have no formula.
 
 Any other op that looks like a product, convolution or attention and still has no formula makes
 :func:`count_flops` warn, so a silent 0 cannot reach a table again.
@@ -33,6 +33,7 @@ Any other op that looks like a product, convolution or attention and still has n
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import warnings
@@ -101,8 +102,12 @@ def _dot(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * a_shape[0]
 
 
-def _addbmm(_self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+def _bmm(a_shape, b_shape) -> int:
     return 2 * a_shape[0] * a_shape[1] * a_shape[2] * b_shape[2]
+
+
+def _addbmm(_self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    return _bmm(a_shape, b_shape)
 
 
 def _addr(_self_shape, u_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
@@ -113,7 +118,7 @@ def _mm(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
 
-def _addmm_activation(_self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+def _addmm(_self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     return _mm(a_shape, b_shape)
 
 
@@ -126,7 +131,10 @@ def _grouped_mm(
     ``2 * G * M * K * N``; 3d x 2d: ``2 * M * K * offs[-1]``; 2d x 2d (the weight gradient, K split
     into groups): ``2 * M * N * offs[-1]``.
     """
-    used = int(offs[-1]) if offs is not None and offs.numel() else None
+    used = None  # without offsets, or when only their shape is known (meta, fake): every row
+    if offs is not None and offs.numel():
+        with contextlib.suppress(RuntimeError):  # meta and fake tensors have no values
+            used = int(offs[-1])
     if a.dim() == 2 and b.dim() == 3:
         return 2 * (used if used is not None else a.shape[0]) * a.shape[1] * b.shape[2]
     if a.dim() == 3 and b.dim() == 3:
@@ -156,16 +164,24 @@ FORMULAS: dict[Any, Callable[..., int]] = {
     aten.addbmm: _addbmm,
     aten.addr: _addr,
     aten._int_mm: _mm,
-    aten._addmm_activation: _addmm_activation,
+    aten._addmm_activation: _addmm,
+    # in-place variants: torch's table has only the out-of-place ones
+    aten.addmm_: _addmm,
+    aten.baddbmm_: _addbmm,
+    aten.addbmm_: _addbmm,
+    aten.addmv_: _addmv,
+    aten.addr_: _addr,
     aten._grouped_mm: _grouped_mm,
 }
 
 # Names of ops that do multiply-adds in bulk: seen without a formula, they would count 0.
-_HEAVY = re.compile(r"mm|mv$|dot$|matmul|einsum|conv(olution|_|\d|$)|attention|attn")
+_HEAVY = re.compile(r"(^|_)[a-z0-9]*(mm|mv)(_|$)|(^|_)v?dot$|matmul|einsum|conv(olution|_|\d|$)|attention|attn")
 
 
 class _Uncounted(TorchDispatchMode):
     """Records every op that ran, looks heavy and has no formula."""
+
+    supports_higher_order_operators = True  # flex attention and the like pass through
 
     def __init__(self, known: set[Any]) -> None:
         super().__init__()
@@ -173,8 +189,8 @@ class _Uncounted(TorchDispatchMode):
         self.missing: set[str] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        packet = func.overloadpacket
-        if packet not in self.known and _HEAVY.search(packet.__name__):
+        packet = getattr(func, "overloadpacket", func)
+        if packet not in self.known and _HEAVY.search(getattr(packet, "__name__", str(packet))):
             self.missing.add(str(packet))
         return func(*args, **(kwargs or {}))
 
