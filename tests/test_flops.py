@@ -211,6 +211,25 @@ def test_grouped_mm_counts_rows_inside_the_offsets():
     assert count_flops(lambda: F.grouped_mm(a, b, offs=offs)) == 2 * 15 * 16 * 8
 
 
+M, K, N, B = 3, 5, 4, 2
+# op -> (call, closed-form count: 2 x multiply-adds)
+SMALL_PRODUCTS = {
+    "mv": (lambda: torch.mv(torch.ones(M, K), torch.ones(K)), 2 * M * K),
+    "addmv_": (lambda: torch.zeros(M).addmv_(torch.ones(M, K), torch.ones(K)), 2 * M * K),
+    "dot": (lambda: torch.dot(torch.ones(K), torch.ones(K)), 2 * K),
+    "addr": (lambda: torch.addr(torch.zeros(M, N), torch.ones(M), torch.ones(N)), 2 * M * N),
+    "addmm_": (lambda: torch.zeros(M, N).addmm_(torch.ones(M, K), torch.ones(K, N)), 2 * M * K * N),
+    "addbmm": (lambda: torch.addbmm(torch.zeros(M, N), torch.ones(B, M, K), torch.ones(B, K, N)), 2 * B * M * K * N),
+    "baddbmm_": (lambda: torch.zeros(B, M, N).baddbmm_(torch.ones(B, M, K), torch.ones(B, K, N)), 2 * B * M * K * N),
+}
+
+
+@pytest.mark.parametrize("op", sorted(SMALL_PRODUCTS))
+def test_products_missing_from_torchs_table(op):
+    call, expected = SMALL_PRODUCTS[op]
+    assert count_flops(call) == expected
+
+
 def test_an_op_without_formula_warns():
     @torch.library.custom_op("seeking_test::heavy_mm", mutates_args=())
     def heavy_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

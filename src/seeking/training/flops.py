@@ -27,6 +27,10 @@ What torch 2.14's own table gets wrong or misses, and :data:`FORMULAS` fixes:
 - ``mv``, ``addmv``, ``dot``, ``vdot``, ``addbmm``, ``addr``, ``_int_mm``, ``_addmm_activation``,
   ``_grouped_mm`` and the in-place ``addmm_``, ``baddbmm_``... have no formula.
 
+The low-level ``_flash_attention_backward`` and ``_efficient_attention_backward``, reached directly
+only by nested tensors and varlen attention (which no model here uses), keep torch's count, which
+includes the recomputation.
+
 Any other op that looks like a product, convolution or attention and still has no formula makes
 :func:`count_flops` warn, so a silent 0 cannot reach a table again.
 """
