@@ -26,6 +26,7 @@ from common import config_from, mean_std, run_arguments
 from seeking.io import atomic_write_text
 from seeking.reporting.comparison import COLUMNS
 from seeking.training.compare import compare
+from seeking.training.flops import FLOPS_CONVENTION
 
 FORMATS = {
     "test acc %": ".2f",
@@ -79,7 +80,7 @@ def main() -> None:
         f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr} cosine, k={args.k}, "
         f"optimizer state {args.optimizer_state}, BN {args.batchnorm}; seeds {args.seeds}; "
         f"mean ± std over seeds (wall: median); torch {torch.__version__}, {platform.machine()}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads. {FLOPS_CONVENTION}."
     )
     print(header)
     print(table)

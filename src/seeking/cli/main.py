@@ -223,6 +223,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ..reporting import markdown_table
     from ..reporting.comparison import gain_sentence
     from ..training.compare import compare
+    from ..training.flops import FLOPS_CONVENTION
 
     random_control = not args.no_random_control
     if args.resume:
@@ -240,10 +241,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         log=_logger(args),
     )
     print(markdown_table(result["rows"]))
-    print(
-        f"\n{gain_sentence(result['efficiency_gain'])} "
-        "(classical base as reference; FLOPs: forward + backward, 2 per multiply-add)"
-    )
+    print(f"\n{gain_sentence(result['efficiency_gain'])} (classical base as reference). {FLOPS_CONVENTION}.")
     print(f"results: {out}/comparison.md, comparison.csv, comparison.json; report: {out}/report/report.html")
     return 0
 

@@ -1,8 +1,8 @@
 """The comparison table: every arm's accuracy, cost and the paper's efficiency ratio.
 
 ACC/FLOPs follows the paper: ``(Acc_new - Acc_ref) / (FLOPs_new - FLOPs_ref)`` with the classical
-base as reference, in accuracy points per training TFLOP (FLOPs counted by PyTorch's
-FlopCounterMode, 2 per multiply-add, forward and backward). For a motivated run the FLOPs are
+base as reference, in accuracy points per training TFLOP (FLOPs by the convention of
+:mod:`seeking.training.flops`). For a motivated run the FLOPs are
 the whole run's, shared by its two models.
 """
 

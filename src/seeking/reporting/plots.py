@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from ..training.flops import FLOPS_CONVENTION
 from .runs import TrainRun
 
 ROLE_COLORS = {"base": "tab:blue", "motivated": "tab:orange"}
@@ -23,7 +24,6 @@ ROLE_NAMES = {"base": "base", "motivated": "large"}
 ARM_STYLES = {"classical_base": "--", "classical_large": "--", "random_control": ":"}
 EPISODE_COLOR = "tab:orange"
 FLOP_UNITS = ((1e18, "EFLOPs"), (1e15, "PFLOPs"), (1e12, "TFLOPs"), (1e9, "GFLOPs"), (1e6, "MFLOPs"), (1, "FLOPs"))
-FLOPS_NOTE = "FLOPs: PyTorch's FlopCounterMode, forward + backward, 2 per multiply-add"
 
 
 def new_figure(width: float = 8.0, height: float = 4.5) -> Figure:
@@ -141,6 +141,6 @@ def cost_figure(runs: dict[str, TrainRun], title: str) -> Figure:
     most = max((e["flops"] for run in runs.values() for e in run.epochs), default=1)
     scale, unit = next((s, u) for s, u in FLOP_UNITS if most >= s or s == 1)
     _lines(ax, runs, "flops", scale)
-    ax.set_xlabel(f"cumulative training {unit} of the run ({FLOPS_NOTE})", fontsize="small")
+    ax.set_xlabel(f"cumulative training {unit} of the run ({FLOPS_CONVENTION})", fontsize="small")
     ax.set_title(title)
     return figure

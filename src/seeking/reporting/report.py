@@ -21,11 +21,12 @@ from matplotlib.figure import Figure
 
 from .. import __version__
 from ..io import atomic_write_bytes, atomic_write_text
+from ..training.flops import FLOPS_CONVENTION
 from . import html
 from .comparison import COLUMNS, cell_text, comparison_rows, csv_table, efficiency_gain, gain_sentence, markdown_table
 from .excitation import excitation_cells
 from .excitation_plots import curves_figure, phi_figure, utilization_figure
-from .plots import FLOPS_NOTE, accuracy_figure, cost_figure, loss_figure, png_bytes
+from .plots import accuracy_figure, cost_figure, loss_figure, png_bytes
 from .runs import Comparison, ExcitationRun, Run, TrainRun, read_run_folder, resume_hint
 
 
@@ -62,7 +63,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Report:
         html.heading(1, "seeking report"),
         html.paragraph(
             f"Made by seeking {__version__} on {time.strftime('%Y-%m-%d %H:%M')} from "
-            f"{', '.join(str(r.path) for r in runs)}. {FLOPS_NOTE}. Every plot is also saved as a PNG "
+            f"{', '.join(str(r.path) for r in runs)}. {FLOPS_CONVENTION}. Every plot is also saved as a PNG "
             "file beside this page."
         ),
     ]
@@ -176,7 +177,7 @@ def _comparison_section(cmp: Comparison, label: str, output: _Output) -> list[st
     if "classical_base" in summaries:
         rows = comparison_rows(summaries)
         gain = gain_sentence(efficiency_gain(rows))
-        output.text(f"{label}-comparison.md", markdown_table(rows) + f"\n\n{gain}\n")
+        output.text(f"{label}-comparison.md", markdown_table(rows) + f"\n\n{gain}\n\n{FLOPS_CONVENTION}.\n")
         output.text(f"{label}-comparison.csv", csv_table(rows))
         parts += [html.table(COLUMNS, [[cell_text(r[c], c) for c in COLUMNS] for r in rows]), html.paragraph(gain)]
     parts.append(output.plot(f"{label}-accuracy.png", accuracy_figure(cmp.arms, "Test accuracy per epoch"), "accuracy"))

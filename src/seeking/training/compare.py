@@ -25,6 +25,7 @@ from ..reporting.comparison import gain_sentence
 from ..reporting.report import write_report
 from .config import TrainConfig
 from .distributed import join
+from .flops import FLOPS_CONVENTION
 from .loop import check_pair, prepare_run_dir, train
 from .resume import mark_complete, mark_incomplete
 
@@ -79,7 +80,7 @@ def compare(
     gain = efficiency_gain(rows)
     result = {"config": config.to_dict(), "rows": rows, "efficiency_gain": gain}
     if ranks.main:
-        atomic_write_text(out / "comparison.md", table + f"\n\n{gain_sentence(gain)}\n")
+        atomic_write_text(out / "comparison.md", table + f"\n\n{gain_sentence(gain)}\n\n{FLOPS_CONVENTION}.\n")
         atomic_write_text(out / "comparison.csv", csv_table(rows))
         write_json(out / "comparison.json", _without_nan(result))
         mark_complete(out)
