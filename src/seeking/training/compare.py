@@ -25,7 +25,7 @@ from ..reporting.report import write_report
 from .config import TrainConfig
 from .distributed import join
 from .loop import check_pair, prepare_run_dir, train
-from .resume import RunInterrupted, mark_complete, mark_incomplete, resume_command, run_config
+from .resume import RunInterrupted, StopRequests, mark_complete, mark_incomplete, resume_command, run_config
 
 
 def compare(
@@ -80,11 +80,13 @@ def compare(
         return run.summary
 
     arms = [("classical_base", "never"), ("classical_large", "always"), ("motivated", config.condition)]
-    summaries = {arm: run_arm(arm, dataclasses.replace(config, condition=condition)) for arm, condition in arms}
-    if random_control:
-        p = summaries["motivated"]["p"]
-        log(f"random control at p = {p:.3f}, as measured in the motivated run")
-        summaries["random_control"] = run_arm("random_control", dataclasses.replace(config, condition="random", p=p))
+    with StopRequests():  # a stop asked for during an arm's last step stops the next arm
+        summaries = {arm: run_arm(arm, dataclasses.replace(config, condition=condition)) for arm, condition in arms}
+        if random_control:
+            p = summaries["motivated"]["p"]
+            log(f"random control at p = {p:.3f}, as measured in the motivated run")
+            control = dataclasses.replace(config, condition="random", p=p)
+            summaries["random_control"] = run_arm("random_control", control)
     rows = comparison_rows(summaries)
     table = markdown_table(rows)
     gain = efficiency_gain(rows)

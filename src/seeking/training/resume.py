@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import safetensors
 import torch
@@ -273,16 +273,26 @@ class JsonLines:
 
 class StopRequests:
     """Within ``with``, the first Ctrl-C or SIGTERM only sets ``requested``: the loop finishes its step,
-    writes a checkpoint and stops. A second one interrupts at once (the previous handlers are back)."""
+    writes a checkpoint and stops. A second one interrupts at once (the previous handlers are back).
+
+    Nested in another (a comparison around its arms' training loops), it shares the outer one's
+    request, so that a stop asked for as one arm ends stops the next arm rather than being lost."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    _open: ClassVar[list[StopRequests]] = []  # the ones inside whose ``with`` the program is, outermost first
 
     def __init__(self) -> None:
-        self.requested: str | None = None
+        self._requested: str | None = None
         self._previous: dict[int, Any] = {}
+        self._outer: StopRequests | None = None
+
+    @property
+    def requested(self) -> str | None:
+        """The name of the signal that asked to stop, if one did."""
+        return self._outer.requested if self._outer else self._requested
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = signal.Signals(signum).name
+        self._requested = signal.Signals(signum).name
         self._restore()
 
     def _restore(self) -> None:
@@ -291,11 +301,14 @@ class StopRequests:
         self._previous = {}
 
     def __enter__(self) -> StopRequests:
-        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        self._outer = self._open[0] if self._open else None
+        if self._outer is None and threading.current_thread() is threading.main_thread():  # signals reach it only
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self._open.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._open.remove(self)
         self._restore()
 
 
