@@ -161,16 +161,16 @@ def fitting(where: Path, what: str) -> Iterator[None]:
         raise CheckpointError(f"the checkpoint in {where} does not fit {what}: {exc}") from None
 
 
+# For folders written before config.json recorded its kind: a key that tells it, tried in this order
+# (a comparison's configuration holds a training's keys too).
+_KIND_KEYS = {"compare": "random_control", "excite": "arms", "train": "base"}
+
+
 def _folder_kind(saved: dict[str, Any]) -> str | None:
-    """The kind of run folder a ``config.json`` belongs to: recorded, or (folders written before it was)
-    told by the keys only that command saves."""
+    """The kind of run folder a ``config.json`` belongs to, recorded or told by its keys; ``None`` if neither."""
     if "kind" in saved:
         return saved["kind"] if saved["kind"] in RUN_KINDS else None
-    if "random_control" in saved:
-        return "compare"
-    if "arms" in saved:
-        return "excite"
-    return "train" if "base" in saved else None
+    return next((kind for kind, key in _KIND_KEYS.items() if key in saved), None)
 
 
 def read_run_config(run_dir: str | os.PathLike, kind: str) -> dict[str, Any]:
