@@ -90,7 +90,7 @@ def combination_runs(tmp_path_factory, digits):
 
 
 def saved(run, name):
-    return safetensors.torch.load_file(run.run_dir / f"{name}.safetensors")
+    return safetensors.torch.load_file(run.run_dir / run.summary["models"][name]["checkpoint"])
 
 
 def same_tensors(a, b):
@@ -102,7 +102,9 @@ def test_saved_models_score_what_the_run_reported(combination_runs, digits, comb
     run = combination_runs[combination]
     test = digits.test.subset(60, seed=0)
     for name, reported in run.summary["models"].items():
-        model, meta = load_model(run.run_dir / f"{name}.safetensors")  # what `seeking evaluate` does
+        model, meta = load_model(
+            run.run_dir / run.summary["models"][name]["checkpoint"]
+        )  # what `seeking evaluate` does
         again = evaluate(model, test, meta["extra"]["mean"], meta["extra"]["std"])
         assert (again["accuracy"], again["loss"]) == (reported["accuracy"], reported["loss"]), name
 
@@ -141,6 +143,6 @@ def test_a_default_run_saves_models_with_re_estimated_statistics(tmp_path, digit
         alone.load_state_dict(trained)
         assert calibration[0].shape == (32, 1, 8, 8)
         recalibrate_batchnorm(alone, calibration)
-        saved = safetensors.torch.load_file(run.run_dir / f"{name}.safetensors")
+        saved = safetensors.torch.load_file(run.run_dir / run.summary["models"][name]["checkpoint"])
         assert all(torch.equal(v, saved[k]) for k, v in alone.state_dict().items()), name
         assert not torch.equal(saved["bn1.running_var"], trained["bn1.running_var"])  # not the statistics as trained

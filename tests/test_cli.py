@@ -81,7 +81,7 @@ def test_a_timm_pair_trains_and_its_checkpoints_load(tmp_path):
     assert 0 < summary["p"] < 1
     from seeking import load_model
 
-    model, meta = load_model(run / "motivated.safetensors")
+    model, meta = load_model(run / "large.safetensors")
     assert meta["model"] == "efficientnet_b1" and meta["model_kwargs"]["in_channels"] == 1
     assert type(model).__name__ == "EfficientNet"
 

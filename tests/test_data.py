@@ -492,5 +492,5 @@ def test_error_corrupt_or_foreign_archive(tmp_path):
         load_dataset(tar, cache_dir=tmp_path / "cache")
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    with pytest.raises(DataError, match="as a tar archive"):
-        load_dataset(text, cache_dir=tmp_path / "cache")
+    with pytest.raises(DataError, match=r"notes\.txt is neither a folder nor a tar archive"):
+        load_dataset(text, cache_dir=tmp_path / "cache")  # not a damaged archive: no archive at all

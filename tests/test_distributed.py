@@ -47,8 +47,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     assert [s["model"] for s in one] == [s["model"] for s in two]  # every switch taken at the same step
     assert "motivated" in {s["model"] for s in one} and "base" in {s["model"] for s in one}
     assert [s["loss"] for s in one] == pytest.approx([s["loss"] for s in two], abs=1e-5)
-    for name in ("base", "motivated"):
-        a, b = load_file(tmp_path / "one" / f"{name}.safetensors"), load_file(tmp_path / "two" / f"{name}.safetensors")
+    for name in ("base.safetensors", "large.safetensors"):
+        a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
         for key in a:
             torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

@@ -26,8 +26,8 @@ def test_a_nan_step_is_skipped_and_reaches_neither_model_nor_the_condition(tmp_p
     summary = poisoned.summary
     assert summary["skipped_steps"] == 1
     assert summary["steps"] == clean.summary["steps"] - 1  # the condition observed one step fewer
-    for name in ("base", "motivated"):
-        weights = load_file(run / f"{name}.safetensors")
+    for name in ("base.safetensors", "large.safetensors"):
+        weights = load_file(run / name)
         assert all(torch.isfinite(t.float()).all() for t in weights.values())
 
 

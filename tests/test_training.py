@@ -31,7 +31,7 @@ def test_run_folder_contents(motivated_run):
         "epochs.jsonl",
         "summary.json",
         "base.safetensors",
-        "motivated.safetensors",
+        "large.safetensors",
     ):
         assert (run / name).is_file(), name
     steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
@@ -72,7 +72,7 @@ def test_saved_base_reproduces_reported_accuracy(motivated_run, digits):
     fresh = create_model("resnet20", num_classes=10, in_channels=1)
     fresh.load_state_dict(safetensors.torch.load_file(run / "base.safetensors"))
     assert evaluate(fresh, test, digits.mean, digits.std)["accuracy"] == summary["models"]["base"]["accuracy"]
-    large, meta = load_model(run / "motivated.safetensors")
+    large, meta = load_model(run / "large.safetensors")
     assert meta["model"] == "resnet32"
     assert (
         evaluate(large, test, meta["extra"]["mean"], meta["extra"]["std"])["accuracy"]
@@ -108,7 +108,7 @@ def test_classical_base_and_motivated_base_start_identically(tmp_path, digits):
     )
     wc, wr = (safetensors.torch.load_file(r.run_dir / "base.safetensors") for r in (classical, idle))
     assert all(torch.equal(wc[k], wr[k]) for k in wc)
-    assert not (classical.run_dir / "motivated.safetensors").exists()
+    assert not (classical.run_dir / "large.safetensors").exists()
     assert config.condition == "decrease"
 
 
@@ -117,7 +117,7 @@ def test_recalibrated_and_zero_copy_run_reports_what_its_checkpoints_score(tmp_p
     run = train(config, tmp_path / "r", progress=False, log=lambda s: None, dataset=digits)
     test = digits.test.subset(120, seed=0)
     for name in ("base", "motivated"):
-        model, _ = load_model(run.run_dir / f"{name}.safetensors")
+        model, _ = load_model(run.run_dir / run.summary["models"][name]["checkpoint"])
         assert evaluate(model, test, digits.mean, digits.std)["accuracy"] == run.summary["models"][name]["accuracy"]
     copied = train(
         TrainConfig(**{**TINY, "epochs": 1, "k": 1, "bn_recalibrate": 2}),

@@ -45,6 +45,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
     """Return the state dict and the decoded metadata, or raise :class:`CheckpointError`."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint file at {path}")
+    data = b""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -52,7 +53,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
         with safetensors.safe_open(path, "pt") as f:
             raw = f.metadata() or {}
     except Exception as exc:  # safetensors raises several types for damaged files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}; is it a complete safetensors file?") from None
+        raise CheckpointError(_not_safetensors(path, data, exc)) from None
     if raw.get("seeking.format") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} is not a seeking model checkpoint of format {FORMAT_VERSION} "
@@ -64,6 +65,24 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
         "extra": json.loads(raw.get("seeking.extra", "{}")),
     }
     return state, meta
+
+
+def _not_safetensors(path: str | os.PathLike, data: bytes, exc: Exception) -> str:
+    """Why ``path`` is no model file: another kind of file seeking writes, or a damaged one."""
+    from .training.resume import is_training_state  # not at the top: the training package imports this module
+
+    if is_training_state(data):
+        return (
+            f"{path} is a training checkpoint (the state --resume continues from), not a model file: a run's "
+            "models are RUN_DIR/base.safetensors and large.safetensors, written when it finishes; "
+            "finish an interrupted run with seeking train --resume RUN_DIR"
+        )
+    if data.startswith(b"PK\x03\x04"):  # torch.save's zip format
+        return (
+            f"{path} is a torch.save file, not a safetensors model file: load it with torch.load, or save "
+            "the model with seeking.save_model"
+        )
+    return f"cannot read checkpoint {path}: {exc}; is it a complete safetensors file?"
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:

@@ -16,11 +16,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .. import __version__
 from ..errors import SeekingError
 from ..models import list_models
 from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES
 from ..training import TrainConfig
 from ..training.config import CONDITIONS, SCHEDULES
+from ..wording import counted
 
 DEFAULTS = TrainConfig()
 # options of train and compare that are not TrainConfig fields, with their defaults
@@ -190,12 +192,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
-def _resumed_values(args: argparse.Namespace, config_type: type, extra: dict[str, object], result: str) -> dict:
-    """The saved options of the run that ``--resume`` names (after refusing options given beside it)."""
+def _resumed_values(args: argparse.Namespace, config_type: type, extra: dict[str, object]) -> dict:
+    """The saved options of the run that ``--resume`` names (after refusing options given beside it);
+    the folder must be one that this command (``args.command``) wrote."""
     from ..training.resume import read_run_config
 
     _refuse_options_with_resume(args, config_type, extra)
-    return read_run_config(args.resume, result)
+    return read_run_config(args.resume, args.command)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -203,7 +206,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         config, out = (
-            TrainConfig.from_dict(_resumed_values(args, TrainConfig, TRAIN_EXTRAS, "summary.json")),
+            TrainConfig.from_dict(_resumed_values(args, TrainConfig, TRAIN_EXTRAS)),
             args.resume,
         )
     else:
@@ -213,7 +216,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for name, m in s["models"].items():
         print(f"{name:9s} {m['model']:10s} test accuracy {m['accuracy']:.2f}%  -> {result.run_dir / m['checkpoint']}")
     print(
-        f"p = {s['p']:.3f} ({s['motivated_steps']}/{s['steps']} steps motivated, {s['switches']} switches), "
+        f"p = {s['p']:.3f} ({s['motivated_steps']}/{s['steps']} steps motivated, "
+        f"{counted(s['switches'], 'switch', 'switches')}), "
         f"training {s['train_flops'] / 1e12:.3f} TFLOPs, {s['train_seconds']:.1f}s"
     )
     return 0
@@ -227,7 +231,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     random_control = not args.no_random_control
     if args.resume:
-        values = _resumed_values(args, TrainConfig, {**TRAIN_EXTRAS, "no_random_control": False}, "comparison.json")
+        values = _resumed_values(args, TrainConfig, {**TRAIN_EXTRAS, "no_random_control": False})
         random_control = bool(values.pop("random_control", True))
         config, out = TrainConfig.from_dict(values), args.resume
     else:
@@ -248,15 +252,35 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
-    from ..data import load_dataset
+    from ..data import DEFAULT_DATASET, load_dataset
+    from ..errors import DataError
     from ..training import evaluate
+    from ..training.evaluate import check_model_data
 
     model, meta = load_model(args.checkpoint)
-    dataset = load_dataset(args.data, cache_dir=args.cache_dir, progress=sys.stderr.isatty())
     norm = meta["extra"]
+    # files written before the path was recorded name their data set only (loadable if it is digits)
+    recorded = norm.get("data") or (DEFAULT_DATASET if norm.get("dataset") == DEFAULT_DATASET else None)
+    if args.data is None and recorded is None:
+        raise DataError(
+            f"{args.checkpoint} does not record where its data set is (trained on {norm.get('dataset', 'unknown')!r}); "
+            "give it with --data"
+        )
+    try:
+        dataset = load_dataset(args.data or recorded, cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+    except DataError as exc:
+        if args.data is not None:
+            raise
+        raise DataError(f"{exc} (the data set recorded in {args.checkpoint}; give another with --data)") from None
+    for warning in check_model_data(meta, dataset):
+        print(f"seeking: warning: {warning}", file=sys.stderr)
     mean, std = norm.get("mean", dataset.mean), norm.get("std", dataset.std)
     result = evaluate(model, dataset.test, mean, std)
-    print(f"{meta['model']} on {dataset.name} test: accuracy {result['accuracy']:.2f}%, loss {result['loss']:.4f}")
+    source = "" if args.data else ", the data set recorded in the model file"
+    print(
+        f"{meta['model']} on {dataset.name} test ({len(dataset.test)} images{source}): "
+        f"accuracy {result['accuracy']:.2f}%, loss {result['loss']:.4f}"
+    )
     return 0
 
 
@@ -318,7 +342,7 @@ def _cmd_excite(args: argparse.Namespace) -> int:
     from ..training.excite import ExciteConfig, compare_excitation
 
     if args.resume:
-        values = _resumed_values(args, ExciteConfig, {"model_kwargs": "{}", "out": None}, "excitation.json")
+        values = _resumed_values(args, ExciteConfig, {"model_kwargs": "{}", "out": None})
         config, out = ExciteConfig.from_dict(values), args.resume
     else:
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExciteConfig)}
@@ -338,7 +362,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     report = write_report(args.run_dirs, out)
     for path in report.incomplete:
         print(f"note: {path} is incomplete (no summary.json); reported as far as it went", file=sys.stderr)
-    print(f"report: {report.files[-1]} ({len(report.files) - 1} more files beside it)")
+    print(f"report: {report.files[-1]} ({counted(len(report.files) - 1, 'more file')} beside it)")
     return 0
 
 
@@ -356,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seeking",
         description="Training-time conditional capacity on PyTorch: Motivation training and Excitation.",
     )
+    parser.add_argument("--version", action="version", version=f"seeking {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="one motivated (or classical) training run; writes a run folder")
     _add_training_options(p)
@@ -365,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-random-control", action="store_true", help="skip the random-condition control arm")
     p.set_defaults(func=_cmd_compare)
     p = sub.add_parser("evaluate", help="test accuracy of a saved model checkpoint")
-    p.add_argument("checkpoint", help="a .safetensors file written by seeking train")
-    p.add_argument("--data", default=DEFAULTS.data, help="data set, as for train (default: %(default)s)")
+    p.add_argument("checkpoint", help="a .safetensors model file written by seeking train")
+    p.add_argument("--data", help="data set, as for train (default: the one recorded in the model file)")
     p.add_argument("--cache-dir")
     p.set_defaults(func=_cmd_evaluate)
     p = sub.add_parser("excite", help="train an MoE model with a base optimizer, plain and with Excitation: one table")

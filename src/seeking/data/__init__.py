@@ -25,7 +25,7 @@ Character-level text for language models: ``load_text(path)`` and ``text_batches
 """
 
 from seeking.data.core import ImageData, ImageDataset
-from seeking.data.load import DEFAULT_DATASET, load_dataset
+from seeking.data.load import DEFAULT_DATASET, data_source, load_dataset
 from seeking.data.text import TextData, load_text, text_batches
 from seeking.data.transforms import augment, batches, normalize
 
@@ -36,6 +36,7 @@ __all__ = [
     "TextData",
     "augment",
     "batches",
+    "data_source",
     "load_dataset",
     "load_text",
     "normalize",

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from seeking.data.sources import Tree
@@ -187,6 +187,11 @@ def _open_image(tree: Tree, rel: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.convert("L" if im.mode in ("L", "1") else "RGB")
+    except UnidentifiedImageError as e:  # its message names the in-memory buffer, not the file
+        raise DataError(
+            f"cannot decode image {tree.where(rel)}: not an image format Pillow knows, or damaged; "
+            "replace or remove the file"
+        ) from e
     except Exception as e:  # Pillow reports bad files with many exception types
         raise DataError(
             f"cannot decode image {tree.where(rel)} ({type(e).__name__}: {e}): replace or remove the file"

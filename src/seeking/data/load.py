@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import re
+import tarfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from seeking.data.core import ImageData, ImageDataset, channel_stats, stratified_indices
-from seeking.data.formats import LAYOUTS, payload, read_tree
+from seeking.data.formats import ARCHIVE_SUFFIXES, LAYOUTS, payload, read_tree
 from seeking.data.sources import archive_tree, folder_tree
 from seeking.errors import DataError
 from seeking.io import atomic_write_bytes
@@ -43,6 +44,12 @@ def load_dataset(
             )
         raise DataError(f"no such file or folder: {path}: expected {LAYOUTS}, or a .tar.gz of one")
     path = path.resolve()
+    if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES) and not _is_tar(path):
+        text = " A .txt file trains a character-level language model: seeking excite --model gpt_moe_tiny --data FILE."
+        raise DataError(
+            f"{path} is neither a folder nor a tar archive: expected {LAYOUTS}, or a .tar.gz of one."
+            + (text if path.suffix.lower() == ".txt" else "")
+        )
     if path.is_dir():
         tree, stamp = folder_tree(path)
     else:  # an archive is only opened when the cache misses
@@ -57,6 +64,20 @@ def load_dataset(
         dataset = _dataset(data)
         _write_cache(cache, data)
     return dataset
+
+
+def data_source(spec: str | os.PathLike) -> str:
+    """``spec`` as a run records it, to load the same data later from any working folder: a data set
+    name as it is, a path made absolute."""
+    return spec if isinstance(spec, str) and spec in _NAMED else os.path.abspath(Path(spec).expanduser())
+
+
+def _is_tar(path: Path) -> bool:
+    """Whether ``path`` starts like a tar archive (any compression); reads its first block only."""
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}; check its permissions") from e
 
 
 def _digits() -> ImageDataset:

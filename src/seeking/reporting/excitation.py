@@ -13,11 +13,12 @@ MEASURES = ("train_loss", "dead_fraction", "max_violation", "load_entropy", "spe
 BASELINE = "none"
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation; the deviation of one value is not defined: ``None``."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def arm_label(arm: str) -> str:
@@ -25,7 +26,8 @@ def arm_label(arm: str) -> str:
 
 
 def excitation_rows(runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """One row per arm, in the order the arms were run: ``<measure>`` = mean, ``<measure> std``."""
+    """One row per arm, in the order the arms were run: ``<measure>`` = mean, ``<measure> std`` (``None``
+    for one seed)."""
     arms = list(dict.fromkeys(r["arm"] for r in runs))
     baseline = {r["seed"]: r[metric] for r in runs if r["arm"] == BASELINE}
     rows = []
@@ -52,11 +54,13 @@ def _shown(row: dict[str, Any], column: str) -> str:
         return "-"
     digits = 2 if column == "optimizer_step_ms" else 3
     sign = "+" if column.endswith("vs plain") else ""
-    return f"{value:{sign}.{digits}f} ± {row[f'{column} std']:.{digits}f}"
+    std = row[f"{column} std"]
+    spread = "" if std is None or math.isnan(std) else f" ± {std:.{digits}f}"  # none for one seed
+    return f"{value:{sign}.{digits}f}{spread}"
 
 
 def excitation_cells(rows: list[dict[str, Any]], metric: str) -> tuple[list[str], list[dict[str, str]]]:
-    """The table's columns and its rows as text (mean ± std)."""
+    """The table's columns and its rows as text (mean ± std; the mean alone for one seed)."""
     columns = _columns(metric)
     return columns, [{c: _shown(r, c) for c in columns} for r in rows]
 

@@ -15,6 +15,7 @@ from matplotlib import colormaps
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
+from ..wording import counted
 from .excitation import BASELINE, arm_label
 from .plots import new_figure
 
@@ -49,7 +50,7 @@ def curves_figure(result: dict[str, Any]) -> Figure:
         steps = [c["step"] for c in runs[0]["curve"]]
         for ax, (key, _, _) in zip(axes, CURVES, strict=True):
             values = np.array([[c.get(key or metric, math.nan) for c in run["curve"]] for run in runs], dtype=float)
-            ax.plot(steps, values.mean(0), color=f"C{color}", label=f"{arm_label(arm)} ({len(runs)} seeds)")
+            ax.plot(steps, values.mean(0), color=f"C{color}", label=f"{arm_label(arm)} ({counted(len(runs), 'seed')})")
             if len(runs) > 1:
                 ax.fill_between(steps, values.min(0), values.max(0), color=f"C{color}", alpha=0.2, linewidth=0)
     for ax, (_, title, label) in zip(axes, CURVES, strict=True):
@@ -62,7 +63,7 @@ def curves_figure(result: dict[str, Any]) -> Figure:
     config = result.get("config", {})
     figure.suptitle(
         f"{config.get('model', '')} with {config.get('optimizer', '')} (lr {config.get('lr', '')}): "
-        "mean over seeds, range shaded"
+        + ("mean over seeds, range shaded" if len(result["runs"]) > len(_by_arm(result)) else "one seed")
     )
     return figure
 

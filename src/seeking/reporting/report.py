@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from .. import __version__
 from ..io import atomic_write_bytes, atomic_write_text
 from ..training.flops import FLOPS_CONVENTION
+from ..wording import counted
 from . import html
 from .comparison import COLUMNS, cell_text, comparison_rows, csv_table, efficiency_gain, gain_sentence, markdown_table
 from .excitation import excitation_cells
@@ -112,8 +113,8 @@ def _incomplete_note(run: TrainRun) -> str:
     hint = resume_hint(run.path)
     return html.paragraph(
         f"Incomplete: {run.path} has no summary.json (the run stopped or is still running); shown as far as "
-        f"it went: {len(run.epochs)} of {run.config.get('epochs', '?')} epochs, {len(run.steps)} steps."
-        + (f" {hint}" if hint else ""),
+        f"it went: {len(run.epochs)} of {counted(run.config.get('epochs', '?'), 'epoch')}, "
+        f"{counted(len(run.steps), 'step')}." + (f" {hint}" if hint else ""),
         note=True,
     )
 
@@ -140,8 +141,9 @@ def _facts(run: TrainRun) -> str:
         return s.get(key, last.get(key, 0))
 
     cost = (
-        f"p = {latest('p'):.3f} (motivated fraction of the steps), {latest('switches')} switches, "
-        f"{latest('skipped_steps')} skipped steps, {s.get('train_flops', last.get('flops', 0)) / 1e12:.4g} "
+        f"p = {latest('p'):.3f} (motivated fraction of the steps), "
+        f"{counted(latest('switches'), 'switch', 'switches')}, "
+        f"{counted(latest('skipped_steps'), 'skipped step')}, {s.get('train_flops', last.get('flops', 0)) / 1e12:.4g} "
         f"training TFLOPs, {latest('train_seconds'):.1f} s of training"
     )
     return html.table(("model", "name", "test accuracy (%)", "parameters"), rows) + html.paragraph(cost)

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..io import atomic_write_text, write_json
@@ -27,7 +26,7 @@ from .config import TrainConfig
 from .distributed import join
 from .flops import FLOPS_CONVENTION
 from .loop import check_pair, prepare_run_dir, train
-from .resume import mark_complete, mark_incomplete
+from .resume import RunInterrupted, StopRequests, mark_complete, mark_incomplete, resume_command, run_config
 
 
 def compare(
@@ -55,10 +54,10 @@ def compare(
             raise ConfigError(f"cannot resume {out}: the comparison is complete (it has comparison.json)")
     else:
         prepare_run_dir(out, ranks)
+    continue_with = resume_command("compare", out)  # every arm's too: resuming one arm finishes only that one
     if ranks.main and not resume:
-        saved = {"seeking_version": __version__, "command": sys.argv, **config.to_dict()}
-        write_json(out / "config.json", {**saved, "random_control": random_control})
-        mark_incomplete(out, f"seeking compare --resume {out}")
+        write_json(out / "config.json", run_config("compare", {**config.to_dict(), "random_control": random_control}))
+        mark_incomplete(out, continue_with)
 
     def run_arm(arm: str, arm_config: TrainConfig) -> dict[str, Any]:
         folder = out / arm
@@ -67,14 +66,28 @@ def compare(
             return json.loads((folder / "summary.json").read_text())
         log(f"== arm {arm}")
         started = resume and folder.exists()
-        return train(arm_config, folder, resume=started, progress=progress, log=log, dataset=dataset).summary
+        try:
+            run = train(
+                arm_config,
+                folder,
+                resume=started,
+                progress=progress,
+                log=log,
+                dataset=dataset,
+                continue_with=continue_with,
+            )
+        except RunInterrupted as exc:
+            raise RunInterrupted(f"{exc.event} of arm {arm}", exc.command) from None
+        return run.summary
 
     arms = [("classical_base", "never"), ("classical_large", "always"), ("motivated", config.condition)]
-    summaries = {arm: run_arm(arm, dataclasses.replace(config, condition=condition)) for arm, condition in arms}
-    if random_control:
-        p = summaries["motivated"]["p"]
-        log(f"random control at p = {p:.3f}, as measured in the motivated run")
-        summaries["random_control"] = run_arm("random_control", dataclasses.replace(config, condition="random", p=p))
+    with StopRequests():  # a stop asked for during an arm's last step stops the next arm
+        summaries = {arm: run_arm(arm, dataclasses.replace(config, condition=condition)) for arm, condition in arms}
+        if random_control:
+            p = summaries["motivated"]["p"]
+            log(f"random control at p = {p:.3f}, as measured in the motivated run")
+            control = dataclasses.replace(config, condition="random", p=p)
+            summaries["random_control"] = run_arm("random_control", control)
     rows = comparison_rows(summaries)
     table = markdown_table(rows)
     gain = efficiency_gain(rows)

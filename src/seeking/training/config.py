@@ -147,12 +147,28 @@ def check_types(config: Any) -> None:
 
 
 _SCALARS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+# what each annotated type is called in a message, and for lists, its elements
+_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+_PLURAL_WORDS = {"int": "integers", "float": "numbers", "str": "strings", "bool": "booleans"}
 
 
 def _is(value: Any, base: str) -> bool:
     if not isinstance(value, _SCALARS[base]) or (base != "bool" and isinstance(value, bool)):
         return False
     return base != "float" or math.isfinite(value)  # a NaN would slip through every range check
+
+
+def _described(annotation: str) -> str:
+    """``annotation`` in words: 'float | None' -> 'a finite number, or null'."""
+    base = annotation.removesuffix(" | None")
+    if base == "dict[str, Any]":
+        words = "a JSON object with string keys"
+    elif base.startswith("list["):
+        words = f"a list of {_PLURAL_WORDS[base[5:-1]]}"
+    else:
+        words = _WORDS[base]
+    words = words.replace("number", "finite number", 1) if "float" in base else words
+    return f"{words}, or null" if annotation.endswith("| None") else words
 
 
 def _check_type(name: str, value: Any, annotation: str) -> None:
@@ -167,4 +183,6 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
     else:
         ok = _is(value, base)
     if not ok:
-        raise ConfigError(f"{name} must be of type {annotation}, got {value!r} ({type(value).__name__})")
+        number = isinstance(value, int | float) and not isinstance(value, bool)  # its repr says what it is
+        shown = repr(value) if number else f"{value!r} ({type(value).__name__})"
+        raise ConfigError(f"{name} must be {_described(annotation)}, got {shown}")

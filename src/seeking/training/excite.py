@@ -43,6 +43,7 @@ from ..models.registry import model_exists, unknown_model_message
 from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metrics
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
 from ..reporting.tensorboard import ScalarLog, require_tensorboard
+from ..wording import counted
 from .config import check_checkpointing, check_device, check_types, config_from_dict
 from .distributed import Ranks, join, wrap
 from .loop import prepare_run_dir, step_outcome
@@ -54,7 +55,9 @@ from .resume import (
     fitting,
     mark_complete,
     mark_incomplete,
+    resume_command,
     rng_state,
+    run_config,
     set_rng_state,
 )
 from .schedule import lr_factor
@@ -417,11 +420,10 @@ def compare_excitation(
     else:
         prepare_run_dir(out, ranks)
         if ranks.main:
-            saved = {"seeking_version": __version__, "command": sys.argv, **dataclasses.asdict(config)}
-            write_json(out / "config.json", saved)
-            mark_incomplete(out, f"seeking excite --resume {out}")
+            write_json(out / "config.json", run_config("excite", dataclasses.asdict(config)))
+            mark_incomplete(out, resume_command("excite", out))
     log(
-        f"{config.model} on {task.name}, {config.optimizer} lr {config.lr}, {config.steps} steps of "
+        f"{config.model} on {task.name}, {config.optimizer} lr {config.lr}, {counted(config.steps, 'step')} of "
         f"{config.batch_size}, arms {', '.join(config.arms)}, seeds {config.seeds}; results in {out}"
     )
     runs = []
@@ -448,9 +450,7 @@ def compare_excitation(
                         tensorboard_dir=board and board / f"{arm}-seed{seed}",  # a TensorBoard run each
                     )
                 except RunInterrupted as exc:
-                    raise RunInterrupted(
-                        f"{exc}: checkpoint written; continue with: seeking excite --resume {out}"
-                    ) from None
+                    raise RunInterrupted(exc.event, resume_command("excite", out)) from None
                 if ranks.main:
                     write_json(done, result)
                 runs.append(result)

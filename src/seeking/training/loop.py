@@ -6,7 +6,9 @@
     config.json      the full configuration
     steps.jsonl      one line per step: step, epoch, model that stepped, loss, learning rate
     epochs.jsonl     one line per epoch: p, FLOPs so far, train loss, test accuracy of each model
-    base.safetensors / motivated.safetensors   the final models (loadable with nothing from here)
+    base.safetensors / large.safetensors   the final models (loadable with nothing from here): the
+                     small and the large one, whichever the condition (a classical large run
+                     writes only large.safetensors)
     checkpoints/     training states for resuming (the last ``keep_checkpoints``), see :mod:`.resume`
     INCOMPLETE       present until the run completes; says how to resume it
     summary.json     final figures; written last, so its presence means the run completed
@@ -37,13 +39,14 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..checkpoint import save_model
-from ..data import ImageData, ImageDataset, augment, batches, load_dataset, normalize
+from ..data import ImageData, ImageDataset, augment, batches, data_source, load_dataset, normalize
 from ..data.transforms import EpochBatches
 from ..errors import ConfigError, SeekingError
 from ..io import write_json
 from ..models import create_model
 from ..motivation import Motivator, WeightMap, make_condition
 from ..reporting.tensorboard import ScalarLog
+from ..wording import counted
 from .batchnorm import deployable_copy
 from .config import TrainConfig
 from .distributed import Ranks, join, sum_over_ranks, wrap
@@ -58,10 +61,16 @@ from .resume import (
     fitting,
     mark_complete,
     mark_incomplete,
+    resume_command,
     rng_state,
+    run_config,
     set_rng_state,
 )
 from .schedule import lr_factor
+
+# The file of each model of a run, by its role. Named by size, not "motivated": the large model of a
+# classical run (condition ``always``) was never motivated.
+MODEL_FILES = {"base": "base.safetensors", "motivated": "large.safetensors"}
 
 
 class SingleModel:
@@ -180,10 +189,13 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     dataset: ImageDataset | None = None,
+    continue_with: str | None = None,
 ) -> RunResult:
     """Run one training as configured and write the run folder (see the module docstring).
 
-    ``resume=True`` continues the unfinished run in ``run_dir`` (whose config must be ``config``)."""
+    ``resume=True`` continues the unfinished run in ``run_dir`` (whose config must be ``config``).
+    ``continue_with`` is the command that continues an interrupted run, for ``INCOMPLETE`` and the
+    interrupt's message (default: ``seeking train --resume RUN_DIR``; a comparison names itself)."""
     config.validate()
     ranks, device = join(config.device, config.batch_size)
     log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
@@ -231,6 +243,7 @@ def train(
 
     # Everything is checked (the pair included, by the Motivator) before anything is written.
     run_dir = Path(run_dir)
+    continue_with = continue_with or resume_command("train", run_dir)
     checkpoints = Checkpoints(run_dir / "checkpoints", config.keep_checkpoints)
     if resume:
         if (run_dir / "summary.json").exists():
@@ -243,8 +256,8 @@ def train(
         if resume:
             log(f"{run_dir} has no checkpoint yet: starting the run again from step 0")
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", {"seeking_version": __version__, "command": sys.argv, **config.to_dict()})
-        mark_incomplete(run_dir, f"seeking train --resume {run_dir}")
+        write_json(run_dir / "config.json", run_config("train", config.to_dict()))
+        mark_incomplete(run_dir, continue_with)
     run = Progress(flops=dict.fromkeys(models, 0))
     if state is not None:
         check_state(state, config.to_dict(), checkpoints.folder)
@@ -277,7 +290,8 @@ def train(
     log(
         f"training {' -> '.join(model_names[n] for n in models)} on {dataset.name} "
         f"({len(train_data)} train / {len(test_data)} test), "
-        f"condition {config.condition}, {config.epochs} epochs x {steps_per_epoch} steps, run folder {run_dir}"
+        f"condition {config.condition}, {counted(config.epochs, 'epoch')} x {counted(steps_per_epoch, 'step')}, "
+        f"run folder {run_dir}"
     )
 
     def calibration() -> Iterator[torch.Tensor] | None:
@@ -344,10 +358,7 @@ def train(
                     if stopping:
                         run.train_seconds += time.perf_counter() - tick
                         save_checkpoint()
-                        raise RunInterrupted(
-                            f"{stop.requested or 'a stop request'} at step {run.step}: checkpoint written; "
-                            f"continue with: seeking train --resume {run_dir}"
-                        )
+                        raise RunInterrupted(f"{stop.requested or 'a stop request'} at step {run.step}", continue_with)
                     x, y = next(stream)  # the global batch; this process trains on its shard
                     x, y = ranks.shard(training_batch(x, jitter)), ranks.shard(y)
                     lr = config.lr * lr_factor(config.schedule, run.step, total_steps, warmup)
@@ -421,7 +432,13 @@ def train(
     if not tested:  # resumed after the last test: test again, so the models saved are the models tested
         run.results = test_models()
     kwargs = model_kwargs(config, dataset)
-    normalization = {"mean": list(dataset.mean), "std": list(dataset.std), "dataset": dataset.name}
+    normalization = {  # what `seeking evaluate` needs: normalisation, and the data set with its classes
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "dataset": dataset.name,
+        "data": data_source(config.data),
+        "classes": list(dataset.classes),
+    }
     summary: dict[str, Any] = {
         "seeking_version": __version__,
         "condition": config.condition,
@@ -440,12 +457,12 @@ def train(
     }
     for name, m in tested.items():  # the last test's figures describe exactly these models
         if ranks.main:
-            save_model(m, run_dir / f"{name}.safetensors", model_names[name], kwargs, normalization)
+            save_model(m, run_dir / MODEL_FILES[name], model_names[name], kwargs, normalization)
         summary["models"][name] = {
             "model": model_names[name],
             **run.results[name],
             "parameters": sum(p.numel() for p in m.parameters()),
-            "checkpoint": f"{name}.safetensors",
+            "checkpoint": MODEL_FILES[name],
         }
     if ranks.main:
         write_json(run_dir / "summary.json", summary)

@@ -18,11 +18,12 @@ import io
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import safetensors
 import torch
@@ -36,8 +37,29 @@ _MAGIC = "seeking-training-state"
 INCOMPLETE = "INCOMPLETE"
 
 
+# The kinds of run folder: the command that writes one (and resumes it), and the result file whose
+# presence means it finished. Each run folder's config.json records its kind.
+RUN_KINDS = {"train": "summary.json", "compare": "comparison.json", "excite": "excitation.json"}
+
+
+def resume_command(kind: str, run_dir: str | os.PathLike) -> str:
+    """The command line that continues the unfinished run of ``kind`` in ``run_dir``."""
+    return f"seeking {kind} --resume {run_dir}"
+
+
+def run_config(kind: str, values: dict[str, Any]) -> dict[str, Any]:
+    """What a run folder's ``config.json`` holds: seeking's version, the folder's kind, the command
+    line, then the run's configuration ``values``."""
+    return {"seeking_version": __version__, "kind": kind, "command": sys.argv, **values}
+
+
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) stopped a run after it wrote a checkpoint; the message says how to resume."""
+    """Ctrl-C (or SIGTERM) stopped a run. ``event`` says where; with ``command`` (a checkpoint was
+    written) the message also says how to continue."""
+
+    def __init__(self, event: str, command: str | None = None) -> None:
+        self.event, self.command = event, command
+        super().__init__(f"{event}: checkpoint written; continue with: {command}" if command else event)
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -47,6 +69,11 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     payload = buffer.getvalue()
     header = f"{_MAGIC} {STATE_FORMAT} {hashlib.sha256(payload).hexdigest()}\n".encode()
     atomic_write_bytes(path, header + payload)
+
+
+def is_training_state(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is a training state (whole or damaged)."""
+    return head.startswith(f"{_MAGIC} ".encode())
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -134,9 +161,22 @@ def fitting(where: Path, what: str) -> Iterator[None]:
         raise CheckpointError(f"the checkpoint in {where} does not fit {what}: {exc}") from None
 
 
-def read_run_config(run_dir: str | os.PathLike, result: str) -> dict[str, Any]:
-    """The configuration saved in a run folder whose ``result`` file is not written yet, for resuming it
-    (without the bookkeeping keys)."""
+# For folders written before config.json recorded its kind: a key that tells it, tried in this order
+# (a comparison's configuration holds a training's keys too).
+_KIND_KEYS = {"compare": "random_control", "excite": "arms", "train": "base"}
+
+
+def _folder_kind(saved: dict[str, Any]) -> str | None:
+    """The kind of run folder a ``config.json`` belongs to, recorded or told by its keys; ``None`` if neither."""
+    if "kind" in saved:
+        return saved["kind"] if saved["kind"] in RUN_KINDS else None
+    return next((kind for kind, key in _KIND_KEYS.items() if key in saved), None)
+
+
+def read_run_config(run_dir: str | os.PathLike, kind: str) -> dict[str, Any]:
+    """The configuration saved in an unfinished run folder of ``kind`` (a key of :data:`RUN_KINDS`),
+    for resuming it, without the bookkeeping keys. A missing, foreign, finished or other-kind folder
+    is a :class:`ConfigError`; for another kind it names the command that resumes that folder."""
     path = Path(run_dir)
     if not path.is_dir():
         raise ConfigError(f"cannot resume {path}: no such run folder")
@@ -148,22 +188,35 @@ def read_run_config(run_dir: str | os.PathLike, result: str) -> dict[str, Any]:
         raise ConfigError(f"cannot resume {path}: its config.json cannot be read ({exc})") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"cannot resume {path}: its config.json is not a JSON object")
+    found = _folder_kind(saved)
+    if found is None:
+        raise ConfigError(
+            f"cannot resume {path}: its config.json does not say which command wrote it "
+            f"(seeking {', '.join(RUN_KINDS)}), so it is not a seeking run folder"
+        )
+    if found != kind:
+        raise ConfigError(
+            f"cannot resume {path} with seeking {kind}: it is a 'seeking {found}' folder; "
+            f"continue it with: {resume_command(found, path)}"
+        )
     version = saved.pop("seeking_version", None)
     if version != __version__:
         raise ConfigError(
             f"cannot resume {path}: it was started by seeking {version}; this is {__version__}: "
             "resume with the version that started it"
         )
-    if (path / result).exists():
-        raise ConfigError(f"cannot resume {path}: the run is complete (it has {result})")
-    saved.pop("command", None)
+    if (path / RUN_KINDS[kind]).exists():
+        raise ConfigError(f"cannot resume {path}: the run is complete (it has {RUN_KINDS[kind]})")
+    for bookkeeping in ("command", "kind"):
+        saved.pop(bookkeeping, None)
     return saved
 
 
-def mark_incomplete(run_dir: Path, resume_command: str) -> None:
+def mark_incomplete(run_dir: Path, command: str) -> None:
+    """Say in ``run_dir`` that the run has not finished, and the ``command`` that continues it."""
     atomic_write_text(
         run_dir / INCOMPLETE,
-        f"This run has not finished: its results are missing or partial.\nContinue it with: {resume_command}\n",
+        f"This run has not finished: its results are missing or partial.\nContinue it with: {command}\n",
     )
 
 
@@ -220,16 +273,26 @@ class JsonLines:
 
 class StopRequests:
     """Within ``with``, the first Ctrl-C or SIGTERM only sets ``requested``: the loop finishes its step,
-    writes a checkpoint and stops. A second one interrupts at once (the previous handlers are back)."""
+    writes a checkpoint and stops. A second one interrupts at once (the previous handlers are back).
+
+    Nested in another (a comparison around its arms' training loops), it shares the outer one's
+    request, so that a stop asked for as one arm ends stops the next arm rather than being lost."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    _open: ClassVar[list[StopRequests]] = []  # the ones inside whose ``with`` the program is, outermost first
 
     def __init__(self) -> None:
-        self.requested: str | None = None
+        self._requested: str | None = None
         self._previous: dict[int, Any] = {}
+        self._outer: StopRequests | None = None
+
+    @property
+    def requested(self) -> str | None:
+        """The name of the signal that asked to stop, if one did."""
+        return self._outer.requested if self._outer else self._requested
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = signal.Signals(signum).name
+        self._requested = signal.Signals(signum).name
         self._restore()
 
     def _restore(self) -> None:
@@ -238,11 +301,14 @@ class StopRequests:
         self._previous = {}
 
     def __enter__(self) -> StopRequests:
-        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        self._outer = self._open[0] if self._open else None
+        if self._outer is None and threading.current_thread() is threading.main_thread():  # signals reach it only
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self._open.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._open.remove(self)
         self._restore()
 
 
