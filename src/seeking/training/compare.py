@@ -25,10 +25,12 @@ from ..reporting.comparison import gain_sentence
 from ..reporting.report import write_report
 from .config import TrainConfig
 from .distributed import join
-from .loop import check_pair, prepare_run_dir, train
-from .resume import mark_complete, mark_incomplete
+from .loop import check_run, train
+from .preflight import claim_run_dir, reports_storage_errors
+from .resume import mark_complete
 
 
+@reports_storage_errors
 def compare(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -44,20 +46,17 @@ def compare(
     ``resume=True`` continues an unfinished comparison: finished arms are read back, an unfinished
     one is resumed from its checkpoint, the others are trained."""
     config.validate()
-    ranks, _ = join(config.device, config.batch_size)
+    ranks, device = join(config.device, config.batch_size)
     log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
     dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress and sys.stderr.isatty())
-    check_pair(config, dataset)
+    check_run(config, dataset, device)
     out = Path(out_dir)
     if resume:
         if (out / "comparison.json").exists():
             raise ConfigError(f"cannot resume {out}: the comparison is complete (it has comparison.json)")
     else:
-        prepare_run_dir(out, ranks)
-    if ranks.main and not resume:
         saved = {"seeking_version": __version__, "command": sys.argv, **config.to_dict()}
-        write_json(out / "config.json", {**saved, "random_control": random_control})
-        mark_incomplete(out, f"seeking compare --resume {out}")
+        claim_run_dir(out, {**saved, "random_control": random_control}, f"seeking compare --resume {out}", ranks)
 
     def run_arm(arm: str, arm_config: TrainConfig) -> dict[str, Any]:
         folder = out / arm
