@@ -19,7 +19,6 @@ import seeking.training.preflight as preflight
 from seeking import ConfigError, SeekingError, TrainConfig, train
 from seeking.cli.main import main
 from seeking.data import ImageData, ImageDataset
-from seeking.errors import StorageError
 from seeking.training.preflight import claim_run_dir, probing
 from seeking.training.resume import INCOMPLETE
 
