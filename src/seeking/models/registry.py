@@ -67,7 +67,10 @@ def model_arguments(name: str) -> dict[str, inspect.Parameter] | None:
         return None
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        cls = typing.get_type_hints(fn).get("return")
+        try:
+            cls = typing.get_type_hints(fn).get("return")
+        except Exception:  # an annotation that does not resolve: the arguments stay unknown
+            return None
         if not isinstance(cls, type):
             return None
         params = inspect.signature(cls).parameters

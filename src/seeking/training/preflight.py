@@ -61,7 +61,7 @@ def probing(name: str, model: nn.Module, shape: tuple[int, ...], data: str) -> I
         yield
     except SeekingError:
         raise
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from torch 2.5 on, the same class
         raise ConfigError(
             f"model {name!r} does not fit in memory with a batch of shape {tuple(shape)}: lower --batch-size"
         ) from None
@@ -130,7 +130,6 @@ def claim_run_dir(run_dir: str | os.PathLike, record: dict[str, Any], resume: st
 
 
 def _storage_message(error: OSError, run_dir: Path, command: str) -> str:
-    where = f" ({error.filename})" if error.filename else ""
     newest = max(run_dir.rglob("step-*.pt"), key=lambda p: p.stat().st_mtime, default=None)
     state = (
         f"its checkpoints are whole (the newest: {newest})"
@@ -138,7 +137,7 @@ def _storage_message(error: OSError, run_dir: Path, command: str) -> str:
         else "it has no checkpoint yet, so resuming starts it again from step 0"
     )
     return (
-        f"a write under {run_dir} failed{where}: {error.strerror or error}. The run stopped; {state}. "
+        f"{error.filename or run_dir}: {error.strerror or error}. The run stopped; {state}. "
         f"Free space (or make the folder writable), then continue with: {command}"
     )
 
