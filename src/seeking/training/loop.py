@@ -184,9 +184,9 @@ def check_run(config: TrainConfig, dataset: ImageDataset, device: torch.device) 
     WeightMap.infer(models["base"], models["motivated"])
     sample = normalize(train_data.images[: config.batch_size].to(device), dataset.mean, dataset.std)
     labels = train_data.labels[: config.batch_size].to(device)
-    for name, model in (("base", config.base), ("motivated", config.motivated)):
-        with probing(model, models[name], tuple(sample.shape), f"the images of {dataset.name}"):
-            F.cross_entropy(models[name].to(device)(sample), labels).backward()
+    for role, model in models.items():
+        with probing(getattr(config, role), model, tuple(sample.shape), f"the images of {dataset.name}"):
+            F.cross_entropy(model.to(device)(sample), labels).backward()
 
 
 @reports_storage_errors

@@ -130,7 +130,10 @@ def claim_run_dir(run_dir: str | os.PathLike, record: dict[str, Any], resume: st
 
 
 def _storage_message(error: OSError, run_dir: Path, command: str) -> str:
-    newest = max(run_dir.rglob("step-*.pt"), key=lambda p: p.stat().st_mtime, default=None)
+    try:
+        newest = max(run_dir.rglob("step-*.pt"), key=lambda p: p.stat().st_mtime, default=None)
+    except OSError:  # the folder cannot even be listed: say nothing about its checkpoints
+        newest = None
     state = (
         f"its checkpoints are whole (the newest: {newest})"
         if newest is not None
