@@ -362,3 +362,30 @@ def test_ctrl_c_in_an_excitation_experiment_checkpoints_and_resumes(tmp_path, mo
     monkeypatch.undo()
     assert main(["excite", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
     assert_same_run(tmp_path / "reference", tmp_path / "run")
+
+
+def test_a_full_disk_stops_the_run_resumably_and_says_how(references, tmp_path, monkeypatch):
+    import errno
+
+    import seeking.training.resume as resume
+    from seeking.errors import StorageError
+
+    real, calls = resume.atomic_write_bytes, [0]
+
+    def filling(path, data):  # the first checkpoint is written, then the disk is full
+        calls[0] += 1
+        if calls[0] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(resume, "atomic_write_bytes", filling)
+    run = tmp_path / "run"
+    with pytest.raises(StorageError) as info:
+        train(TrainConfig(**TINY), run, **QUIET)
+    message = str(info.value)
+    assert "No space left on device" in message and "step-000000003.pt" in message
+    assert f"continue with: seeking train --resume {run}" in message and "\n" not in message
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000000003.pt"]  # no half-written file
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert_same_run(references["motivated"], run)

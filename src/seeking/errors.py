@@ -22,3 +22,11 @@ class CheckpointError(SeekingError):
 
 class RunFolderError(SeekingError):
     """A folder given to ``seeking report`` that is missing or holds no readable seeking run."""
+
+
+class StorageError(SeekingError):
+    """A run folder that cannot be written (a full disk, a read-only folder); ``error`` is the ``OSError``."""
+
+    def __init__(self, message: str, error: OSError) -> None:
+        super().__init__(message)
+        self.error = error

@@ -12,7 +12,10 @@ initial weights by ``1/sqrt(num_classes)``, which for 10 classes makes SGD diver
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import typing
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -55,13 +58,78 @@ def unknown_model_message(name: str, role: str = "") -> str:
     return f"unknown {role + ' ' if role else ''}model {name!r}; known models: {', '.join(list_models())} {timm_hint}"
 
 
+def model_arguments(name: str) -> dict[str, inspect.Parameter] | None:
+    """The keyword arguments a registered model's constructor takes, or ``None`` when unknown (timm's
+    models, which forward theirs through several layers). A registered function that takes ``**kwargs``
+    is followed to the class its return annotation names."""
+    fn = _MODELS.get(name)
+    if fn is None:
+        return None
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        try:
+            cls = typing.get_type_hints(fn).get("return")
+        except Exception:  # an annotation that does not resolve: the arguments stay unknown
+            return None
+        if not isinstance(cls, type):
+            return None
+        params = inspect.signature(cls).parameters
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {k: p for k, p in params.items() if p.kind in named}
+
+
+# the annotations of constructor arguments that a value can be checked against before the call
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` fits an annotation such as ``"int"`` or ``"float | None"``; ``True`` when the
+    annotation has a part that cannot be checked here (the constructor's own checks then decide)."""
+    parts = [part.strip() for part in str(annotation).split("|")]
+    if not all(part in _SIMPLE_TYPES or part == "None" for part in parts):
+        return True
+    if value is None:
+        return "None" in parts
+    scalar = not isinstance(value, bool)  # True is an int to Python, not to a configuration
+    return any(isinstance(value, _SIMPLE_TYPES[p]) and (scalar or p == "bool") for p in parts if p != "None")
+
+
+def _check_arguments(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse an argument the constructor of ``name`` does not take, or a value of the wrong type."""
+    accepted = model_arguments(name)
+    if accepted is None:
+        return
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} takes no argument {', '.join(map(repr, unknown))} (given in model_kwargs?); "
+            f"it takes: {', '.join(accepted)}"
+        )
+    for key, value in kwargs.items():
+        annotation = accepted[key].annotation
+        if annotation is not inspect.Parameter.empty and not _fits(value, annotation):
+            raise ConfigError(
+                f"model {name!r}: argument {key!r} must be of type {annotation}, got {value!r} ({type(value).__name__})"
+            )
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a model by name; keyword arguments go to its constructor."""
-    if name in _MODELS:
-        return _MODELS[name](**kwargs)
+    """Build a model by name; keyword arguments go to its constructor.
+
+    Raises ``ConfigError`` for an unknown name, an argument the constructor does not take (naming
+    the ones it does), a value of the wrong type, or any ``TypeError``/``ValueError`` the constructor
+    raises on the arguments given."""
     if not model_exists(name):
         raise ConfigError(unknown_model_message(name))
-    return _create_timm(name, **kwargs)
+    if name not in _MODELS:
+        return _create_timm(name, **kwargs)
+    _check_arguments(name, kwargs)
+    try:
+        return _MODELS[name](**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # e.g. a value the constructor computes with and cannot use
+        raise ConfigError(f"cannot build model {name!r} with {kwargs}: {exc}") from None
 
 
 def _create_timm(
@@ -78,7 +146,7 @@ def _create_timm(
         try:
             model = timm.create_model(name, pretrained=False, **size, **kwargs)
             break
-        except TypeError as exc:
+        except (TypeError, ValueError, AssertionError) as exc:  # timm asserts on some arguments
             if size and "img_size" in str(exc):  # a convolutional network: any input size, no img_size argument
                 continue
             raise ConfigError(f"cannot build timm model {name!r} with {kwargs}: {exc}") from None

@@ -25,10 +25,12 @@ from ..reporting.report import write_report
 from .config import TrainConfig
 from .distributed import join
 from .flops import FLOPS_CONVENTION
-from .loop import check_pair, prepare_run_dir, train
-from .resume import RunInterrupted, StopRequests, mark_complete, mark_incomplete, resume_command, run_config
+from .loop import check_run, train
+from .preflight import claim_run_dir, reports_storage_errors
+from .resume import RunInterrupted, StopRequests, mark_complete, resume_command, run_config
 
 
+@reports_storage_errors
 def compare(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -44,20 +46,18 @@ def compare(
     ``resume=True`` continues an unfinished comparison: finished arms are read back, an unfinished
     one is resumed from its checkpoint, the others are trained."""
     config.validate()
-    ranks, _ = join(config.device, config.batch_size)
+    ranks, device = join(config.device, config.batch_size)
     log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
     dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress and sys.stderr.isatty())
-    check_pair(config, dataset)
+    check_run(config, dataset, device)
     out = Path(out_dir)
+    continue_with = resume_command("compare", out)  # every arm's too: resuming one arm finishes only that one
     if resume:
         if (out / "comparison.json").exists():
             raise ConfigError(f"cannot resume {out}: the comparison is complete (it has comparison.json)")
     else:
-        prepare_run_dir(out, ranks)
-    continue_with = resume_command("compare", out)  # every arm's too: resuming one arm finishes only that one
-    if ranks.main and not resume:
-        write_json(out / "config.json", run_config("compare", {**config.to_dict(), "random_control": random_control}))
-        mark_incomplete(out, continue_with)
+        record = run_config("compare", {**config.to_dict(), "random_control": random_control})
+        claim_run_dir(out, record, continue_with, ranks)
 
     def run_arm(arm: str, arm_config: TrainConfig) -> dict[str, Any]:
         folder = out / arm

@@ -39,14 +39,15 @@ from ..excitation import Excitation, list_strategies
 from ..io import atomic_write_text, write_json
 from ..models import create_model
 from ..models.gpt_moe import lm_loss
-from ..models.registry import model_exists, unknown_model_message
+from ..models.registry import model_arguments, model_exists, unknown_model_message
 from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metrics
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
 from ..reporting.tensorboard import ScalarLog, require_tensorboard
 from ..wording import counted
 from .config import check_checkpointing, check_device, check_types, config_from_dict
 from .distributed import Ranks, join, wrap
-from .loop import prepare_run_dir, step_outcome
+from .loop import step_outcome
+from .preflight import claim_run_dir, probing, reports_storage_errors
 from .resume import (
     Checkpoints,
     RunInterrupted,
@@ -54,7 +55,6 @@ from .resume import (
     check_state,
     fitting,
     mark_complete,
-    mark_incomplete,
     resume_command,
     rng_state,
     run_config,
@@ -155,6 +155,17 @@ class ExciteConfig:
         return Path(self.data).suffix == ".txt"
 
 
+def _check_kind(config: ExciteConfig) -> None:
+    """Refuse a language model on images or an image model on text (by whether it takes ``vocab_size``)."""
+    arguments = model_arguments(config.model)
+    if arguments is not None and ("vocab_size" in arguments) != config.is_text:
+        kind = "a text file" if config.is_text else "an image data set"
+        raise ConfigError(
+            f"model {config.model!r} does not train on {kind}: GPT-MoE models train on a .txt file, "
+            "the others on image data; check --model and --data"
+        )
+
+
 class _Task:
     """What differs between image classification and language modelling: data, model, loss, test."""
 
@@ -163,16 +174,33 @@ class _Task:
         self.device = device = device or torch.device(config.device)
         if config.is_text:
             self.text: TextData = load_text(config.data)
+            _check_kind(config)
             self.name, self.metric = self.text.name, "val loss"
             self.model_kwargs = {"vocab_size": self.text.vocab_size, "block_size": config.block_size}
             self.train_tokens, self.val_tokens = self.text.train.to(device), self.text.val.to(device)
+            shortest = min(len(self.train_tokens), len(self.val_tokens))
+            if shortest <= config.block_size:  # a block and its target, shifted by one, need block_size + 1
+                fix = f"--block-size {shortest - 1} or less, or" if shortest > 1 else "a"
+                raise ConfigError(
+                    f"{config.data} gives {len(self.train_tokens)} training and {len(self.val_tokens)} validation "
+                    f"characters (the last 10%); a block of {config.block_size} and its target need "
+                    f"{config.block_size + 1} in each: use {fix} longer text"
+                )
         else:
             dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress)
+            _check_kind(config)
             train, test = dataset.train, dataset.test
             if config.train_subset:
                 train = train.subset(config.train_subset, seed=0)
             if config.test_subset:
                 test = test.subset(config.test_subset, seed=0)
+            if len(train) < config.batch_size:
+                raise ConfigError(
+                    f"batch_size {config.batch_size} exceeds the {len(train)} training images: lower --batch-size"
+                    + (" or raise --train-subset" if config.train_subset else "")
+                )
+            if not len(test):
+                raise ConfigError(f"data set {dataset.name!r} has no test images: the runs could not be tested")
             self.dataset, self.name, self.metric = dataset, dataset.name, "test acc %"
             self.train = ImageData(train.images.to(device), train.labels.to(device))
             self.test_data = ImageData(test.images.to(device), test.labels.to(device))
@@ -185,14 +213,7 @@ class _Task:
 
     def build(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        try:
-            model = create_model(self.config.model, **self.model_kwargs).to(self.device)
-        except TypeError as exc:
-            kind = "a text file" if self.config.is_text else "an image data set"
-            raise ConfigError(
-                f"cannot build {self.config.model!r} for {kind} ({exc}): GPT-MoE models train on a .txt file, "
-                "the others on image data; check --model, --data and --model-kwargs"
-            ) from None
+        model = create_model(self.config.model, **self.model_kwargs).to(self.device)
         if not expert_layers(model):
             raise ConfigError(
                 f"model {self.config.model!r} has no MoE layer: Excitation needs a model with expert layers "
@@ -205,9 +226,16 @@ class _Task:
         generator = torch.Generator().manual_seed(seed)
         if self.config.is_text:
             return TextBatches(self.train_tokens, self.config.block_size, self.config.batch_size, generator)
-        if len(self.train) < self.config.batch_size:
-            raise ConfigError(f"batch_size {self.config.batch_size} exceeds the {len(self.train)} training images")
         return EpochBatches(self.train, self.config.batch_size, generator)
+
+    def probe(self, seed: int) -> None:
+        """One training forward and backward of a fresh model on the first batch of ``seed``: a model that
+        cannot take the data is a ``ConfigError`` naming the fix, before anything is written."""
+        model = self.build(seed)
+        x, y = next(self.stream(seed))
+        data = f"the {'text' if self.config.is_text else 'images'} of {self.name}"
+        with probing(self.config.model, model, tuple(x.shape), data):
+            (self.loss(model(self.inputs(x)), y) + moe_aux_loss(model)).backward()
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.config.is_text else normalize(x, self.dataset.mean, self.dataset.std)
@@ -395,6 +423,7 @@ def run_arm(
     }
 
 
+@reports_storage_errors
 def compare_excitation(
     config: ExciteConfig,
     out: str | Path,
@@ -412,16 +441,13 @@ def compare_excitation(
     ranks, device = join(config.device, config.batch_size)
     log = ranks.speaker(log)
     task = _Task(config, device, progress=progress and sys.stderr.isatty() and ranks.main)
-    task.build(config.seeds[0])  # a model without MoE layers fails here, before anything is written
+    task.probe(config.seeds[0])  # a model that cannot run (or has no MoE layer) fails here, before anything is written
     out = Path(out)
     if resume:
         if (out / "excitation.json").exists():
             raise ConfigError(f"cannot resume {out}: the experiment is complete (it has excitation.json)")
     else:
-        prepare_run_dir(out, ranks)
-        if ranks.main:
-            write_json(out / "config.json", run_config("excite", dataclasses.asdict(config)))
-            mark_incomplete(out, resume_command("excite", out))
+        claim_run_dir(out, run_config("excite", dataclasses.asdict(config)), resume_command("excite", out), ranks)
     log(
         f"{config.model} on {task.name}, {config.optimizer} lr {config.lr}, {counted(config.steps, 'step')} of "
         f"{config.batch_size}, arms {', '.join(config.arms)}, seeds {config.seeds}; results in {out}"

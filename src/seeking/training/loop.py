@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
@@ -48,10 +47,11 @@ from ..motivation import Motivator, WeightMap, make_condition
 from ..reporting.tensorboard import ScalarLog
 from ..wording import counted
 from .batchnorm import deployable_copy
-from .config import TrainConfig
+from .config import CONDITIONS, TrainConfig
 from .distributed import Ranks, join, sum_over_ranks, wrap
 from .evaluate import evaluate
 from .flops import train_step_flops
+from .preflight import claim_run_dir, probing, reports_storage_errors
 from .resume import (
     Checkpoints,
     JsonLines,
@@ -124,25 +124,6 @@ class Progress:
     results: dict[str, dict[str, float]] = field(default_factory=dict)  # the last test of each model
 
 
-def check_new_run_dir(run_dir: str | os.PathLike) -> Path:
-    """Refuse to mix a new run into an existing folder."""
-    path = Path(run_dir)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ConfigError(f"run folder {path} already exists and is not empty; choose another --out or remove it")
-    return path
-
-
-def prepare_run_dir(run_dir: str | os.PathLike, ranks: Ranks | None = None) -> Path:
-    """Create an empty run folder (rank 0 does, once every rank has checked it)."""
-    path = check_new_run_dir(run_dir)
-    ranks = ranks or Ranks()
-    if ranks.world > 1:
-        dist.barrier()
-    if ranks.main:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def step_outcome(loss: torch.Tensor, model: nn.Module, ranks: Ranks, stop: bool) -> tuple[float, bool, bool]:
     """The loss averaged over processes, whether it and every gradient of ``model`` are finite, and
     whether any process was asked to stop: one all-reduce and one host sync, so every rank decides alike."""
@@ -175,12 +156,49 @@ def build_models(config: TrainConfig, dataset: ImageDataset) -> dict[str, nn.Mod
     return models
 
 
-def check_pair(config: TrainConfig, dataset: ImageDataset) -> None:
-    """Fail early (before any arm of a comparison trains) if the two models cannot be paired."""
-    kwargs = model_kwargs(config, dataset)
-    WeightMap.infer(create_model(config.base, **kwargs), create_model(config.motivated, **kwargs))
+def split_data(config: TrainConfig, dataset: ImageDataset) -> tuple[ImageData, ImageData]:
+    """The training and test examples of this run; ``ConfigError`` if too few for a batch or a test."""
+    train_data = dataset.train.subset(config.train_subset, seed=config.seed) if config.train_subset else dataset.train
+    test_data = dataset.test.subset(config.test_subset, seed=0) if config.test_subset else dataset.test
+    if config.batch_size > len(train_data):
+        raise ConfigError(
+            f"batch_size {config.batch_size} exceeds the {len(train_data)} training examples: lower "
+            "--batch-size" + (" or raise --train-subset" if config.train_subset else "")
+        )
+    if not len(test_data):
+        raise ConfigError(f"data set {dataset.name!r} has no test examples: the run could not be tested")
+    return train_data, test_data
 
 
+def probe_models(
+    config: TrainConfig, dataset: ImageDataset, models: dict[str, nn.Module], sample: torch.Tensor
+) -> dict[str, int]:
+    """FLOPs of one training step of each model, counted on a forward and backward pass of ``sample``
+    (a batch of the real shape): this pass is also the probe that each model can take the data, so a
+    model that cannot is a ``ConfigError`` naming the fix, before the run folder exists."""
+    names = {"base": config.base, "motivated": config.motivated}
+    flops = {}
+    for name, model in models.items():
+        with probing(names[name], model, tuple(sample.shape), f"the images of {dataset.name}"):
+            flops[name] = train_step_flops(model, sample, dataset.num_classes)
+    return flops
+
+
+def check_run(config: TrainConfig, dataset: ImageDataset, device: torch.device) -> None:
+    """Fail early (before a comparison's folder exists and any arm trains) if the run cannot work: the
+    data sizes, the pair, and both models on one forward and backward of a batch of the real shape
+    (without counting FLOPs, which each arm does)."""
+    train_data, _ = split_data(config, dataset)
+    models = build_models(dataclasses.replace(config, condition=CONDITIONS[0]), dataset)  # both models
+    WeightMap.infer(models["base"], models["motivated"])
+    sample = normalize(train_data.images[: config.batch_size].to(device), dataset.mean, dataset.std)
+    labels = train_data.labels[: config.batch_size].to(device)
+    for role, model in models.items():
+        with probing(getattr(config, role), model, tuple(sample.shape), f"the images of {dataset.name}"):
+            F.cross_entropy(model.to(device)(sample), labels).backward()
+
+
+@reports_storage_errors
 def train(
     config: TrainConfig,
     run_dir: str | os.PathLike,
@@ -201,10 +219,7 @@ def train(
     log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
     bar = progress and sys.stderr.isatty() and ranks.main
     dataset = dataset or load_dataset(config.data, cache_dir=config.cache_dir, progress=bar)
-    train_data = dataset.train.subset(config.train_subset, seed=config.seed) if config.train_subset else dataset.train
-    test_data = dataset.test.subset(config.test_subset, seed=0) if config.test_subset else dataset.test
-    if config.batch_size > len(train_data):
-        raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(train_data)} training examples")
+    train_data, test_data = split_data(config, dataset)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
     models = {n: m.to(device, memory_format=memory_format) for n, m in build_models(config, dataset).items()}
     optimizers = {
@@ -241,23 +256,33 @@ def train(
     total_steps = steps_per_epoch * config.epochs
     warmup = round(config.warmup_epochs * steps_per_epoch)
 
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        return normalize(images, dataset.mean, dataset.std).contiguous(memory_format=memory_format)
+
+    def training_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return prepare(augment(images, padding=padding, hflip=dataset.hflip, generator=generator))
+
+    # Counted once per model (every step has the same batch shape: drop_last); this is also the probe
+    # that the models take the data.
+    sample = prepare(train_data.images[: config.batch_size])
+    step_flops = probe_models(config, dataset, models, sample)
+
     # Everything is checked (the pair included, by the Motivator) before anything is written.
     run_dir = Path(run_dir)
     continue_with = continue_with or resume_command("train", run_dir)
     checkpoints = Checkpoints(run_dir / "checkpoints", config.keep_checkpoints)
+    record = run_config("train", config.to_dict())
     if resume:
         if (run_dir / "summary.json").exists():
             raise ConfigError(f"cannot resume {run_dir}: the run is complete (it has summary.json)")
         state = checkpoints.latest(warn=log)
-    else:
-        prepare_run_dir(run_dir, ranks)
-        state = None
-    if state is None and ranks.main:
-        if resume:
+        if state is None and ranks.main:
             log(f"{run_dir} has no checkpoint yet: starting the run again from step 0")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", run_config("train", config.to_dict()))
-        mark_incomplete(run_dir, continue_with)
+            write_json(run_dir / "config.json", record)
+            mark_incomplete(run_dir, continue_with)
+    else:
+        claim_run_dir(run_dir, record, continue_with, ranks)
+        state = None
     run = Progress(flops=dict.fromkeys(models, 0))
     if state is not None:
         check_state(state, config.to_dict(), checkpoints.folder)
@@ -277,15 +302,6 @@ def train(
     # DDP over each model; built after loading, though every rank holds the same weights anyway.
     nets = {n: wrap(m, ranks, device) for n, m in models.items()}
 
-    def prepare(images: torch.Tensor) -> torch.Tensor:
-        return normalize(images, dataset.mean, dataset.std).contiguous(memory_format=memory_format)
-
-    def training_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return prepare(augment(images, padding=padding, hflip=dataset.hflip, generator=generator))
-
-    # Counted once per model before training (every step has the same batch shape: drop_last).
-    sample = prepare(train_data.images[: config.batch_size])
-    step_flops = {n: train_step_flops(m, sample, dataset.num_classes) for n, m in models.items()}
     model_names = {"base": config.base, "motivated": config.motivated}
     log(
         f"training {' -> '.join(model_names[n] for n in models)} on {dataset.name} "

@@ -212,12 +212,24 @@ def read_run_config(run_dir: str | os.PathLike, kind: str) -> dict[str, Any]:
     return saved
 
 
+_CONTINUE = "Continue it with: "
+
+
 def mark_incomplete(run_dir: Path, command: str) -> None:
     """Say in ``run_dir`` that the run has not finished, and the ``command`` that continues it."""
     atomic_write_text(
         run_dir / INCOMPLETE,
-        f"This run has not finished: its results are missing or partial.\nContinue it with: {command}\n",
+        f"This run has not finished: its results are missing or partial.\n{_CONTINUE}{command}\n",
     )
+
+
+def recorded_resume_command(run_dir: Path) -> str | None:
+    """The command that ``INCOMPLETE`` names for continuing the run, if the folder holds one."""
+    try:
+        lines = (run_dir / INCOMPLETE).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line.removeprefix(_CONTINUE) for line in lines if line.startswith(_CONTINUE)), None)
 
 
 def mark_complete(run_dir: Path) -> None:
