@@ -22,3 +22,9 @@ class CheckpointError(SeekingError):
 
 class RunFolderError(SeekingError):
     """A folder given to ``seeking report`` that is missing or holds no readable seeking run."""
+
+
+class SeekingWarning(UserWarning):
+    """A run that goes on but may not mean what it seems (a degenerate option, a model never trained).
+
+    The command line prints each as one ``seeking: warning:`` line on stderr, even with ``--quiet``."""

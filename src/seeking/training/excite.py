@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import ImageData, batches, load_dataset, normalize
+from ..data.core import chosen_subset, require_classes
 from ..data.text import TextBatches, TextData, load_text, text_batches
 from ..data.transforms import EpochBatches
 from ..errors import ConfigError, SeekingError
@@ -43,7 +44,7 @@ from ..models.registry import model_exists, unknown_model_message
 from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metrics
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
 from ..reporting.tensorboard import ScalarLog, require_tensorboard
-from .config import check_checkpointing, check_device, check_types, config_from_dict
+from .config import check_checkpointing, check_device, check_lr, check_types, config_from_dict
 from .distributed import Ranks, join, wrap
 from .loop import prepare_run_dir, step_outcome
 from .resume import (
@@ -126,7 +127,8 @@ class ExciteConfig:
         for name in ("steps", "batch_size", "eval_every", "block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "momentum", "weight_decay"):
+        check_lr(self.lr)
+        for name in ("momentum", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("train_subset", "test_subset"):
@@ -162,11 +164,9 @@ class _Task:
             self.train_tokens, self.val_tokens = self.text.train.to(device), self.text.val.to(device)
         else:
             dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress)
-            train, test = dataset.train, dataset.test
-            if config.train_subset:
-                train = train.subset(config.train_subset, seed=0)
-            if config.test_subset:
-                test = test.subset(config.test_subset, seed=0)
+            train = chosen_subset(dataset.train, config.train_subset, 0, "train_subset")
+            test = chosen_subset(dataset.test, config.test_subset, 0, "test_subset")
+            require_classes(train, "training data")
             self.dataset, self.name, self.metric = dataset, dataset.name, "test acc %"
             self.train = ImageData(train.images.to(device), train.labels.to(device))
             self.test_data = ImageData(test.images.to(device), test.labels.to(device))

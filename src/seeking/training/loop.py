@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +39,13 @@ from tqdm import tqdm
 from .. import __version__
 from ..checkpoint import save_model
 from ..data import ImageData, ImageDataset, augment, batches, load_dataset, normalize
+from ..data.core import chosen_subset, require_classes
 from ..data.transforms import EpochBatches
-from ..errors import ConfigError, SeekingError
+from ..errors import ConfigError, SeekingError, SeekingWarning
 from ..io import write_json
 from ..models import create_model
 from ..motivation import Motivator, WeightMap, make_condition
+from ..reporting.comparison import trained_steps
 from ..reporting.tensorboard import ScalarLog
 from .batchnorm import recalibrate_batchnorm
 from .config import TrainConfig
@@ -189,8 +192,9 @@ def train(
     log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
     bar = progress and sys.stderr.isatty() and ranks.main
     dataset = dataset or load_dataset(config.data, cache_dir=config.cache_dir, progress=bar)
-    train_data = dataset.train.subset(config.train_subset, seed=config.seed) if config.train_subset else dataset.train
-    test_data = dataset.test.subset(config.test_subset, seed=0) if config.test_subset else dataset.test
+    train_data = chosen_subset(dataset.train, config.train_subset, config.seed, "train_subset")
+    test_data = chosen_subset(dataset.test, config.test_subset, 0, "test_subset")
+    require_classes(train_data, "training data")
     if config.batch_size > len(train_data):
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(train_data)} training examples")
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
@@ -205,8 +209,15 @@ def train(
         )
         for n, m in models.items()
     }
+    train_data = ImageData(train_data.images.to(device), train_data.labels.to(device))
+    stream = EpochBatches(train_data, config.batch_size, torch.Generator().manual_seed(config.seed))
+    jitter = torch.Generator(device=device).manual_seed(config.seed)
+    padding = config.crop_padding if config.crop_padding is not None else max(dataset.image_size) // 8
+    steps_per_epoch = stream.per_epoch
+    total_steps = steps_per_epoch * config.epochs
+    warmup = round(config.warmup_epochs * steps_per_epoch)
     if len(models) == 2:
-        condition = make_condition(config.condition, k=config.k, p=config.p, seed=config.seed)
+        condition = make_condition(config.condition, k=config.k, p=config.p, seed=config.seed, total=total_steps)
         plan = Motivator(
             models["base"],
             models["motivated"],
@@ -220,14 +231,6 @@ def train(
     else:
         ((name, model),) = models.items()
         plan = SingleModel(name, model, optimizers[name])
-
-    train_data = ImageData(train_data.images.to(device), train_data.labels.to(device))
-    stream = EpochBatches(train_data, config.batch_size, torch.Generator().manual_seed(config.seed))
-    jitter = torch.Generator(device=device).manual_seed(config.seed)
-    padding = config.crop_padding if config.crop_padding is not None else max(dataset.image_size) // 8
-    steps_per_epoch = stream.per_epoch
-    total_steps = steps_per_epoch * config.epochs
-    warmup = round(config.warmup_epochs * steps_per_epoch)
 
     # Everything is checked (the pair included, by the Motivator) before anything is written.
     run_dir = Path(run_dir)
@@ -367,13 +370,13 @@ def train(
                         entry["skipped"] = "non-finite loss or gradient"
                         run.skipped += 1
                         run.nonfinite_run += 1
-                        if run.nonfinite_run >= config.max_nonfinite:
-                            raise SeekingError(
-                                f"training diverged: {run.nonfinite_run} non-finite losses or gradients in a row "
-                                f"(last at step {run.step}, lr {lr:.3g}); lower --lr, or raise --max-nonfinite"
-                            )
                     step_log.write(entry)
                     board.write("step", run.step, entry)
+                    if run.nonfinite_run >= config.max_nonfinite:  # logged first: the log holds every skipped step
+                        raise SeekingError(
+                            f"training diverged: {run.nonfinite_run} non-finite losses or gradients in a row "
+                            f"(last at step {run.step}, lr {lr:.3g}); lower --lr, or raise --max-nonfinite"
+                        )
                     progress_bar.set_postfix(loss=f"{loss_value:.4f}", p=f"{plan.p:.3f}", refresh=False)
                     run.step += 1
                     run.position += 1
@@ -403,6 +406,7 @@ def train(
                 log(
                     f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  p {plan.p:.2f}  "
                     + "".join(f"{n} {record[f'{n}_accuracy']:.2f}%  " for n in models if f"{n}_accuracy" in record)
+                    + (f"{run.skipped} skipped steps  " if run.skipped else "")
                     + f"{run.train_seconds:.1f}s"
                 )
                 run.epoch, run.position, run.loss_sum, run.counted = epoch + 1, 0, 0.0, 0
@@ -442,4 +446,13 @@ def train(
     if ranks.main:
         write_json(run_dir / "summary.json", summary)
         mark_complete(run_dir)
+    for role in models:
+        if trained_steps(summary, role) == 0:
+            warnings.warn(
+                f"the {role} model {model_names[role]} of {run_dir} was never trained: none of the run's {plan.steps} "
+                f"steps were its (p = {plan.p:.3f}), so {role}.safetensors holds its starting weights; "
+                "check --condition, --k and --p",
+                SeekingWarning,
+                stacklevel=2,
+            )
     return RunResult(run_dir, summary)
