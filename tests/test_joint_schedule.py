@@ -85,3 +85,13 @@ def test_the_joint_optimizer_steps_only_the_active_model_and_holds_both_states()
     assert set(state) == {"base", "motivated"} and state["base"]["state"] and not state["motivated"]["state"]
     optimizer.zero_grad()
     assert all(p.grad is None for m in motivator.models.values() for p in m.parameters())
+
+
+def test_the_joint_optimizer_follows_optimizers_whose_state_was_loaded():
+    # loading a state (as a resumed run does) replaces an optimizer's group dicts: the joint one must see the new ones
+    motivator, saved = pair(), pair()
+    for name, optimizer in motivator.optimizers.items():
+        optimizer.load_state_dict(saved.optimizers[name].state_dict())
+    for group in motivator.optimizer.param_groups:
+        group["lr"] = 0.125
+    assert all(g["lr"] == 0.125 for o in motivator.optimizers.values() for g in o.param_groups)

@@ -44,9 +44,19 @@ class JointOptimizer(torch.optim.Optimizer):
 
     def __init__(self, motivator: Motivator) -> None:
         self.motivator = motivator
-        groups = [g for o in motivator.optimizers.values() for g in o.param_groups]
-        super().__init__([p for g in groups for p in g["params"]], dict(motivator.optimizers["base"].defaults))
-        self.param_groups = groups  # not the copies Optimizer.__init__ made: the two optimizers' own
+        # Optimizer.__init__ sets up the hooks and state schedulers expect; the group it builds (of a
+        # placeholder tensor, as it needs one) goes to the setter below and is dropped
+        super().__init__([torch.empty(0)], dict(motivator.optimizers["base"].defaults))
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        """The base optimizer's groups, then the motivated one's, read at each use: loading an
+        optimizer's state replaces its group dicts."""
+        return [g for o in self.motivator.optimizers.values() for g in o.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        pass  # the groups are the two optimizers' own
 
     def step(self, closure: Any = None) -> Any:
         return self.motivator.optimizers[self.motivator.active].step(closure)
