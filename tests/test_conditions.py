@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from seeking import Always, ConfigError, ConsecutiveDecrease, Never, RandomRate
+from seeking import Always, ConfigError, ConsecutiveDecrease, Never, RandomPlacement, RandomRate
 from seeking.motivation import make_condition
 
 
@@ -35,7 +35,8 @@ def test_non_finite_loss_never_enters_history():
 
 def test_state_dict_round_trip_continues_identically():
     losses = [5, 4, 3, 3.5, 3, 2, 1, 1.5, 1.2, 1.1, 1.0, 0.9]
-    for make in (lambda: ConsecutiveDecrease(k=2), lambda: RandomRate(0.3, seed=7)):
+    makers = (lambda: ConsecutiveDecrease(k=2), lambda: RandomRate(0.3, seed=7), lambda: RandomPlacement(4, 13, seed=7))
+    for make in makers:
         whole = trace(make(), losses)
         first = make()
         head = trace(first, losses[:5])
@@ -66,3 +67,44 @@ def test_bad_arguments():
         make_condition("sometimes")
     with pytest.raises(ConfigError, match="k=3"):
         ConsecutiveDecrease(2).load_state_dict(ConsecutiveDecrease(3).state_dict())
+
+
+def placement(condition, total):
+    """Which of ``total`` steps train the motivated model: the decision at start, then one per update."""
+    decided = [int(condition.motivated)]
+    return decided + trace(condition, [1.0] * (total - 1))
+
+
+@pytest.mark.parametrize(("count", "total"), [(9, 93), (21, 93), (3, 12), (0, 12), (12, 12), (1, 1)])
+def test_random_placement_trains_the_motivated_model_on_exactly_count_steps(count, total):
+    for seed in range(20):
+        steps = placement(RandomPlacement(count, total, seed=seed), total)
+        assert sum(steps) == count, (seed, steps)
+    c = RandomPlacement(count, total)
+    placement(c, total)
+    assert trace(c, [1.0] * 5) == [0] * 5  # past the planned steps: the base
+
+
+def test_random_placement_draws_every_position_alike_and_ignores_the_loss():
+    # every placement equally likely: each step is motivated in count/total of the runs (binomial, 4000 runs)
+    count, total, runs = 3, 12, 4000
+    hits = [0] * total
+    for seed in range(runs):
+        for i, motivated in enumerate(placement(RandomPlacement(count, total, seed=seed), total)):
+            hits[i] += motivated
+    expected = runs * count / total
+    assert all(abs(h - expected) < 5 * math.sqrt(expected * (1 - count / total)) for h in hits), hits
+    losses = [5, 4, 3, 2, 9, 1, 1, 0, 7, 6, 5]
+    assert trace(RandomPlacement(3, 12, seed=5), losses) == trace(RandomPlacement(3, 12, seed=5), [1.0] * 11)
+
+
+def test_the_random_condition_of_a_run_is_the_exact_placement():
+    c = make_condition("random", p=21 / 93, seed=1, total=93)
+    assert isinstance(c, RandomPlacement) and (c.count, c.total) == (21, 93)
+    assert c.p == pytest.approx(21 / 93)
+    with pytest.raises(ConfigError, match="total steps"):
+        make_condition("random", p=0.2)
+    with pytest.raises(ConfigError, match="count in"):
+        RandomPlacement(13, 12)
+    with pytest.raises(ConfigError, match="saved for 3 of 12 steps"):
+        RandomPlacement(4, 12).load_state_dict(RandomPlacement(3, 12).state_dict())

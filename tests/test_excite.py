@@ -29,8 +29,8 @@ def test_excite_compares_arms_on_the_same_weights_and_batches(tmp_path, capsys):
     assert rows["excitation global"]["test acc % vs plain"] == 0.0
     assert rows["plain optimizer"]["seeds"] == 2 and math.isnan(rows["plain optimizer"]["test acc % vs plain"])
     table = (out / "excitation.md").read_text()
-    assert table.startswith("| arm | seeds | test acc % |") and "excitation zero_sum" in table
-    assert (out / "excitation.csv").read_text().startswith("arm,seeds,test acc %,test acc % std")
+    assert table.startswith("| arm | seeds | skipped steps | test acc % |") and "excitation zero_sum" in table
+    assert (out / "excitation.csv").read_text().startswith("arm,seeds,skipped steps,test acc %,test acc % std")
 
 
 def test_excite_trains_a_gpt_moe_on_a_text_file(tmp_path):

@@ -22,6 +22,7 @@ from .motivation import (
     MapEntry,
     Motivator,
     Never,
+    RandomPlacement,
     RandomRate,
     WeightMap,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "MapEntry",
     "Motivator",
     "Never",
+    "RandomPlacement",
     "RandomRate",
     "SeekingError",
     "TrainConfig",

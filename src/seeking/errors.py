@@ -30,3 +30,9 @@ class StorageError(SeekingError):
     def __init__(self, message: str, error: OSError) -> None:
         super().__init__(message)
         self.error = error
+
+
+class SeekingWarning(UserWarning):
+    """A run that goes on but may not mean what it seems (a degenerate option, a model never trained).
+
+    The command line prints each as one ``seeking: warning:`` line on stderr, even with ``--quiet``."""

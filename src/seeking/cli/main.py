@@ -13,11 +13,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import __version__
-from ..errors import SeekingError
+from ..errors import SeekingError, SeekingWarning
 from ..models import list_models
 from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES
 from ..training import TrainConfig
@@ -64,13 +65,19 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "--condition",
         choices=CONDITIONS,
         default=d.condition,
-        help="decrease: the loss rule; "
-        "random: control at rate --p; never: classical base; always: large model alone (default: %(default)s)",
+        help="decrease: the loss rule; random: control, round(p * steps) large-model steps at random; "
+        "never: classical base; always: large model alone (default: %(default)s)",
     )
     g.add_argument(
         "--k", type=int, default=d.k, help="consecutive loss decreases that start an episode (default: %(default)s)"
     )
-    g.add_argument("--p", type=float, default=d.p, help="rate of the random condition (default: %(default)s)")
+    g.add_argument(
+        "--p",
+        type=float,
+        default=d.p,
+        help="random condition: exactly round(p * steps) steps train the large model, at random "
+        "(default: %(default)s; compare takes the motivated run's count instead)",
+    )
     g.add_argument(
         "--optimizer-state",
         choices=OPTIMIZER_STATE_POLICIES,
@@ -217,7 +224,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{name:9s} {m['model']:10s} test accuracy {m['accuracy']:.2f}%  -> {result.run_dir / m['checkpoint']}")
     print(
         f"p = {s['p']:.3f} ({s['motivated_steps']}/{s['steps']} steps motivated, "
-        f"{counted(s['switches'], 'switch', 'switches')}), "
+        f"{counted(s['switches'], 'switch', 'switches')}), {counted(s['skipped_steps'], 'skipped step')}, "
         f"training {s['train_flops'] / 1e12:.3f} TFLOPs, {s['train_seconds']:.1f}s"
     )
     return 0
@@ -230,6 +237,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ..training.flops import FLOPS_CONVENTION
 
     random_control = not args.no_random_control
+    if args.p is not None:  # the compare parser's default is None, so that a given --p is seen
+        raise SeekingError(
+            "compare runs the random control on exactly as many large-model steps as the motivated run took, "
+            "so --p is not used; drop it (seeking train --condition random --p P runs a control at P)"
+        )
+    args.p = DEFAULTS.p
     if args.resume:
         values = _resumed_values(args, TrainConfig, {**TRAIN_EXTRAS, "no_random_control": False})
         random_control = bool(values.pop("random_control", True))
@@ -245,7 +258,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         log=_logger(args),
     )
     print(markdown_table(result["rows"]))
-    print(f"\n{gain_sentence(result['efficiency_gain'])} (classical base as reference). {FLOPS_CONVENTION}.")
+    print(f"\n{gain_sentence(result['rows'])} (classical base as reference). {FLOPS_CONVENTION}.")
     print(f"results: {out}/comparison.md, comparison.csv, comparison.json; report: {out}/report/report.html")
     return 0
 
@@ -388,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="classical base, classical large, motivated run (and random control): one table")
     _add_training_options(p)
     p.add_argument("--no-random-control", action="store_true", help="skip the random-condition control arm")
-    p.set_defaults(func=_cmd_compare)
+    p.set_defaults(func=_cmd_compare, p=None)
     p = sub.add_parser("evaluate", help="test accuracy of a saved model checkpoint")
     p.add_argument("checkpoint", help="a .safetensors model file written by seeking train")
     p.add_argument("--data", help="data set, as for train (default: the one recorded in the model file)")
@@ -413,14 +426,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(previous: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints a ``SeekingWarning`` as one line on stderr (``--quiet``
+    or not: it is no progress output) and hands other warnings to ``previous``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, SeekingWarning):
+            print(f"seeking: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 alone prints results
-            with contextlib.redirect_stdout(io.StringIO()):
-                return args.func(args)
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 alone prints results and warnings
+                warnings.simplefilter("ignore", SeekingWarning)
+                with contextlib.redirect_stdout(io.StringIO()):
+                    return args.func(args)
+            return args.func(args)
     except SeekingError as exc:
         print(f"seeking: error: {exc}", file=sys.stderr)
         return 2

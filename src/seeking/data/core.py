@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 
 import torch
 
-from seeking.errors import DataError
+from seeking.errors import DataError, SeekingWarning
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field has no single truth
@@ -40,6 +41,32 @@ class ImageData:
             return self
         index = stratified_indices(self.labels, n, seed)
         return ImageData(self.images[index], self.labels[index])
+
+
+def chosen_subset(data: ImageData, n: int | None, seed: int, option: str) -> ImageData:
+    """``data.subset(n, seed)``, or all of ``data`` when ``n`` is None. Asking for more examples than
+    there are gives all of them and a ``SeekingWarning`` naming ``option`` (the run is not the size asked)."""
+    if n is None:
+        return data
+    if n > len(data):
+        warnings.warn(
+            f"{option} {n} is more than the {len(data)} examples there are: using all {len(data)}",
+            SeekingWarning,
+            stacklevel=2,
+        )
+    return data.subset(n, seed)
+
+
+def require_classes(data: ImageData, what: str) -> None:
+    """Raise ``DataError`` unless the labels of ``data`` (``what``: which split, for the message) hold
+    at least two classes: from one class a classifier learns nothing, yet its accuracy would read 100%."""
+    classes = data.labels.unique()
+    if len(classes) < 2:
+        found = f"only label {int(classes[0])}" if len(classes) else "no examples"
+        raise DataError(
+            f"the {what} hold {found}: a classifier needs at least two classes to learn anything; "
+            "check the data set (or raise the subset size)"
+        )
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,15 @@ class Condition:
     """Base class. Subclasses set ``self.motivated`` in :meth:`update`."""
 
     name = "condition"
+    reads_loss = False  # whether the loss decides: ``seeking compare`` needs such a condition for its motivated arm
 
     def __init__(self) -> None:
         self.motivated = False
+
+    @classmethod
+    def from_options(cls, *, k: int, p: float, seed: int, total: int | None) -> Condition:
+        """The condition a run's options describe (``total``: the run's number of steps, if known)."""
+        return cls()
 
     def update(self, loss: float) -> None:
         raise NotImplementedError
@@ -45,6 +51,7 @@ class ConsecutiveDecrease(Condition):
     """
 
     name = "decrease"
+    reads_loss = True
 
     def __init__(self, k: int = 2) -> None:
         super().__init__()
@@ -53,6 +60,10 @@ class ConsecutiveDecrease(Condition):
         self.k = k
         self.previous: float | None = None
         self.decreases = 0
+
+    @classmethod
+    def from_options(cls, *, k: int, p: float, seed: int, total: int | None) -> Condition:
+        return cls(k)
 
     def update(self, loss: float) -> None:
         loss = float(loss)
@@ -105,11 +116,13 @@ class Always(Condition):
 
 
 class RandomRate(Condition):
-    """The control: each batch independently trains the motivated model with probability ``p``,
-    ignoring the loss. Run it at the p a loss-driven run measured to see what the loss signal adds.
+    """Each batch independently trains the motivated model with probability ``p``, ignoring the
+    loss: for a loop of unknown length. The realised fraction is ``p`` only in expectation (at
+    ``p = 0.25``, 12 steps train the large model 0 times with probability 0.03), so the control of
+    ``seeking train``/``compare`` is :class:`RandomPlacement`, which spends an exact count.
     """
 
-    name = "random"
+    name = "rate"
 
     def __init__(self, p: float, seed: int = 0) -> None:
         super().__init__()
@@ -135,14 +148,87 @@ class RandomRate(Condition):
         return f"RandomRate(p={self.p})"
 
 
-def make_condition(name: str, *, k: int = 2, p: float = 0.2, seed: int = 0) -> Condition:
-    """Build a condition from its command-line name: decrease, never, always or random."""
-    if name == "decrease":
-        return ConsecutiveDecrease(k)
-    if name == "never":
-        return Never()
-    if name == "always":
-        return Always()
-    if name == "random":
-        return RandomRate(p, seed)
-    raise ConfigError(f"unknown condition {name!r}; choose one of: decrease, never, always, random")
+class RandomPlacement(Condition):
+    """The control: exactly ``count`` of the run's ``total`` steps train the motivated model, at
+    positions drawn at random (every placement equally likely), ignoring the loss. ``seeking compare``
+    gives it the motivated run's count, so both arms spend the same number of large-model steps and
+    differ only in *which* steps: what is left is what the loss signal adds.
+
+    Sequential selection sampling (Knuth, TAOCP vol. 2, 3.4.2, Algorithm S): each step is motivated
+    with probability (still to place) / (steps left), an exact integer draw, so the count is exact
+    whatever the draws. Decisions past ``total`` train the base. Its state is a few integers and the
+    generator's state, so a resumed run continues the same placement.
+
+    Raises ``ConfigError`` unless ``0 <= count <= total`` and ``total >= 1``.
+    """
+
+    name = "random"
+
+    def __init__(self, count: int, total: int, seed: int = 0) -> None:
+        super().__init__()
+        if not 0 <= count <= total or total < 1:
+            raise ConfigError(
+                f"the random control places count in [0, total] motivated steps among total >= 1 steps, "
+                f"got count={count!r}, total={total!r}"
+            )
+        self.count, self.total = int(count), int(total)
+        self.decided = 0  # steps decided so far (the current one included)
+        self.placed = 0  # of which motivated
+        self.rng = random.Random(seed)
+        self._decide()
+
+    @classmethod
+    def from_options(cls, *, k: int, p: float, seed: int, total: int | None) -> Condition:
+        if total is None:
+            raise ConfigError("the random condition places round(p * total) steps: it needs the run's total steps")
+        return cls(round(p * total), total, seed)
+
+    @property
+    def p(self) -> float:
+        """The fraction of the steps it places on the motivated model: ``count / total``."""
+        return self.count / self.total
+
+    def _decide(self) -> None:
+        left = self.total - self.decided
+        self.motivated = left > 0 and self.rng.randrange(left) < self.count - self.placed
+        self.decided += left > 0
+        self.placed += self.motivated
+
+    def update(self, loss: float) -> None:
+        self._decide()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "motivated": self.motivated,
+            "count": self.count,
+            "total": self.total,
+            "decided": self.decided,
+            "placed": self.placed,
+            "rng": self.rng.getstate(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["count"], state["total"]) != (self.count, self.total):
+            raise ConfigError(
+                f"condition state was saved for {state['count']} of {state['total']} steps, "
+                f"this condition places {self.count} of {self.total}"
+            )
+        super().load_state_dict(state)
+        self.decided, self.placed = int(state["decided"]), int(state["placed"])
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+    def __repr__(self) -> str:
+        return f"RandomPlacement(count={self.count}, total={self.total})"
+
+
+# the conditions a run's ``condition`` option names (RandomRate is for loops of unknown length)
+CONDITIONS: dict[str, type[Condition]] = {c.name: c for c in (ConsecutiveDecrease, Never, Always, RandomPlacement)}
+
+
+def make_condition(name: str, *, k: int = 2, p: float = 0.2, seed: int = 0, total: int | None = None) -> Condition:
+    """Build a condition from its command-line name (a key of :data:`CONDITIONS`); ``total`` is the
+    run's number of steps, which the random control needs. Raises ``ConfigError`` for an unknown name."""
+    if name not in CONDITIONS:
+        raise ConfigError(f"unknown condition {name!r}; choose one of: {', '.join(CONDITIONS)}")
+    return CONDITIONS[name].from_options(k=k, p=p, seed=seed, total=total)

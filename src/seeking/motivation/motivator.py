@@ -9,6 +9,10 @@
     motivator.finish()                              # both models now hold the latest shared weights
     models = motivator.deployable(calibration)      # copies to save, BatchNorm statistics re-estimated
 
+A learning-rate schedule for both models: build any PyTorch scheduler over ``motivator.optimizer``
+(the optimizer ``select`` returns: both optimizers' parameter groups, stepping the active one) and
+step it after each batch, whichever model trained: one clock, no order warning.
+
 Every batch trains exactly one model. Shared weights are copied through the :class:`WeightMap` at
 each switch, so the model about to step always starts from what the other one learned.
 ``observe`` reads the loss as a Python float: the condition decides the next batch's model from
@@ -26,6 +30,46 @@ from torch import nn
 from ..errors import ConfigError
 from .conditions import Condition
 from .weights_map import WeightMap
+
+
+class JointOptimizer(torch.optim.Optimizer):
+    """The two optimizers of a :class:`Motivator` as one, so that one PyTorch learning-rate scheduler
+    drives both: ``param_groups`` are the base optimizer's groups then the motivated one's (the very
+    same dicts, so a scheduler that sets ``group["lr"]`` or ``group["momentum"]`` sets both);
+    ``step`` steps the optimizer of the active model only; ``zero_grad`` clears both models'
+    gradients. ``state_dict`` holds both optimizers' states (``{"base": ..., "motivated": ...}``).
+
+    A scheduler per optimizer would not do: stepping both after each batch warns (PyTorch checks that
+    a scheduler's optimizer stepped first, and the idle one did not), and stepping only the one that
+    trained gives each model its own clock.
+    """
+
+    def __init__(self, motivator: Motivator) -> None:
+        self.motivator = motivator
+        # Optimizer.__init__ sets up the hooks and state schedulers expect; the group it builds (of a
+        # placeholder tensor, as it needs one) goes to the setter below and is dropped
+        super().__init__([torch.empty(0)], dict(motivator.optimizers["base"].defaults))
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        """The base optimizer's groups, then the motivated one's, read at each use: loading an
+        optimizer's state replaces its group dicts."""
+        return [g for o in self.motivator.optimizers.values() for g in o.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        pass  # the groups are the two optimizers' own
+
+    def step(self, closure: Any = None) -> Any:
+        return self.motivator.optimizers[self.motivator.active].step(closure)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: o.state_dict() for name, o in self.motivator.optimizers.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for name, o in self.motivator.optimizers.items():
+            o.load_state_dict(state_dict[name])
+
 
 OptimizerStatePolicy = Literal["carried", "separate"]
 BatchNormPolicy = Literal["separate", "shared"]
@@ -87,6 +131,7 @@ class Motivator:
         if sync == "share":
             self.map.alias(base, motivated, buffers=batchnorm == "shared")
         self.active = "motivated" if condition.motivated else "base"
+        self.optimizer = JointOptimizer(self)
         self.steps = 0
         self.motivated_steps = 0
         self.switches = 0
@@ -96,14 +141,15 @@ class Motivator:
         """Fraction of the steps so far that trained the motivated model."""
         return self.motivated_steps / self.steps if self.steps else 0.0
 
-    def select(self) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """The model and optimizer that train on the next batch; switches if the condition changed."""
+    def select(self) -> tuple[nn.Module, JointOptimizer]:
+        """The model that trains on the next batch and :attr:`optimizer`, whose ``step`` steps that
+        model's optimizer; switches if the condition changed."""
         wanted = "motivated" if self.condition.motivated else "base"
         if wanted != self.active:
             self._sync(self.active, wanted)
             self.active = wanted
             self.switches += 1
-        return self.models[self.active], self.optimizers[self.active]
+        return self.models[self.active], self.optimizer
 
     def observe(self, loss: torch.Tensor | float) -> None:
         """Record that the active model stepped with this training loss."""

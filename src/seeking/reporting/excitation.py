@@ -27,13 +27,14 @@ def arm_label(arm: str) -> str:
 
 def excitation_rows(runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """One row per arm, in the order the arms were run: ``<measure>`` = mean, ``<measure> std`` (``None``
-    for one seed)."""
+    for one seed), and ``skipped steps``, summed over the seeds."""
     arms = list(dict.fromkeys(r["arm"] for r in runs))
     baseline = {r["seed"]: r[metric] for r in runs if r["arm"] == BASELINE}
     rows = []
     for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]
         row: dict[str, Any] = {"arm": arm_label(arm), "seeds": len(mine)}
+        row["skipped steps"] = sum(r.get("skipped_steps", 0) for r in mine)  # all seeds: non-finite, not trained
         for measure in (metric, *MEASURES):
             row[measure], row[f"{measure} std"] = _mean_std([r.get(measure, math.nan) for r in mine])
         paired = [r[metric] - baseline[r["seed"]] for r in mine if r["seed"] in baseline and arm != BASELINE]
@@ -43,12 +44,12 @@ def excitation_rows(runs: list[dict[str, Any]], metric: str) -> list[dict[str, A
 
 
 def _columns(metric: str) -> list[str]:
-    return ["arm", "seeds", metric, f"{metric} vs plain", *MEASURES]
+    return ["arm", "seeds", "skipped steps", metric, f"{metric} vs plain", *MEASURES]
 
 
 def _shown(row: dict[str, Any], column: str) -> str:
     value = row[column]
-    if isinstance(value, str) or column == "seeds":
+    if isinstance(value, str) or column in ("seeds", "skipped steps"):
         return str(value)
     if math.isnan(value):
         return "-"

@@ -24,7 +24,16 @@ from ..io import atomic_write_bytes, atomic_write_text
 from ..training.flops import FLOPS_CONVENTION
 from ..wording import counted
 from . import html
-from .comparison import COLUMNS, cell_text, comparison_rows, csv_table, efficiency_gain, gain_sentence, markdown_table
+from .comparison import (
+    COLUMNS,
+    NEVER_TRAINED,
+    cell_text,
+    comparison_rows,
+    csv_table,
+    gain_sentence,
+    markdown_table,
+    trained_steps,
+)
 from .excitation import excitation_cells
 from .excitation_plots import curves_figure, phi_figure, utilization_figure
 from .plots import accuracy_figure, cost_figure, loss_figure, png_bytes
@@ -120,20 +129,24 @@ def _incomplete_note(run: TrainRun) -> str:
 
 
 def _facts(run: TrainRun) -> str:
-    """The models' test accuracy and the run's cost, from the summary or (unfinished) the last epoch."""
+    """The models' test accuracy, the steps each trained and the run's cost, from the summary or
+    (unfinished) the step log and the last epoch."""
     last = run.epochs[-1] if run.epochs else {}
     s = run.summary or {}
     models = s.get("models", {})
+    counts = run.counts
     rows = []
     for role, name in run.model_names.items():
         accuracy = models[role]["accuracy"] if role in models else last.get(f"{role}_accuracy")
         parameters = models.get(role, {}).get("parameters")
+        steps = trained_steps(counts, role)
         rows.append(
             (
                 role,
                 name,
                 "-" if accuracy is None else f"{accuracy:.2f}",
                 "-" if parameters is None else f"{parameters:,}",
+                f"{steps} ({NEVER_TRAINED})" if steps == 0 else str(steps),
             )
         )
 
@@ -141,12 +154,15 @@ def _facts(run: TrainRun) -> str:
         return s.get(key, last.get(key, 0))
 
     cost = (
-        f"p = {latest('p'):.3f} (motivated fraction of the steps), "
-        f"{counted(latest('switches'), 'switch', 'switches')}, "
-        f"{counted(latest('skipped_steps'), 'skipped step')}, {s.get('train_flops', last.get('flops', 0)) / 1e12:.4g} "
-        f"training TFLOPs, {latest('train_seconds'):.1f} s of training"
+        f"p = {counts['p']:.3f} (motivated fraction of the trained steps), "
+        f"{counted(counts['switches'], 'switch', 'switches')}, "
+        f"{counted(counts['skipped_steps'], 'skipped step')} (non-finite loss or gradient), "
+        f"{s.get('train_flops', last.get('flops', 0)) / 1e12:.4g} training TFLOPs, "
+        f"{latest('train_seconds'):.1f} s of training"
+        + ("" if run.complete else f" (TFLOPs and seconds to the end of epoch {last.get('epoch', 0)})")
     )
-    return html.table(("model", "name", "test accuracy (%)", "parameters"), rows) + html.paragraph(cost)
+    columns = ("model", "name", "test accuracy (%)", "parameters", "steps trained")
+    return html.table(columns, rows) + html.paragraph(cost)
 
 
 def _run_plots(run: TrainRun, label: str, output: _Output, title: str) -> list[str]:
@@ -178,7 +194,7 @@ def _comparison_section(cmp: Comparison, label: str, output: _Output) -> list[st
     summaries = {arm: run.summary for arm, run in cmp.arms.items() if run.summary is not None}
     if "classical_base" in summaries:
         rows = comparison_rows(summaries)
-        gain = gain_sentence(efficiency_gain(rows))
+        gain = gain_sentence(rows)
         output.text(f"{label}-comparison.md", markdown_table(rows) + f"\n\n{gain}\n\n{FLOPS_CONVENTION}.\n")
         output.text(f"{label}-comparison.csv", csv_table(rows))
         parts += [html.table(COLUMNS, [[cell_text(r[c], c) for c in COLUMNS] for r in rows]), html.paragraph(gain)]

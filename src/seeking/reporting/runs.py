@@ -6,6 +6,7 @@ as it goes, and the last line of a JSON-lines file is dropped if it is cut off m
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,24 @@ class TrainRun:
         condition = self.config.get("condition")
         roles = [r for r, skip in (("base", "always"), ("motivated", "never")) if condition != skip]
         return {role: self.config.get(role, role) for role in roles}
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        """What the run did, with the keys of ``summary.json``: ``steps`` (trained), ``motivated_steps``,
+        ``p``, ``switches``, ``skipped_steps``. From the summary of a finished run; for an unfinished one
+        counted from ``steps.jsonl``, which runs to its last step (its last epoch record may be far behind)."""
+        if self.summary is not None:
+            return {key: self.summary[key] for key in ("steps", "motivated_steps", "p", "switches", "skipped_steps")}
+        trained = [s for s in self.steps if "skipped" not in s]
+        motivated = sum(s["model"] == "motivated" for s in trained)
+        models = [s["model"] for s in self.steps]
+        return {
+            "steps": len(trained),
+            "motivated_steps": motivated,
+            "p": motivated / len(trained) if trained else 0.0,
+            "switches": sum(a != b for a, b in itertools.pairwise(models)),
+            "skipped_steps": len(self.steps) - len(trained),
+        }
 
 
 @dataclass

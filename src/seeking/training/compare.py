@@ -1,8 +1,9 @@
 """``seeking compare``: the paper's comparison in one call.
 
 Arms, all with the same seed, data order and schedule: the classical base (condition ``never``),
-the classical large model alone (``always``), the motivated run (the configured condition), and
-optionally the random control firing at the p the motivated run measured.
+the classical large model alone (``always``), the motivated run (the configured condition, one the
+loss drives), and optionally the random control: exactly as many large-model steps as the motivated
+run took, at random positions (:class:`~seeking.motivation.RandomPlacement`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..data import load_dataset
-from ..errors import ConfigError
+from ..errors import ConfigError, SeekingWarning
 from ..io import atomic_write_text, write_json
+from ..motivation import CONDITIONS
 from ..reporting import comparison_rows, csv_table, efficiency_gain, markdown_table
 from ..reporting.comparison import gain_sentence
 from ..reporting.report import write_report
@@ -43,9 +46,18 @@ def compare(
     """Train every arm into ``out_dir/<arm>/``, write ``comparison.{md,csv,json}`` there and the report
     (plots and report.html) into ``out_dir/report/``.
 
-    ``resume=True`` continues an unfinished comparison: finished arms are read back, an unfinished
-    one is resumed from its checkpoint, the others are trained."""
+    ``config.condition`` must be one the loss drives (``decrease``): the classical arms are already
+    in the comparison and the control's count comes from the motivated run, so ``config.p`` is not
+    used. ``resume=True`` continues an unfinished comparison: finished arms are read back, an
+    unfinished one is resumed from its checkpoint, the others are trained. Raises ``ConfigError``."""
     config.validate()
+    if not CONDITIONS[config.condition].reads_loss:
+        loss_driven = ", ".join(name for name, kind in CONDITIONS.items() if kind.reads_loss)
+        raise ConfigError(
+            f"compare's motivated arm needs a condition that the loss drives ({loss_driven}), got "
+            f"{config.condition!r}: the classical arms and the random control are already part of the "
+            f"comparison; for a single {config.condition!r} run use seeking train --condition {config.condition}"
+        )
     ranks, device = join(config.device, config.batch_size)
     log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
     dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress and sys.stderr.isatty())
@@ -84,16 +96,26 @@ def compare(
     with StopRequests():  # a stop asked for during an arm's last step stops the next arm
         summaries = {arm: run_arm(arm, dataclasses.replace(config, condition=condition)) for arm, condition in arms}
         if random_control:
-            p = summaries["motivated"]["p"]
-            log(f"random control at p = {p:.3f}, as measured in the motivated run")
-            control = dataclasses.replace(config, condition="random", p=p)
+            motivated = summaries["motivated"]
+            count, total = motivated["motivated_steps"], motivated["steps"] + motivated["skipped_steps"]
+            log(
+                f"random control: the large model trains on {count} of {total} steps at random, as in the motivated run"
+            )
+            control = dataclasses.replace(config, condition="random", p=count / total)  # round(p * total) == count
             summaries["random_control"] = run_arm("random_control", control)
+    if random_control and summaries["random_control"]["motivated_steps"] != count:  # it skipped non-finite steps
+        warnings.warn(
+            f"the random control trained the large model on {summaries['random_control']['motivated_steps']} "
+            f"steps, the motivated run on {count}: the control skipped "
+            f"{summaries['random_control']['skipped_steps']} non-finite steps, so the arms' costs differ",
+            SeekingWarning,
+            stacklevel=2,
+        )
     rows = comparison_rows(summaries)
     table = markdown_table(rows)
-    gain = efficiency_gain(rows)
-    result = {"config": config.to_dict(), "rows": rows, "efficiency_gain": gain}
+    result = {"config": config.to_dict(), "rows": rows, "efficiency_gain": efficiency_gain(rows)}
     if ranks.main:
-        atomic_write_text(out / "comparison.md", table + f"\n\n{gain_sentence(gain)}\n\n{FLOPS_CONVENTION}.\n")
+        atomic_write_text(out / "comparison.md", table + f"\n\n{gain_sentence(rows)}\n\n{FLOPS_CONVENTION}.\n")
         atomic_write_text(out / "comparison.csv", csv_table(rows))
         write_json(out / "comparison.json", _without_nan(result))
         mark_complete(out)

@@ -12,9 +12,10 @@ import torch
 from ..errors import ConfigError
 from ..models.registry import model_exists, unknown_model_message
 from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES
+from ..motivation import CONDITIONS as CONDITION_TYPES
 from ..reporting.tensorboard import require_tensorboard
 
-CONDITIONS = ("decrease", "never", "always", "random")
+CONDITIONS = tuple(CONDITION_TYPES)
 SCHEDULES = ("cosine", "onecycle", "constant")
 
 
@@ -23,7 +24,8 @@ class TrainConfig:
     """Everything that defines a run. Defaults give the embedded demo (digits, ResNet-20 -> 32).
 
     ``condition``: ``decrease`` (motivation training, rule of METHODS.md with ``k``), ``random``
-    (the control, rate ``p``), ``never`` (classical base) or ``always`` (classical large model).
+    (the control: exactly ``round(p * steps)`` steps on the large model, at random positions),
+    ``never`` (classical base) or ``always`` (classical large model).
     A checkpoint for resuming is written at the end of every epoch, and every ``checkpoint_every``
     steps if that is not 0; the last ``keep_checkpoints`` are kept.
     """
@@ -77,11 +79,12 @@ class TrainConfig:
         if self.k < 1:
             raise ConfigError(f"k (consecutive loss decreases before switching) must be >= 1, got {self.k}")
         if not 0.0 <= self.p <= 1.0:
-            raise ConfigError(f"p (rate of the random condition) must be in [0, 1], got {self.p}")
+            raise ConfigError(f"p (the random condition's share of large-model steps) must be in [0, 1], got {self.p}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "eval_every", "bn_recalibrate"):
+        check_lr(self.lr)
+        for name in ("momentum", "weight_decay", "warmup_epochs", "eval_every", "bn_recalibrate"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("train_subset", "test_subset", "crop_padding"):
@@ -124,6 +127,13 @@ def check_checkpointing(config: Any) -> None:
         raise ConfigError(f"checkpoint_every must be >= 0 steps (0: the default points), got {config.checkpoint_every}")
     if config.keep_checkpoints < 1:
         raise ConfigError(f"keep_checkpoints must be >= 1 (resuming needs one), got {config.keep_checkpoints}")
+
+
+def check_lr(lr: float) -> None:
+    """The learning rate of both configurations must be > 0: at 0 no weight moves, yet the run would
+    report accuracies and costs as if it had trained."""
+    if lr <= 0:
+        raise ConfigError(f"lr must be > 0 (at {lr} no weight would move), got {lr}")
 
 
 def check_device(name: str) -> None:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import ImageData, batches, load_dataset, normalize
+from ..data.core import chosen_subset, require_classes
 from ..data.text import TextBatches, TextData, load_text, text_batches
 from ..data.transforms import EpochBatches
 from ..errors import ConfigError, SeekingError
@@ -44,7 +45,7 @@ from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metric
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
 from ..reporting.tensorboard import ScalarLog, require_tensorboard
 from ..wording import counted
-from .config import check_checkpointing, check_device, check_types, config_from_dict
+from .config import check_checkpointing, check_device, check_lr, check_types, config_from_dict
 from .distributed import Ranks, join, wrap
 from .loop import step_outcome
 from .preflight import claim_run_dir, probing, reports_storage_errors
@@ -132,7 +133,8 @@ class ExciteConfig:
         for name in ("steps", "batch_size", "eval_every", "block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "momentum", "weight_decay"):
+        check_lr(self.lr)
+        for name in ("momentum", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("train_subset", "test_subset"):
@@ -189,11 +191,9 @@ class _Task:
         else:
             dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress)
             _check_kind(config)
-            train, test = dataset.train, dataset.test
-            if config.train_subset:
-                train = train.subset(config.train_subset, seed=0)
-            if config.test_subset:
-                test = test.subset(config.test_subset, seed=0)
+            train = chosen_subset(dataset.train, config.train_subset, 0, "train_subset")
+            test = chosen_subset(dataset.test, config.test_subset, 0, "test_subset")
+            require_classes(train, "training data")
             if len(train) < config.batch_size:
                 raise ConfigError(
                     f"batch_size {config.batch_size} exceeds the {len(train)} training images: lower --batch-size"

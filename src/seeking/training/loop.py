@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +40,13 @@ from tqdm import tqdm
 from .. import __version__
 from ..checkpoint import save_model
 from ..data import ImageData, ImageDataset, augment, batches, data_source, load_dataset, normalize
+from ..data.core import chosen_subset, require_classes
 from ..data.transforms import EpochBatches
-from ..errors import ConfigError, SeekingError
+from ..errors import ConfigError, SeekingError, SeekingWarning
 from ..io import write_json
 from ..models import create_model
 from ..motivation import Motivator, WeightMap, make_condition
+from ..reporting.comparison import trained_steps
 from ..reporting.tensorboard import ScalarLog
 from ..wording import counted
 from .batchnorm import deployable_copy
@@ -158,8 +161,9 @@ def build_models(config: TrainConfig, dataset: ImageDataset) -> dict[str, nn.Mod
 
 def split_data(config: TrainConfig, dataset: ImageDataset) -> tuple[ImageData, ImageData]:
     """The training and test examples of this run; ``ConfigError`` if too few for a batch or a test."""
-    train_data = dataset.train.subset(config.train_subset, seed=config.seed) if config.train_subset else dataset.train
-    test_data = dataset.test.subset(config.test_subset, seed=0) if config.test_subset else dataset.test
+    train_data = chosen_subset(dataset.train, config.train_subset, config.seed, "train_subset")
+    test_data = chosen_subset(dataset.test, config.test_subset, 0, "test_subset")
+    require_classes(train_data, "training data")
     if config.batch_size > len(train_data):
         raise ConfigError(
             f"batch_size {config.batch_size} exceeds the {len(train_data)} training examples: lower "
@@ -232,22 +236,6 @@ def train(
         )
         for n, m in models.items()
     }
-    if len(models) == 2:
-        condition = make_condition(config.condition, k=config.k, p=config.p, seed=config.seed)
-        plan = Motivator(
-            models["base"],
-            models["motivated"],
-            condition,
-            optimizers["base"],
-            optimizers["motivated"],
-            optimizer_state=config.optimizer_state,
-            batchnorm=config.batchnorm,
-            sync=config.sync,
-        )
-    else:
-        ((name, model),) = models.items()
-        plan = SingleModel(name, model, optimizers[name])
-
     train_data = ImageData(train_data.images.to(device), train_data.labels.to(device))
     stream = EpochBatches(train_data, config.batch_size, torch.Generator().manual_seed(config.seed))
     jitter = torch.Generator(device=device).manual_seed(config.seed)
@@ -266,6 +254,21 @@ def train(
     # that the models take the data.
     sample = prepare(train_data.images[: config.batch_size])
     step_flops = probe_models(config, dataset, models, sample)
+    if len(models) == 2:
+        condition = make_condition(config.condition, k=config.k, p=config.p, seed=config.seed, total=total_steps)
+        plan = Motivator(
+            models["base"],
+            models["motivated"],
+            condition,
+            optimizers["base"],
+            optimizers["motivated"],
+            optimizer_state=config.optimizer_state,
+            batchnorm=config.batchnorm,
+            sync=config.sync,
+        )
+    else:
+        ((name, model),) = models.items()
+        plan = SingleModel(name, model, optimizers[name])
 
     # Everything is checked (the pair included, by the Motivator) before anything is written.
     run_dir = Path(run_dir)
@@ -400,13 +403,13 @@ def train(
                         entry["skipped"] = "non-finite loss or gradient"
                         run.skipped += 1
                         run.nonfinite_run += 1
-                        if run.nonfinite_run >= config.max_nonfinite:
-                            raise SeekingError(
-                                f"training diverged: {run.nonfinite_run} non-finite losses or gradients in a row "
-                                f"(last at step {run.step}, lr {lr:.3g}); lower --lr, or raise --max-nonfinite"
-                            )
                     step_log.write(entry)
                     board.write("step", run.step, entry)
+                    if run.nonfinite_run >= config.max_nonfinite:  # logged first: the log holds every skipped step
+                        raise SeekingError(
+                            f"training diverged: {run.nonfinite_run} non-finite losses or gradients in a row "
+                            f"(last at step {run.step}, lr {lr:.3g}); lower --lr, or raise --max-nonfinite"
+                        )
                     progress_bar.set_postfix(loss=f"{loss_value:.4f}", p=f"{plan.p:.3f}", refresh=False)
                     run.step += 1
                     run.position += 1
@@ -436,6 +439,7 @@ def train(
                 log(
                     f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  p {plan.p:.2f}  "
                     + "".join(f"{n} {record[f'{n}_accuracy']:.2f}%  " for n in models if f"{n}_accuracy" in record)
+                    + (f"{run.skipped} skipped steps  " if run.skipped else "")
                     + f"{run.train_seconds:.1f}s"
                 )
                 run.epoch, run.position, run.loss_sum, run.counted = epoch + 1, 0, 0.0, 0
@@ -483,4 +487,13 @@ def train(
     if ranks.main:
         write_json(run_dir / "summary.json", summary)
         mark_complete(run_dir)
+    for role in models:
+        if trained_steps(summary, role) == 0:
+            warnings.warn(
+                f"the {role} model {model_names[role]} of {run_dir} was never trained: none of the run's {plan.steps} "
+                f"steps were its (p = {plan.p:.3f}), so {role}.safetensors holds its starting weights; "
+                "check --condition, --k and --p",
+                SeekingWarning,
+                stacklevel=2,
+            )
     return RunResult(run_dir, summary)
