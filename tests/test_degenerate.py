@@ -120,7 +120,7 @@ def test_a_diverged_run_reports_every_skipped_step(tmp_path, monkeypatch):
 def test_skipped_steps_show_in_the_printed_results_and_the_logs_agree_with_the_summary(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(loop, "F", PoisonedLoss({2}))
     assert main(["train", *FAST, "--epochs", "2", "--k", "1", "--out", str(tmp_path / "run")]) == 0
-    assert "1 skipped steps" in capsys.readouterr().out
+    assert "1 skipped step," in capsys.readouterr().out
     run = read_run_folder(tmp_path / "run")
     from_log = TrainRun(run.path, run.config, run.steps, run.epochs, None).counts  # as for an unfinished run
     assert from_log == run.counts == {k: run.summary[k] for k in from_log}

@@ -290,7 +290,9 @@ def test_one_seed_shows_no_spread_and_is_one_seed():
     assert rows[0]["test acc % std"] is None
     table = excitation_markdown(rows, "test acc %")
     assert "±" not in table and "| 60.000 |" in table and "| +1.000 |" in table
-    assert excitation_csv(rows).splitlines()[1].startswith("plain optimizer,1,60.0,,")
+    assert (
+        excitation_csv(rows).splitlines()[1].startswith("plain optimizer,1,0,60.0,,")
+    )  # arm, seeds, skipped steps, mean, no std
     labels = [t.get_text() for t in curves_figure(result).axes[0].get_legend().get_texts()]
     assert labels == ["plain optimizer (1 seed)", "excitation zero_sum (1 seed)"]
     two = excitation_markdown(excitation_rows(excitation_result([0, 1])["runs"], "test acc %"), "test acc %")

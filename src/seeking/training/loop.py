@@ -490,8 +490,8 @@ def train(
     for role in models:
         if trained_steps(summary, role) == 0:
             warnings.warn(
-                f"the {role} model {model_names[role]} of {run_dir} was never trained: none of the run's {plan.steps} "
-                f"steps were its (p = {plan.p:.3f}), so {role}.safetensors holds its starting weights; "
+                f"the {role} model {model_names[role]} of {run_dir} was never trained: none of the run's "
+                f"{counted(plan.steps, 'step')} were its (p = {plan.p:.3f}), so {MODEL_FILES[role]} holds its starting weights; "
                 "check --condition, --k and --p",
                 SeekingWarning,
                 stacklevel=2,
