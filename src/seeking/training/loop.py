@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from ..data.transforms import EpochBatches
 from ..errors import ConfigError, SeekingError
 from ..io import write_json
 from ..models import create_model
-from ..motivation import Motivator, WeightMap, make_condition
+from ..motivation import Motivator, Never, make_condition
 from ..reporting.tensorboard import ScalarLog
 from .batchnorm import recalibrate_batchnorm
 from .config import TrainConfig
@@ -166,10 +167,21 @@ def build_models(config: TrainConfig, dataset: ImageDataset) -> dict[str, nn.Mod
     return models
 
 
+def start_probe(dataset: ImageDataset, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Two normalised training images: the batch on which the Motivator checks that the motivated
+    model starts as the base's function."""
+    return normalize(dataset.train.images[:2].to(device), dataset.mean, dataset.std)
+
+
 def check_pair(config: TrainConfig, dataset: ImageDataset) -> None:
-    """Fail early (before any arm of a comparison trains) if the two models cannot be paired."""
+    """Fail early (before any arm of a comparison trains) if the two models cannot be paired: the
+    map is inferred and the start checked as in :func:`train` (its warnings are left to the arms)."""
     kwargs = model_kwargs(config, dataset)
-    WeightMap.infer(create_model(config.base, **kwargs), create_model(config.motivated, **kwargs))
+    base, motivated = create_model(config.base, **kwargs), create_model(config.motivated, **kwargs)
+    unused = [torch.optim.SGD(m.parameters(), lr=0.0) for m in (base, motivated)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Motivator(base, motivated, Never(), *unused, example_input=start_probe(dataset))
 
 
 def train(
@@ -216,6 +228,7 @@ def train(
             optimizer_state=config.optimizer_state,
             batchnorm=config.batchnorm,
             sync=config.sync,
+            example_input=start_probe(dataset, device),
         )
     else:
         ((name, model),) = models.items()
