@@ -223,6 +223,11 @@ def test_a_layer_inserted_in_a_sequential_is_paired_by_role_not_by_index():
     # with the new layer made the identity (Net2Net), the paired model computes the base's function
     as_identity(large[3])
     assert max_diff(base, large, x) < 1e-6
+    # the positional map, given by hand, is reported with the real classifier as the culprit
+    positional = {"3.weight": (slice(0, 10), slice(0, 32)), "3.bias": (slice(0, 10),)}
+    wmap = WeightMap.infer(base, large, overrides={n: MapEntry(n, n, i) for n, i in positional.items()})
+    with pytest.warns(UserWarning, match=r"the difference comes from the extra capacity: 5\.weight, 5\.bias"):
+        Motivator(base, large, Never(), sgd(base), sgd(large), weight_map=wmap, example_input=x)
 
 
 def test_a_layer_inserted_first_is_aligned_by_shape():

@@ -430,7 +430,8 @@ class WeightMap:
                     if e.base.rpartition(".")[0] == b_name
                 ]
                 return (
-                    f"the first mapped layer whose output differs (by up to {diff:.3g}) is base {b_name!r} -> "
+                    f"the first mapped layer whose output differs (by up to {diff:.3g}: its tensors or its input are "
+                    f"wrong) is base {b_name!r} -> "
                     f"motivated {pairs[b_name]!r}, mapped by {', '.join(moved)}"
                 )
         return (
