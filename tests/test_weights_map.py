@@ -1,11 +1,12 @@
 import copy
+import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import motivated_steps, sgd
 
-from seeking import ConfigError, ConsecutiveDecrease, Motivator, Never, WeightMap, create_model
+from seeking import ConfigError, ConsecutiveDecrease, MapEntry, Motivator, Never, WeightMap, create_model
 
 
 def pair(base="resnet20", motivated="resnet32", **kwargs):
@@ -183,3 +184,119 @@ def test_zero_copy_base_tensors_are_views_of_the_motivated_ones():
     base, large, motivator = train_steps("share", width=2, steps=0)
     assert {"conv1.weight", "bn1.weight", "fc.bias"} <= motivator.map.aliased
     assert "fc.weight" not in motivator.map.aliased and "stages.0.0.conv1.weight" not in motivator.map.aliased
+
+
+def mlp(*widths):
+    """``nn.Sequential(Flatten, Linear, ReLU, ..., Linear)`` through ``widths``."""
+    layers = [torch.nn.Flatten()]
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < len(widths) - 2 else [])
+    return torch.nn.Sequential(*layers)
+
+
+def as_identity(linear):
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(linear.out_features, linear.in_features))
+        linear.bias.zero_()
+
+
+def test_a_layer_inserted_in_a_sequential_is_paired_by_role_not_by_index():
+    # positional names shift: the base's classifier "3" is the large model's new hidden layer "3"
+    torch.manual_seed(0)
+    base, large = mlp(64, 32, 10), mlp(64, 32, 32, 10)
+    wmap = WeightMap.infer(base, large)
+    assert {e.base: (e.motivated, e.index) for e in wmap.entries} == {
+        "1.weight": ("1.weight", ()),
+        "1.bias": ("1.bias", ()),
+        "3.weight": ("5.weight", ()),
+        "3.bias": ("5.bias", ()),
+    }
+    assert wmap.extra == ["3.weight", "3.bias"]
+    x = torch.randn(4, 1, 8, 8)
+    # the new hidden layer is not a residual block: the start cannot be exact, and the check says so
+    with pytest.warns(
+        UserWarning, match=r"differ by up to .*extra capacity not initialised as the identity: 3\.weight"
+    ):
+        motivator = Motivator(base, large, Never(), sgd(base), sgd(large), example_input=x)
+    assert motivator.start_difference == pytest.approx(max_diff(base, large, x), rel=1e-6)
+    assert motivator.start_difference > 0.1
+    # with the new layer made the identity (Net2Net), the paired model computes the base's function
+    as_identity(large[3])
+    assert max_diff(base, large, x) < 1e-6
+    # the positional map, given by hand, is reported with the real classifier as the culprit
+    positional = {"3.weight": (slice(0, 10), slice(0, 32)), "3.bias": (slice(0, 10),)}
+    wmap = WeightMap.infer(base, large, overrides={n: MapEntry(n, n, i) for n, i in positional.items()})
+    with pytest.warns(UserWarning, match=r"the difference comes from the extra capacity: 5\.weight, 5\.bias"):
+        Motivator(base, large, Never(), sgd(base), sgd(large), weight_map=wmap, example_input=x)
+
+
+def test_a_layer_inserted_first_is_aligned_by_shape():
+    torch.manual_seed(0)
+    base, large = mlp(64, 32, 10), mlp(64, 64, 32, 10)  # the new layer comes first: every index shifts
+    wmap = WeightMap.infer(base, large)
+    assert {e.base: e.motivated for e in wmap.entries if not e.index} == {
+        "1.weight": "3.weight",
+        "1.bias": "3.bias",
+        "3.weight": "5.weight",
+        "3.bias": "5.bias",
+    }
+    wmap.copy(base, large, "to_motivated", buffers=True)
+    as_identity(large[1])
+    x = torch.rand(4, 64)  # non-negative: the ReLU after the identity layer passes it unchanged
+    assert max_diff(base, large, x) < 1e-6
+
+
+def test_a_user_map_that_breaks_the_function_is_refused_with_the_map():
+    base, large = pair()
+    swap = {"stages.0.1.conv1.weight": "stages.0.2.conv1.weight", "stages.0.2.conv1.weight": "stages.0.1.conv1.weight"}
+    wmap = WeightMap.infer(base, large, overrides={b: MapEntry(b, m) for b, m in swap.items()})
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(
+        ConfigError,
+        match=r"(?s)base 'stages\.0\.1\.conv1' -> motivated 'stages\.0\.2\.conv1'.*"
+        r"stages\.0\.1\.conv1\.weight -> stages\.0\.2\.conv1\.weight.*extra capacity \(",
+    ):
+        Motivator(base, large, Never(), sgd(base), sgd(large), weight_map=wmap, example_input=x)
+    # without a probe the check runs on the first forward pass, with its batch
+    base, large = pair()
+    wmap = WeightMap.infer(base, large, overrides={b: MapEntry(b, m) for b, m in swap.items()})
+    motivator = Motivator(base, large, Never(), sgd(base), sgd(large), weight_map=wmap)
+    with pytest.raises(ConfigError, match="does not start as the base's function"):
+        base(x)
+    # ... except after a resume: the models no longer start together
+    base, large = pair()
+    wmap = WeightMap.infer(base, large, overrides={b: MapEntry(b, m) for b, m in swap.items()})
+    motivator = Motivator(base, large, Never(), sgd(base), sgd(large), weight_map=wmap)
+    motivator.load_state_dict(motivator.state_dict())
+    large(x)
+    assert motivator.start_difference is None
+
+
+def test_the_first_forward_pass_checks_a_good_pair_once():
+    base, large = pair()
+    motivator = Motivator(base, large, Never(), sgd(base), sgd(large))
+    assert motivator.start_difference is None
+    x = torch.randn(2, 3, 8, 8)
+    large.train()(x)
+    assert motivator.start_difference is not None and motivator.start_difference < 1e-5
+    assert large.training and all(m.training for m in base.modules())  # the check restored the modes
+    assert not large._forward_pre_hooks and not base._forward_pre_hooks
+
+
+def test_a_user_map_with_overlapping_regions_is_refused():
+    base, large = pair()
+    wmap = WeightMap.infer(
+        base,
+        large,
+        overrides={"stages.0.1.conv1.weight": MapEntry("stages.0.1.conv1.weight", "stages.0.0.conv1.weight")},
+    )
+    with pytest.raises(ConfigError, match=r"stages\.0\.0\.conv1\.weight cannot be read back"):
+        Motivator(base, large, Never(), sgd(base), sgd(large), weight_map=wmap, example_input=torch.randn(2, 3, 8, 8))
+
+
+def test_width_growth_is_checked_and_warned_about():
+    torch.manual_seed(0)
+    base, wide = create_model("resnet20"), create_model("resnet32", width=2)
+    with pytest.warns(UserWarning, match=r"map onto a leading slice \(width growth\)"):
+        motivator = Motivator(base, wide, Never(), sgd(base), sgd(wide), example_input=torch.randn(2, 3, 8, 8))
+    assert motivator.start_difference > 1e-3

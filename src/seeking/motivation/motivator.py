@@ -86,14 +86,23 @@ class Motivator:
         base, motivated: the small and the large model; the large one contains the small one.
         condition: decides from the loss whether the next batch trains the motivated model.
         base_optimizer, motivated_optimizer: one optimizer per model, over its own parameters.
-        weight_map: inferred by name (depth growth) when not given.
+        weight_map: inferred (:meth:`WeightMap.infer`: by name, by role where names are positions) when not given.
         optimizer_state: ``"carried"`` (default) copies the optimizer state of shared weights
             through the map at each switch, like the weights; ``"separate"`` lets each optimizer
             keep its own, possibly stale, state.
         batchnorm: ``"separate"`` (default) keeps each model's running statistics, measured on its
             own forward passes; ``"shared"`` copies mapped running statistics at each switch too.
         preserve_function: zero-initialise the last norm of each added residual block so the
-            motivated model starts as the base's function (default True).
+            motivated model starts as the base's function (default True), and check that it
+            does (below).
+        example_input: a small batch both models accept (a tensor, or a tuple of positional
+            arguments), used once to check the start: the map must read back (every mapped region
+            of the motivated model equals its base tensor) and, in eval mode, the motivated model
+            must compute the base's function. A ConfigError with the map printed refuses a pair
+            that should be exact and is not; pairs that cannot be exact (width growth, extra
+            capacity not made identity: :meth:`WeightMap.inexact_reasons`) get a warning. When
+            not given, the function is checked on the first forward pass of either model, with
+            its arguments (a resumed Motivator skips it: its models no longer start together).
         sync: ``"copy"`` (default) copies shared weights at each switch; ``"share"`` makes the
             base's shared tensors views of the motivated ones (zero-copy; same results). Build
             the Motivator after moving the models to their device.
@@ -112,6 +121,7 @@ class Motivator:
         batchnorm: BatchNormPolicy = "separate",
         preserve_function: bool = True,
         sync: SyncMode = "copy",
+        example_input: torch.Tensor | tuple[Any, ...] | None = None,
     ) -> None:
         if optimizer_state not in OPTIMIZER_STATE_POLICIES:
             raise ConfigError(f"optimizer_state must be one of {OPTIMIZER_STATE_POLICIES}, got {optimizer_state!r}")
@@ -128,6 +138,18 @@ class Motivator:
         self.added_blocks = self.map.init_extra_capacity(motivated) if preserve_function else []
         # The motivated model starts from the base's weights and statistics.
         self.map.copy(base, motivated, "to_motivated", buffers=True)
+        # The promise of the same function at the start is checked (preserve_function makes it).
+        reasons = self.map.inexact_reasons(self.added_blocks)
+        probe = example_input if isinstance(example_input, tuple) or example_input is None else (example_input,)
+        self.start_difference = self.map.check_start(base, motivated, probe if preserve_function else None, reasons)
+        self._pending_check = []
+        if preserve_function and probe is None:
+
+            def check_on_first_batch(module: nn.Module, args: tuple[Any, ...]) -> None:
+                self._cancel_pending_check()
+                self.start_difference = self.map.check_start(base, motivated, args, reasons)
+
+            self._pending_check = [m.register_forward_pre_hook(check_on_first_batch) for m in (base, motivated)]
         if sync == "share":
             self.map.alias(base, motivated, buffers=batchnorm == "shared")
         self.active = "motivated" if condition.motivated else "base"
@@ -186,6 +208,11 @@ class Motivator:
         if self.optimizer_state == "carried":
             self.map.carry_optimizer_state(self.optimizers[source], self.optimizers[target], base, motivated, direction)
 
+    def _cancel_pending_check(self) -> None:
+        for handle in self._pending_check:
+            handle.remove()
+        self._pending_check = []
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "active": self.active,
@@ -196,6 +223,7 @@ class Motivator:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._cancel_pending_check()  # resumed models hold trained weights: the start is long past
         self.active = state["active"]
         self.steps = int(state["steps"])
         self.motivated_steps = int(state["motivated_steps"])

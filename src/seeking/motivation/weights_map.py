@@ -7,17 +7,25 @@ head: both tensors are first viewed with the heads as a dimension of their own (
 ``(3, heads, head_dim, in)``, the output projection as ``(out, heads, head_dim)``), so base head
 ``h`` maps onto motivated head ``h`` (its leading ``head_dim`` features) and queries onto queries,
 not onto a naive leading slice of the whole. Motivated tensors that no entry reaches are the
-*extra capacity*.
+*extra capacity*. Where names are positions rather than roles (an ``nn.Sequential`` with an inserted
+layer), layers are paired by structure instead (:func:`_pair_by_role`), and
+:meth:`WeightMap.check_start` checks on a probe batch that the motivated model starts as the
+base's function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import itertools
+import math
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from ..errors import ConfigError
 
@@ -80,6 +88,110 @@ def _chunk_view(shape: torch.Size, chunks: int) -> tuple[int, ...]:
     return (chunks, shape[0] // chunks, *shape[1:])
 
 
+def _entry(
+    name: str,
+    tensor: torch.Tensor,
+    counterpart: str,
+    big: torch.Tensor,
+    buffer: bool,
+    heads: tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]],
+    fused: dict[str, int],
+) -> MapEntry:
+    """The entry that puts base tensor ``name`` into motivated tensor ``counterpart``: whole, or onto
+    the leading slice of every dimension that grew (per head, per fused chunk); ConfigError if it does not fit."""
+    views = (heads[0].get(name), heads[1].get(counterpart))
+    if tensor.shape == big.shape and views[0] == views[1]:
+        return MapEntry(name, counterpart, (), buffer)
+    chunks = next((n for suffix, n in fused.items() if name.endswith(suffix)), 1)
+    if views[0] and views[1]:
+        base_view, motivated_view = views
+    elif chunks > 1 and tensor.shape[0] % chunks == 0 and big.shape[0] % chunks == 0:
+        base_view, motivated_view = _chunk_view(tensor.shape, chunks), _chunk_view(big.shape, chunks)
+    else:
+        base_view, motivated_view = (), ()
+    small, large = base_view or tuple(tensor.shape), motivated_view or tuple(big.shape)
+    fits = len(small) == len(large) and all(b <= m for b, m in zip(small, large, strict=True))
+    if not fits or (chunks > 1 and not base_view):
+        raise ConfigError(
+            f"cannot map the base tensor {name!r}: shape {tuple(tensor.shape)} in the base, "
+            f"{tuple(big.shape)} in the motivated model (a base tensor must fit inside its "
+            "counterpart on every dimension, and attention heads inside heads)"
+        )
+    index = tuple(slice(0, n) for n in small)
+    return MapEntry(name, counterpart, index, buffer, base_view, motivated_view)
+
+
+def _layers(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """The modules below the root that own parameters themselves, in registration order, each with
+    the names of the tensors (parameters and buffers) it owns."""
+    layers = []
+    for name, module in model.named_modules():
+        own = [n for n, _ in module.named_parameters(recurse=False)]
+        if name and own:
+            layers.append((name, own + [n for n, _ in module.named_buffers(recurse=False)]))
+    return layers
+
+
+def _pair_by_role(
+    base: nn.Module, motivated: nn.Module, entry: Callable[[str, torch.Tensor, str], MapEntry]
+) -> dict[str, str]:
+    """Base tensor name -> motivated tensor name where names are positions, not roles; {} where
+    names can be trusted.
+
+    Names are trusted when the base's output layer (its last layer with parameters) maps by name to
+    the motivated model's output layer: true of grown copies that name blocks by stage and index.
+    In a plain ``nn.Sequential`` an inserted layer shifts every later index, so the name of the
+    base's classifier can belong to the motivated model's new hidden layer. Then the layers are
+    aligned by structure: output layer to output layer, and the others, in order, onto a
+    subsequence of the motivated model's layers of the same type into which all their tensors fit,
+    choosing the alignment with the most layers of equal shapes (the earliest among equals: added
+    layers go late, as in depth growth). Returns {} (names) when no such alignment exists.
+    """
+    small, large = _layers(base), _layers(motivated)
+    if not small or not large or small[-1][0] == large[-1][0]:
+        return {}
+    b_modules, m_modules = dict(base.named_modules()), dict(motivated.named_modules())
+    b_tensors = _tensors(base)
+
+    @functools.cache
+    def score(i: int, j: int) -> int | None:
+        """1 if layer i of the base equals layer j of the motivated model in shape, 0 if it fits, None if not."""
+        (b_name, names), (m_name, m_names) = small[i], large[j]
+        if type(b_modules[b_name]) is not type(m_modules[m_name]) or set(names) != set(m_names):
+            return None
+        try:
+            regions = [entry(f"{b_name}.{n}", b_tensors[f"{b_name}.{n}"], f"{m_name}.{n}").index for n in names]
+        except ConfigError:
+            return None
+        return int(not any(regions))
+
+    n, m = len(small) - 1, len(large) - 1  # the output layers are paired outside the alignment
+    if score(n, m) is None:
+        return {}
+    # best[i][j]: the most equal-shape layers when base layers i.. align into motivated layers j..
+    # (None: impossible)
+    best: list[list[int | None]] = [[None] * (m + 1) for _ in range(n)] + [[0] * (m + 1)]
+
+    def take(i: int, j: int) -> int | None:
+        rest = best[i + 1][j + 1]
+        s = None if rest is None else score(i, j)
+        return None if s is None else s + rest
+
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            options = [v for v in (take(i, j), best[i][j + 1]) if v is not None]
+            best[i][j] = max(options, default=None)
+    if best[0][0] is None:
+        return {}
+    pairs, j = [(n, m)], 0
+    for i in range(n):
+        while take(i, j) != best[i][j]:  # skipping j keeps best[i][j] (the earliest match wins ties)
+            j += 1
+        pairs.append((i, j))
+        j += 1
+    return {f"{small[i][0]}.{t}": f"{large[j][0]}.{t}" for i, j in pairs for t in small[i][1]}
+
+
 @dataclass
 class WeightMap:
     """A deterministic map from base tensors to motivated tensors (see module docstring)."""
@@ -104,47 +216,33 @@ class WeightMap:
         (see the module docstring). Other tensors whose name ends with a key of ``fused`` (default
         ``{"qkv.weight": 3, "qkv.bias": 3}``, for attention modules without ``num_heads``) are
         split into that many chunks on dimension 0 first. ``overrides`` maps base names to entries
-        of the user's own, used as given.
+        of the user's own, used as given. Where the names of the output layers differ, names are
+        positions, not roles: layers are paired by structure instead (see :func:`_pair_by_role`).
         """
         _check_pair(base, motivated)
         overrides = overrides or {}
         fused = {"qkv.weight": 3, "qkv.bias": 3} if fused is None else fused
         target = _tensors(motivated)
         buffers = {name for name, _ in base.named_buffers()}
-        base_heads, motivated_heads = _head_views(base), _head_views(motivated)
+        heads = (_head_views(base), _head_views(motivated))
+
+        def entry(name: str, tensor: torch.Tensor, counterpart: str) -> MapEntry:
+            return _entry(name, tensor, counterpart, target[counterpart], name in buffers, heads, fused)
+
+        roles = _pair_by_role(base, motivated, entry)
         entries = []
         for name, tensor in _tensors(base).items():
             if name in overrides:
                 entries.append(overrides[name])
                 continue
-            if name not in target:
+            counterpart = roles.get(name, name)
+            if counterpart not in target:
                 raise ConfigError(
                     f"cannot map the base tensor {name!r} {tuple(tensor.shape)}: the motivated model "
                     "has no tensor of that name; is the motivated model a grown copy of the base? "
                     "(pass overrides= for tensors that moved)"
                 )
-            big = target[name]
-            heads = (base_heads.get(name), motivated_heads.get(name))
-            if tensor.shape == big.shape and heads[0] == heads[1]:
-                entries.append(MapEntry(name, name, (), name in buffers))
-                continue
-            chunks = next((n for suffix, n in fused.items() if name.endswith(suffix)), 1)
-            if heads[0] and heads[1]:
-                base_view, motivated_view = heads
-            elif chunks > 1 and tensor.shape[0] % chunks == 0 and big.shape[0] % chunks == 0:
-                base_view, motivated_view = _chunk_view(tensor.shape, chunks), _chunk_view(big.shape, chunks)
-            else:
-                base_view, motivated_view = (), ()
-            small, large = base_view or tuple(tensor.shape), motivated_view or tuple(big.shape)
-            fits = len(small) == len(large) and all(b <= m for b, m in zip(small, large, strict=True))
-            if not fits or (chunks > 1 and not base_view):
-                raise ConfigError(
-                    f"cannot map the base tensor {name!r}: shape {tuple(tensor.shape)} in the base, "
-                    f"{tuple(big.shape)} in the motivated model (a base tensor must fit inside its "
-                    "counterpart on every dimension, and attention heads inside heads)"
-                )
-            index = tuple(slice(0, n) for n in small)
-            entries.append(MapEntry(name, name, index, name in buffers, base_view, motivated_view))
+            entries.append(entry(name, tensor, counterpart))
         mapped = {e.motivated for e in entries}
         return cls(entries, [name for name in target if name not in mapped])
 
@@ -244,6 +342,103 @@ class WeightMap:
                 done.append(name)
         return done
 
+    def inexact_reasons(self, identity_blocks: list[str]) -> list[str]:
+        """Why the motivated model cannot be expected to compute the base's function exactly at the
+        start ([] when it can): width growth (the extra channels feed the next layer, norms see more
+        features), or extra capacity outside the blocks made identity (``identity_blocks``)."""
+        reasons = []
+        sliced = [e.base for e in self.entries if e.index]
+        if sliced:
+            reasons.append(f"{len(sliced)} base tensors map onto a leading slice (width growth), e.g. {sliced[0]!r}")
+        loose = [n for n in self.extra if not any(n.startswith(f"{block}.") for block in identity_blocks)]
+        if loose:
+            more = f" and {len(loose) - 4} more" if len(loose) > 4 else ""
+            reasons.append(f"extra capacity not initialised as the identity: {', '.join(loose[:4])}{more}")
+        return reasons
+
+    @torch.no_grad()
+    def check_start(
+        self, base: nn.Module, motivated: nn.Module, probe: tuple[Any, ...] | None, reasons: list[str]
+    ) -> float | None:
+        """Check, right after the motivated model received the base's tensors, that the map holds.
+
+        Both directions: every mapped region of the motivated model reads back equal to its base
+        tensor (else ConfigError: two entries overlap), and on ``probe`` (positional arguments of
+        both models' forward; None skips this half) the motivated model computes the base's
+        function in eval mode: outputs within ``max(1e-4, sqrt(eps)) * max(1, max |base output|)``
+        of the base's (eps of the output dtype). Beyond that, it raises ConfigError with the map
+        printed, or warns where ``reasons`` say why it cannot be exact (:meth:`inexact_reasons`);
+        both name the first mapped layer whose output differs. Returns the largest absolute
+        difference of the outputs (None without a probe); restores both models' train/eval modes.
+        """
+        b, m = _tensors(base), _tensors(motivated)
+        unreadable = [e.base for e in self.entries if not torch.equal(e.region(m[e.motivated]), e.source(b[e.base]))]
+        if unreadable:
+            raise ConfigError(
+                f"the weights map does not hold: {', '.join(unreadable)} cannot be read back from the motivated "
+                f"model (another entry writes over its region); give every base tensor a region of its own\n{self}"
+            )
+        if probe is None:
+            return None
+        outputs, tol = _eval_outputs((base, motivated), probe)
+        diff = _largest_difference(*outputs)
+        if diff <= tol:
+            return diff
+        message = (
+            f"the motivated model does not start as the base's function: on the probe batch (eval mode) "
+            f"their outputs differ by up to {diff:.3g} (tolerance {tol:.2g}); "
+            + self._first_divergence(base, motivated, probe)
+        )
+        if not reasons:
+            raise ConfigError(
+                f"{message}\nThe weights map:\n{self}\nFix the map (weight_map= or overrides=, pairing layers by "
+                "role) or make the added blocks start as the identity"
+            )
+        warnings.warn(f"{message}. Expected, as it cannot be exact: {'; '.join(reasons)}", stacklevel=3)
+        return diff
+
+    def _first_divergence(self, base: nn.Module, motivated: nn.Module, probe: tuple[Any, ...]) -> str:
+        """Names the first mapped layer (in the base's execution order) whose output differs on the
+        probe, with its entries; one more forward pass of each model, run only after a failed check."""
+        pairs: dict[str, str] = {}
+        for e in self.entries:
+            pairs.setdefault(e.base.rpartition(".")[0], e.motivated.rpartition(".")[0])
+        seen: list[dict[str, torch.Tensor]] = [{}, {}]
+        handles = []
+        for model, names, record in ((base, pairs, seen[0]), (motivated, set(pairs.values()), seen[1])):
+            for name, module in model.named_modules():
+                if name in names:
+                    handles.append(module.register_forward_hook(_recorder(name, record)))
+        try:
+            _eval_outputs((base, motivated), probe)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for b_name, out in seen[0].items():  # dicts keep the order the hooks fired in
+            other = seen[1].get(pairs[b_name])
+            if (
+                other is None
+                or out.dim() != other.dim()
+                or any(s > t for s, t in zip(out.shape, other.shape, strict=True))
+            ):
+                continue
+            diff = (other[tuple(slice(0, s) for s in out.shape)] - out).abs().max().item()
+            if diff > _tolerance([out]):
+                moved = [
+                    f"{e.base} -> {e.motivated} [{_format_region(e)}]"
+                    for e in self.entries
+                    if e.base.rpartition(".")[0] == b_name
+                ]
+                return (
+                    f"the first mapped layer whose output differs (by up to {diff:.3g}: its tensors or its input are "
+                    f"wrong) is base {b_name!r} -> "
+                    f"motivated {pairs[b_name]!r}, mapped by {', '.join(moved)}"
+                )
+        return (
+            "every mapped layer agrees with its counterpart on the mapped region, so the difference comes "
+            f"from the extra capacity: {', '.join(self.extra[:6])}{' ...' if len(self.extra) > 6 else ''}"
+        )
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -255,6 +450,51 @@ class WeightMap:
         lines.insert(1, "  ".join("-" * w for w in widths))
         lines.append(f"extra capacity ({len(self.extra)} tensors): " + (", ".join(self.extra) or "none"))
         return "\n".join(lines)
+
+
+def _eval_outputs(models: tuple[nn.Module, nn.Module], probe: tuple[Any, ...]) -> tuple[list, float]:
+    """Both models' output tensors on ``probe`` in eval mode, without autocast, and the tolerance for
+    their difference (see :meth:`WeightMap.check_start`); train/eval modes are restored."""
+    modes = [[(m, m.training) for m in model.modules()] for model in models]
+    device = next(iter(models[0].parameters())).device.type
+    try:
+        with torch.no_grad(), torch.autocast(device, enabled=False):
+            outputs = [tree_leaves(model.eval()(*probe)) for model in models]
+    finally:
+        for module, training in itertools.chain(*modes):
+            module.training = training
+    return outputs, _tolerance(outputs[0])
+
+
+def _tolerance(reference: list) -> float:
+    """``max(1e-4, sqrt(eps)) * max(1, max |reference|)`` over the floating tensors of ``reference``:
+    rounding in the output dtype (eps), relative to the outputs' scale."""
+    floats = [t for t in reference if torch.is_tensor(t) and t.is_floating_point()]
+    scale = max((t.abs().max().item() for t in floats if t.numel()), default=0.0)
+    eps = max((torch.finfo(t.dtype).eps for t in floats), default=0.0)
+    return max(1e-4, eps**0.5) * max(1.0, scale)
+
+
+def _largest_difference(first: list, second: list) -> float:
+    """The largest absolute difference between two models' output tensors (inf if they differ in structure)."""
+    if len(first) != len(second):
+        return math.inf
+    diff = 0.0
+    for a, b in zip(first, second, strict=True):
+        if not torch.is_tensor(a) or not torch.is_tensor(b) or a.shape != b.shape:
+            return math.inf
+        if a.numel():
+            diff = max(diff, (a.double() - b.double()).abs().max().item())
+    return diff
+
+
+def _recorder(name: str, record: dict[str, torch.Tensor]) -> Callable[..., None]:
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        tensors = [t for t in tree_leaves(output) if torch.is_tensor(t) and t.is_floating_point()]
+        if tensors and name not in record:  # a layer called twice is compared on its first call
+            record[name] = tensors[0].detach().double()
+
+    return hook
 
 
 @torch.no_grad()

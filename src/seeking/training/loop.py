@@ -45,12 +45,12 @@ from ..data.transforms import EpochBatches
 from ..errors import ConfigError, SeekingError, SeekingWarning
 from ..io import write_json
 from ..models import create_model
-from ..motivation import Motivator, WeightMap, make_condition
+from ..motivation import Motivator, Never, make_condition
 from ..reporting.comparison import trained_steps
 from ..reporting.tensorboard import ScalarLog
 from ..wording import counted
 from .batchnorm import deployable_copy
-from .config import CONDITIONS, TrainConfig
+from .config import TrainConfig
 from .distributed import Ranks, join, sum_over_ranks, wrap
 from .evaluate import evaluate
 from .flops import train_step_flops
@@ -174,6 +174,12 @@ def split_data(config: TrainConfig, dataset: ImageDataset) -> tuple[ImageData, I
     return train_data, test_data
 
 
+def start_probe(dataset: ImageDataset, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Two normalised training images: the batch on which the Motivator checks that the motivated
+    model starts as the base's function."""
+    return normalize(dataset.train.images[:2].to(device), dataset.mean, dataset.std)
+
+
 def probe_models(
     config: TrainConfig, dataset: ImageDataset, models: dict[str, nn.Module], sample: torch.Tensor
 ) -> dict[str, int]:
@@ -193,13 +199,18 @@ def check_run(config: TrainConfig, dataset: ImageDataset, device: torch.device) 
     data sizes, the pair, and both models on one forward and backward of a batch of the real shape
     (without counting FLOPs, which each arm does)."""
     train_data, _ = split_data(config, dataset)
-    models = build_models(dataclasses.replace(config, condition=CONDITIONS[0]), dataset)  # both models
-    WeightMap.infer(models["base"], models["motivated"])
+    kwargs = model_kwargs(config, dataset)
+    models = {role: create_model(getattr(config, role), **kwargs) for role in ("base", "motivated")}
     sample = normalize(train_data.images[: config.batch_size].to(device), dataset.mean, dataset.std)
     labels = train_data.labels[: config.batch_size].to(device)
     for role, model in models.items():
         with probing(getattr(config, role), model, tuple(sample.shape), f"the images of {dataset.name}"):
             F.cross_entropy(model.to(device)(sample), labels).backward()
+    # the map inferred and the start checked as in train(); its warnings are left to the arms
+    unused = [torch.optim.SGD(m.parameters(), lr=0.0) for m in models.values()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Motivator(*models.values(), Never(), *unused, example_input=start_probe(dataset, device))
 
 
 @reports_storage_errors
@@ -265,6 +276,7 @@ def train(
             optimizer_state=config.optimizer_state,
             batchnorm=config.batchnorm,
             sync=config.sync,
+            example_input=start_probe(dataset, device),
         )
     else:
         ((name, model),) = models.items()
@@ -491,8 +503,8 @@ def train(
         if trained_steps(summary, role) == 0:
             warnings.warn(
                 f"the {role} model {model_names[role]} of {run_dir} was never trained: none of the run's "
-                f"{counted(plan.steps, 'step')} were its (p = {plan.p:.3f}), so {MODEL_FILES[role]} holds its starting weights; "
-                "check --condition, --k and --p",
+                f"{counted(plan.steps, 'step')} were its (p = {plan.p:.3f}), so {MODEL_FILES[role]} holds its "
+                "starting weights; check --condition, --k and --p",
                 SeekingWarning,
                 stacklevel=2,
             )
