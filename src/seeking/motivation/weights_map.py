@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SeekingWarning
 
 Direction = Literal["to_motivated", "to_base"]
 
@@ -394,7 +394,11 @@ class WeightMap:
                 f"{message}\nThe weights map:\n{self}\nFix the map (weight_map= or overrides=, pairing layers by "
                 "role) or make the added blocks start as the identity"
             )
-        warnings.warn(f"{message}. Expected, as it cannot be exact: {'; '.join(reasons)}", stacklevel=3)
+        # a short map is shown whole; a long one (width growth: hundreds of rows) is one print away
+        shown = f"\nThe weights map:\n{self}" if len(self.entries) <= 40 else " (print(motivator.map) shows the map)"
+        warnings.warn(
+            f"{message}. Expected, as it cannot be exact: {'; '.join(reasons)}{shown}", SeekingWarning, stacklevel=3
+        )
         return diff
 
     def _first_divergence(self, base: nn.Module, motivated: nn.Module, probe: tuple[Any, ...]) -> str:
