@@ -55,6 +55,13 @@ def test_existing_run_folder_is_not_overwritten(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_an_existing_file_as_out_is_called_a_file(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["train", *FAST, "--out", str(tmp_path / "notes.txt")]) == 2
+    assert "is an existing file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "x"
+
+
 def test_train_then_evaluate_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     done = subprocess.run(

@@ -156,14 +156,22 @@ def test_ctrl_c_in_a_comparison_says_how_to_continue_the_whole_comparison(tmp_pa
 def test_evaluate_uses_the_recorded_data_set_and_says_on_how_many_images(finished, capsys):
     digits = load_dataset("digits", progress=False)
     model, _ = load_model(finished.run_dir / "base.safetensors")
-    expected = evaluate(model, digits.test, digits.mean, digits.std)
+    everything = evaluate(model, digits.test, digits.mean, digits.std)
+    # by default the run's own test examples (its --test-subset 30): the figure the run reported
     assert main(["evaluate", str(finished.run_dir / "base.safetensors")]) == 0
     printed = capsys.readouterr()
+    reported = finished.summary["models"]["base"]
     assert printed.out == (
-        f"resnet20 on digits test ({len(digits.test)} images, the data set recorded in the model file): "
-        f"accuracy {expected['accuracy']:.2f}%, loss {expected['loss']:.4f}\n"
+        "resnet20 on digits test (30 images, the data set recorded in the model file, the run's --test-subset 30): "
+        f"accuracy {reported['accuracy']:.2f}%, loss {reported['loss']:.4f}\n"
     )
-    assert len(digits.test) == 360 and printed.err == ""
+    assert printed.err == ""
+    # another data set (here: digits named again) or size is the user's: all 360 test images
+    assert main(["evaluate", str(finished.run_dir / "base.safetensors"), "--data", "digits"]) == 0
+    assert capsys.readouterr().out == (
+        f"resnet20 on digits test (360 images): accuracy {everything['accuracy']:.2f}%, loss {everything['loss']:.4f}\n"
+    )
+    assert main(["evaluate", str(finished.run_dir / "base.safetensors"), "--test-subset", "0"]) == 2
 
 
 def test_evaluate_finds_a_data_folder_recorded_by_a_relative_path(tmp_path, monkeypatch, capsys):

@@ -97,6 +97,15 @@ def test_a_batch_larger_than_the_data_is_refused(tmp_path, capsys):
     assert "batch_size 16 exceeds the 10 training images" in err and "--train-subset" in err
 
 
+def test_a_text_batch_larger_than_the_text_is_refused(tmp_path, capsys):
+    """The text member of the kind: more blocks per batch than the training text holds."""
+    text = tmp_path / "short.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog " * 11 + "!!!!!!!!!")  # 493: 444 train characters
+    argv = ["excite", *ONE_STEP, "--model", "gpt_moe_tiny", "--model-kwargs", json.dumps(TINY_MOE["gpt_moe_tiny"])]
+    err = refused([*argv, "--data", str(text), "--block-size", "8", "--batch-size", "437"], tmp_path / "run", capsys)
+    assert "batch_size 437 exceeds the 436 distinct blocks of 8 characters" in err
+
+
 def synthetic(size, channels, n_train, n_test=6):
     gen = torch.Generator().manual_seed(0)
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import motivated_steps, sgd
+from torch import nn
 
 from seeking import ConfigError, ConsecutiveDecrease, MapEntry, Motivator, Never, WeightMap, create_model
 
@@ -300,3 +301,12 @@ def test_width_growth_is_checked_and_warned_about():
     with pytest.warns(UserWarning, match=r"map onto a leading slice \(width growth\)"):
         motivator = Motivator(base, wide, Never(), sgd(base), sgd(wide), example_input=torch.randn(2, 3, 8, 8))
     assert motivator.start_difference > 1e-3
+
+
+def test_a_pair_whose_outputs_differ_in_shape_is_refused():
+    """Another member of the kind: no map makes a 5-class model compute a 10-class base's function."""
+    base = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    large = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (base, large)]
+    with pytest.raises(ConfigError, match=r"outputs of different shapes .*base \[\(2, 10\)\], motivated \[\(2, 5\)\]"):
+        Motivator(base, large, ConsecutiveDecrease(k=2), *optimizers, example_input=torch.randn(2, 1, 8, 8))

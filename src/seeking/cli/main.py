@@ -225,7 +225,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(
         f"p = {s['p']:.3f} ({s['motivated_steps']}/{s['steps']} steps motivated, "
         f"{counted(s['switches'], 'switch', 'switches')}), {counted(s['skipped_steps'], 'skipped step')}, "
-        f"training {s['train_flops'] / 1e12:.3f} TFLOPs, {s['train_seconds']:.1f}s"
+        f"training {s['train_flops'] / 1e12:.4g} TFLOPs, {s['train_seconds']:.1f}s"
     )
     return 0
 
@@ -266,10 +266,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..data import DEFAULT_DATASET, load_dataset
+    from ..data.core import chosen_subset
     from ..errors import DataError
     from ..training import evaluate
     from ..training.evaluate import check_model_data
 
+    if args.test_subset is not None and args.test_subset < 1:
+        raise DataError(f"--test-subset must be >= 1 examples, got {args.test_subset}")
     model, meta = load_model(args.checkpoint)
     norm = meta["extra"]
     # files written before the path was recorded name their data set only (loadable if it is digits)
@@ -288,10 +291,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for warning in check_model_data(meta, dataset):
         print(f"seeking: warning: {warning}", file=sys.stderr)
     mean, std = norm.get("mean", dataset.mean), norm.get("std", dataset.std)
-    result = evaluate(model, dataset.test, mean, std)
+    # the run's test subset (seed 0, as the run drew it) unless the user gives another data set or size
+    subset = args.test_subset if args.test_subset is not None else (None if args.data else norm.get("test_subset"))
+    test = chosen_subset(dataset.test, subset, 0, "test_subset")
+    result = evaluate(model, test, mean, std)
     source = "" if args.data else ", the data set recorded in the model file"
+    if subset and args.test_subset is None:
+        source += f", the run's --test-subset {subset}"
     print(
-        f"{meta['model']} on {dataset.name} test ({len(dataset.test)} images{source}): "
+        f"{meta['model']} on {dataset.name} test ({counted(len(test), 'image')}{source}): "
         f"accuracy {result['accuracy']:.2f}%, loss {result['loss']:.4f}"
     )
     return 0
@@ -405,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test accuracy of a saved model checkpoint")
     p.add_argument("checkpoint", help="a .safetensors model file written by seeking train")
     p.add_argument("--data", help="data set, as for train (default: the one recorded in the model file)")
+    p.add_argument(
+        "--test-subset",
+        type=int,
+        help="test on this many examples, drawn as train draws them (default: the run's own, with its data set)",
+    )
     p.add_argument("--cache-dir")
     p.set_defaults(func=_cmd_evaluate)
     p = sub.add_parser("excite", help="train an MoE model with a base optimizer, plain and with Excitation: one table")

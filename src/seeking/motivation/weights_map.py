@@ -381,6 +381,13 @@ class WeightMap:
         if probe is None:
             return None
         outputs, tol = _eval_outputs((base, motivated), probe)
+        shapes = [[tuple(t.shape) if torch.is_tensor(t) else type(t).__name__ for t in out] for out in outputs]
+        if shapes[0] != shapes[1]:  # no map can make one function of the other: not a pair at all
+            raise ConfigError(
+                f"the two models give outputs of different shapes on the probe batch (base {shapes[0]}, "
+                f"motivated {shapes[1]}): a motivated model must compute what the base does (the same classes, "
+                "vocabulary, output heads); build both with the same output size"
+            )
         diff = _largest_difference(*outputs)
         if diff <= tol:
             return diff

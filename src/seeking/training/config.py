@@ -133,7 +133,7 @@ def check_lr(lr: float) -> None:
     """The learning rate of both configurations must be > 0: at 0 no weight moves, yet the run would
     report accuracies and costs as if it had trained."""
     if lr <= 0:
-        raise ConfigError(f"lr must be > 0 (at {lr} no weight would move), got {lr}")
+        raise ConfigError(f"lr must be > 0, got {lr}" + (": at 0 no weight would move" if lr == 0 else ""))
 
 
 def check_device(name: str) -> None:

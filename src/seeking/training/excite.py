@@ -188,6 +188,12 @@ class _Task:
                     f"characters (the last 10%); a block of {config.block_size} and its target need "
                     f"{config.block_size + 1} in each: use {fix} longer text"
                 )
+            blocks = len(self.train_tokens) - config.block_size  # distinct starting positions
+            if config.batch_size > blocks:  # as for images: a batch no larger than the data it draws from
+                raise ConfigError(
+                    f"batch_size {config.batch_size} exceeds the {blocks} distinct blocks of {config.block_size} "
+                    f"characters in the training text of {config.data}: lower --batch-size, or use longer text"
+                )
         else:
             dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress)
             _check_kind(config)

@@ -470,6 +470,7 @@ def train(
         "dataset": dataset.name,
         "data": data_source(config.data),
         "classes": list(dataset.classes),
+        "test_subset": config.test_subset,  # the test figures' examples: `seeking evaluate` takes the same
     }
     summary: dict[str, Any] = {
         "seeking_version": __version__,

@@ -75,7 +75,9 @@ def probing(name: str, model: nn.Module, shape: tuple[int, ...], data: str) -> I
 def check_new_run_dir(run_dir: str | os.PathLike) -> Path:
     """Refuse to mix a new run into an existing folder (a first check; :func:`claim_run_dir` decides)."""
     path = Path(run_dir)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run folder {path} is an existing file, not a folder; choose another --out")
+    if path.exists() and any(path.iterdir()):
         raise ConfigError(f"run folder {path} already exists and is not empty; choose another --out or remove it")
     return path
 
