@@ -141,6 +141,9 @@ def test_ctrl_c_in_a_comparison_says_how_to_continue_the_whole_comparison(tmp_pa
     assert f"continue with: seeking compare --resume {out}\n" in err and "seeking train --resume" not in err
     for folder in (out, out / "classical_large"):  # what the report shows of an unfinished arm
         assert f"Continue it with: seeking compare --resume {out}\n" in (folder / INCOMPLETE).read_text()
+    # an arm given to --resume of the wrong kind names the command that continues its whole comparison
+    assert main(["compare", "--resume", str(out / "classical_large")]) == 2
+    assert f"continue it with: seeking compare --resume {out}\n" in capsys.readouterr().err
     monkeypatch.undo()
     assert main(["compare", "--resume", str(out), "--quiet"]) == 0
     summary = json.loads((out / "classical_large" / "summary.json").read_text())

@@ -194,10 +194,10 @@ def read_run_config(run_dir: str | os.PathLike, kind: str) -> dict[str, Any]:
             f"cannot resume {path}: its config.json does not say which command wrote it "
             f"(seeking {', '.join(RUN_KINDS)}), so it is not a seeking run folder"
         )
-    if found != kind:
+    if found != kind:  # INCOMPLETE names the right command (a comparison's arm: the whole comparison)
         raise ConfigError(
             f"cannot resume {path} with seeking {kind}: it is a 'seeking {found}' folder; "
-            f"continue it with: {resume_command(found, path)}"
+            f"continue it with: {recorded_resume_command(path) or resume_command(found, path)}"
         )
     version = saved.pop("seeking_version", None)
     if version != __version__:
