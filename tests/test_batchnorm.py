@@ -7,7 +7,7 @@ from helpers import motivated_steps
 
 import seeking.training.loop as loop
 from seeking import ConfigError, TrainConfig, create_model, evaluate, load_dataset, load_model, train
-from seeking.training.batchnorm import deployable_copy, recalibrate_batchnorm
+from seeking.motivation.batchnorm import deployable_copy, recalibrate_batchnorm
 from seeking.training.resume import load_state
 
 

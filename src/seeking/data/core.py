@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from seeking.errors import DataError, SeekingWarning
+from seeking.errors import ConfigError, DataError, SeekingWarning
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field has no single truth
@@ -67,6 +67,26 @@ def require_classes(data: ImageData, what: str) -> None:
             f"the {what} hold {found}: a classifier needs at least two classes to learn anything; "
             "check the data set (or raise the subset size)"
         )
+
+
+def run_splits(
+    dataset: ImageDataset, train_subset: int | None, test_subset: int | None, batch_size: int, seed: int
+) -> tuple[ImageData, ImageData]:
+    """The training and test examples of a run: ``dataset``'s splits cut to ``train_subset`` (drawn
+    with ``seed``) and ``test_subset`` (seed 0, so every run tests on the same examples), or whole when
+    None. Raises ``DataError`` for training data of one class and ``ConfigError`` when the training
+    examples cannot fill one batch of ``batch_size`` or there is nothing to test on."""
+    train = chosen_subset(dataset.train, train_subset, seed, "train_subset")
+    test = chosen_subset(dataset.test, test_subset, 0, "test_subset")
+    require_classes(train, "training data")
+    if len(train) < batch_size:
+        raise ConfigError(
+            f"batch_size {batch_size} exceeds the {len(train)} training images: lower --batch-size"
+            + (" or raise --train-subset" if train_subset else "")
+        )
+    if not len(test):
+        raise ConfigError(f"data set {dataset.name!r} has no test images: the run could not be tested")
+    return train, test
 
 
 @dataclass(frozen=True)

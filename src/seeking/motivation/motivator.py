@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .batchnorm import deployable_copy
 from .conditions import Condition
 from .weights_map import WeightMap
 
@@ -194,8 +195,6 @@ class Motivator:
         also end zero-copy sharing, so re-estimating one model cannot overwrite the other's
         statistics. Returns ``{"base": ..., "motivated": ...}``.
         """
-        from ..training.batchnorm import deployable_copy  # imported here: seeking.training imports this module
-
         self.finish()
         if calibration is not None:
             calibration = list(calibration)  # an iterator would be used up by the first model

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import ImageData, batches, load_dataset, normalize
-from ..data.core import chosen_subset, require_classes
+from ..data.core import run_splits
 from ..data.text import TextBatches, TextData, load_text, text_batches
 from ..data.transforms import EpochBatches
 from ..errors import ConfigError, SeekingError
@@ -197,16 +197,7 @@ class _Task:
         else:
             dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress)
             _check_kind(config)
-            train = chosen_subset(dataset.train, config.train_subset, 0, "train_subset")
-            test = chosen_subset(dataset.test, config.test_subset, 0, "test_subset")
-            require_classes(train, "training data")
-            if len(train) < config.batch_size:
-                raise ConfigError(
-                    f"batch_size {config.batch_size} exceeds the {len(train)} training images: lower --batch-size"
-                    + (" or raise --train-subset" if config.train_subset else "")
-                )
-            if not len(test):
-                raise ConfigError(f"data set {dataset.name!r} has no test images: the runs could not be tested")
+            train, test = run_splits(dataset, config.train_subset, config.test_subset, config.batch_size, seed=0)
             self.dataset, self.name, self.metric = dataset, dataset.name, "test acc %"
             self.train = ImageData(train.images.to(device), train.labels.to(device))
             self.test_data = ImageData(test.images.to(device), test.labels.to(device))

@@ -40,16 +40,16 @@ from tqdm import tqdm
 from .. import __version__
 from ..checkpoint import save_model
 from ..data import ImageData, ImageDataset, augment, batches, data_source, load_dataset, normalize
-from ..data.core import chosen_subset, require_classes
+from ..data.core import run_splits
 from ..data.transforms import EpochBatches
 from ..errors import ConfigError, SeekingError, SeekingWarning
 from ..io import write_json
 from ..models import create_model
 from ..motivation import Motivator, Never, make_condition
+from ..motivation.batchnorm import deployable_copy
 from ..reporting.comparison import trained_steps
 from ..reporting.tensorboard import ScalarLog
 from ..wording import counted
-from .batchnorm import deployable_copy
 from .config import TrainConfig
 from .distributed import Ranks, join, sum_over_ranks, wrap
 from .evaluate import evaluate
@@ -160,18 +160,8 @@ def build_models(config: TrainConfig, dataset: ImageDataset) -> dict[str, nn.Mod
 
 
 def split_data(config: TrainConfig, dataset: ImageDataset) -> tuple[ImageData, ImageData]:
-    """The training and test examples of this run; ``ConfigError`` if too few for a batch or a test."""
-    train_data = chosen_subset(dataset.train, config.train_subset, config.seed, "train_subset")
-    test_data = chosen_subset(dataset.test, config.test_subset, 0, "test_subset")
-    require_classes(train_data, "training data")
-    if config.batch_size > len(train_data):
-        raise ConfigError(
-            f"batch_size {config.batch_size} exceeds the {len(train_data)} training examples: lower "
-            "--batch-size" + (" or raise --train-subset" if config.train_subset else "")
-        )
-    if not len(test_data):
-        raise ConfigError(f"data set {dataset.name!r} has no test examples: the run could not be tested")
-    return train_data, test_data
+    """The training and test examples of this run (:func:`~seeking.data.core.run_splits`)."""
+    return run_splits(dataset, config.train_subset, config.test_subset, config.batch_size, config.seed)
 
 
 def start_probe(dataset: ImageDataset, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -186,11 +176,10 @@ def probe_models(
     """FLOPs of one training step of each model, counted on a forward and backward pass of ``sample``
     (a batch of the real shape): this pass is also the probe that each model can take the data, so a
     model that cannot is a ``ConfigError`` naming the fix, before the run folder exists."""
-    names = {"base": config.base, "motivated": config.motivated}
     flops = {}
-    for name, model in models.items():
-        with probing(names[name], model, tuple(sample.shape), f"the images of {dataset.name}"):
-            flops[name] = train_step_flops(model, sample, dataset.num_classes)
+    for role, model in models.items():
+        with probing(getattr(config, role), model, tuple(sample.shape), f"the images of {dataset.name}"):
+            flops[role] = train_step_flops(model, sample, dataset.num_classes)
     return flops
 
 
