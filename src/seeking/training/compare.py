@@ -21,7 +21,7 @@ from typing import Any
 from ..data import load_dataset
 from ..errors import ConfigError, SeekingWarning
 from ..io import atomic_write_text, write_json
-from ..motivation import CONDITIONS
+from ..motivation import CONDITIONS, classical_condition
 from ..reporting import comparison_rows, csv_table, efficiency_gain, markdown_table
 from ..reporting.comparison import gain_sentence
 from ..reporting.report import write_report
@@ -92,7 +92,8 @@ def compare(
             raise RunInterrupted(f"{exc.event} of arm {arm}", exc.command) from None
         return run.summary
 
-    arms = [("classical_base", "never"), ("classical_large", "always"), ("motivated", config.condition)]
+    classical = [(f"classical_{name}", classical_condition(role)) for name, role in (("base", "base"), ("large", "motivated"))]
+    arms = [*classical, ("motivated", config.condition)]
     with StopRequests():  # a stop asked for during an arm's last step stops the next arm
         summaries = {arm: run_arm(arm, dataclasses.replace(config, condition=condition)) for arm, condition in arms}
         if random_control:

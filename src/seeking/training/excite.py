@@ -15,408 +15,197 @@ is skipped (its routing counts dropped) and counted; ``max_nonfinite`` in a row 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
-import math
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from .. import __version__
-from ..data import ImageData, batches, load_dataset, normalize
-from ..data.core import run_splits
-from ..data.text import TextBatches, TextData, load_text, text_batches
-from ..data.transforms import EpochBatches
-from ..errors import ConfigError, SeekingError
-from ..excitation import Excitation, list_strategies
+from ..errors import ConfigError
+from ..excitation import Excitation
 from ..io import atomic_write_text, write_json
 from ..models import create_model
-from ..models.gpt_moe import lm_loss
-from ..models.registry import model_arguments, model_exists, unknown_model_message
 from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metrics
+from ..motivation import SingleModel
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
-from ..reporting.tensorboard import ScalarLog, require_tensorboard
+from ..reporting.tensorboard import ScalarLog
+from ..runs import mark_complete, resume_command, start_run
+from ..version import __version__
 from ..wording import counted
-from .config import check_checkpointing, check_device, check_lr, check_types, config_from_dict
+from .checkpoint import Checkpoints, StopRequests
+from .config import ExciteConfig
 from .distributed import Ranks, join, wrap
-from .loop import step_outcome
-from .preflight import claim_run_dir, probing, reports_storage_errors
-from .resume import (
-    Checkpoints,
-    RunInterrupted,
-    StopRequests,
-    check_state,
-    fitting,
-    mark_complete,
-    resume_command,
-    rng_state,
-    run_config,
-    set_rng_state,
-)
-from .schedule import lr_factor
+from .engine import Counters, Engine, Parts, Record, Schedule
+from .optim import build_optimizer
+from .preflight import probing, reports_storage_errors
+from .tasks import DataTask, check_model_kind, data_kind, load_data_task
 
 BASELINE = "none"
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-}
-WITH_MOMENTUM = ("sgd", "rmsprop")
+
+
+def build_model(config: ExciteConfig, data: DataTask, seed: int, device: torch.device) -> nn.Module:
+    """The MoE model of one run, seeded with ``seed``; a model without expert layers is refused."""
+    torch.manual_seed(seed)
+    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    model = create_model(config.model, **data.model_kwargs(), **config.model_kwargs)
+    model = model.to(device, memory_format=memory_format)
+    if not expert_layers(model):
+        raise ConfigError(
+            f"model {config.model!r} has no MoE layer: Excitation needs a model with expert layers "
+            "(micro_moe, sparse_mlp_deep10/20, vit_moe_tiny, gpt_moe_tiny, ...; see seeking.moe.protocol)"
+        )
+    return model
+
+
+def excite_data(config: ExciteConfig, device: torch.device, progress: bool = False) -> DataTask:
+    """The experiment's data: image classification (batches not augmented) or a text file."""
+    data = load_data_task(config, device, progress=progress)
+    check_model_kind(config.model, data_kind(config.data))
+    return data
+
+
+def probe(config: ExciteConfig, data: DataTask, device: torch.device) -> None:
+    """One training forward and backward of a fresh model on a batch of the real shape: a model that
+    cannot take the data is a ``ConfigError`` naming the fix, before anything is written."""
+    model = build_model(config, data, config.seeds[0], device)
+    x, y = data.probe_batch()
+    with probing(config.model, model, tuple(x.shape), data.describe):
+        (data.loss(model(x), y) + moe_aux_loss(model)).backward()
 
 
 @dataclass
-class ExciteConfig:
-    """One Excitation experiment. Defaults: Micro-MoE on the embedded digits, SGD, three arms.
+class Curve(Record):
+    """One run's evaluations, as a checkpoint holds them."""
 
-    ``arms``: ``"none"`` (the plain optimizer) and/or Excitation strategies (``zero_sum``,
-    ``positive_sum``, ``exp_diff`` and the controls ``global``, ``random``, ``inverted``).
-    ``momentum`` is used by SGD and RMSprop. ``block_size`` is for text data only. A checkpoint of
-    the run in progress is written at each evaluation and every ``checkpoint_every`` steps if not 0.
-    ``amp``: the training forward under bfloat16 autocast (as ``seeking train --amp``, without a
-    gradient scaler, which bfloat16 does not need; routing stays float32), on CUDA or, slowly, CPU.
-    """
-
-    data: str = "digits"
-    model: str = "micro_moe"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    arms: list[str] = field(default_factory=lambda: [BASELINE, "zero_sum", "positive_sum"])
-    gamma: float = 1.0
-    steps: int = 600
-    batch_size: int = 128
-    eval_every: int = 100
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    block_size: int = 64
-    train_subset: int | None = None
-    test_subset: int | None = None
-    device: str = "cpu"
-    amp: bool = False
-    cache_dir: str | None = None
-    max_nonfinite: int = 10
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 1
-    tensorboard: bool = False
-
-    def validate(self) -> ExciteConfig:
-        check_types(self)
-        check_checkpointing(self)
-        if not model_exists(self.model):
-            raise ConfigError(unknown_model_message(self.model))
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose constant or cosine")
-        known = [BASELINE, *list_strategies()]
-        for arm in self.arms:
-            if arm not in known:
-                raise ConfigError(f"unknown strategy {arm!r}; choose from: {', '.join(known)}")
-        if not self.arms or len(set(self.arms)) != len(self.arms):
-            raise ConfigError(f"arms must name each arm once and at least one, got {self.arms}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
-        if not self.gamma > 0 or not math.isfinite(self.gamma):
-            raise ConfigError(f"gamma must be a finite number > 0, got {self.gamma}")
-        for name in ("steps", "batch_size", "eval_every", "block_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_lr(self.lr)
-        for name in ("momentum", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("train_subset", "test_subset"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        reserved = sorted({"num_classes", "in_channels", "image_size", "vocab_size"} & set(self.model_kwargs))
-        if reserved:
-            raise ConfigError(f"model_kwargs must not set {', '.join(reserved)}: they come from the data set")
-        check_device(self.device)
-        if self.tensorboard:
-            require_tensorboard()
-        return self
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ExciteConfig:
-        return config_from_dict(cls, values)
-
-    @property
-    def is_text(self) -> bool:
-        return Path(self.data).suffix == ".txt"
+    points: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def _check_kind(config: ExciteConfig) -> None:
-    """Refuse a language model on images or an image model on text (by whether it takes ``vocab_size``)."""
-    arguments = model_arguments(config.model)
-    if arguments is not None and ("vocab_size" in arguments) != config.is_text:
-        kind = "a text file" if config.is_text else "an image data set"
-        raise ConfigError(
-            f"model {config.model!r} does not train on {kind}: GPT-MoE models train on a .txt file, "
-            "the others on image data; check --model and --data"
-        )
+class ExcitationTask:
+    """One run (an arm and a seed) of an Excitation experiment as an engine task: a model trained
+    by the base optimizer, plain (arm ``none``) or wrapped in :class:`~seeking.excitation.Excitation`
+    with the arm's strategy; tested every ``eval_every_steps`` steps, with routing metrics."""
 
+    def __init__(
+        self,
+        config: ExciteConfig,
+        data: DataTask,
+        arm: str,
+        seed: int,
+        *,
+        ranks: Ranks,
+        log: Callable[[str], None],
+        tensorboard_dir: Path | None = None,
+    ) -> None:
+        self.config, self.data, self.arm, self.seed, self.ranks, self.log = config, data, arm, seed, ranks, log
+        self.name = f"{arm} seed {seed}"
+        self.model = model = build_model(config, data, seed, data.device)
+        options = {"lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay}
+        optimizer = build_optimizer(config.optimizer, model.parameters(), **options)
+        if arm != BASELINE:
+            optimizer = Excitation(optimizer, model, arm, config.gamma, seed=seed)
+        self.optimizer = optimizer
+        self.plan = SingleModel("model", model, optimizer)
+        # a user's MoE layer may skip unused experts: DDP must not wait for their gradients
+        self.nets = {"model": wrap(model, ranks, data.device, find_unused=True)}
+        self.batches = data.batches(seed)
+        self.curve = Curve()
+        self.board = ScalarLog(None)
+        self.tensorboard_dir = tensorboard_dir
 
-class _Task:
-    """What differs between image classification and language modelling: data, model, loss, test."""
+    def parts(self) -> Parts:
+        return Parts(model=self.model, optimizer=self.optimizer, data=self.batches, curve=self.curve)
 
-    def __init__(self, config: ExciteConfig, device: torch.device | None = None, progress: bool = False) -> None:
-        self.config, self.progress = config, progress
-        self.device = device = device or torch.device(config.device)
-        if config.is_text:
-            self.text: TextData = load_text(config.data)
-            _check_kind(config)
-            self.name, self.metric = self.text.name, "val loss"
-            self.model_kwargs = {"vocab_size": self.text.vocab_size, "block_size": config.block_size}
-            self.train_tokens, self.val_tokens = self.text.train.to(device), self.text.val.to(device)
-            shortest = min(len(self.train_tokens), len(self.val_tokens))
-            if shortest <= config.block_size:  # a block and its target, shifted by one, need block_size + 1
-                fix = f"--block-size {shortest - 1} or less, or" if shortest > 1 else "a"
-                raise ConfigError(
-                    f"{config.data} gives {len(self.train_tokens)} training and {len(self.val_tokens)} validation "
-                    f"characters (the last 10%); a block of {config.block_size} and its target need "
-                    f"{config.block_size + 1} in each: use {fix} longer text"
-                )
-            blocks = len(self.train_tokens) - config.block_size  # distinct starting positions
-            if config.batch_size > blocks:  # as for images: a batch no larger than the data it draws from
-                raise ConfigError(
-                    f"batch_size {config.batch_size} exceeds the {blocks} distinct blocks of {config.block_size} "
-                    f"characters in the training text of {config.data}: lower --batch-size, or use longer text"
-                )
-        else:
-            dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress)
-            _check_kind(config)
-            train, test = run_splits(dataset, config.train_subset, config.test_subset, config.batch_size, seed=0)
-            self.dataset, self.name, self.metric = dataset, dataset.name, "test acc %"
-            self.train = ImageData(train.images.to(device), train.labels.to(device))
-            self.test_data = ImageData(test.images.to(device), test.labels.to(device))
-            self.model_kwargs = {
-                "num_classes": dataset.num_classes,
-                "in_channels": dataset.in_channels,
-                "image_size": list(dataset.image_size),
-            }
-        self.model_kwargs.update(config.model_kwargs)
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = next(self.batches)  # the global batch; this process trains on its shard
+        return self.ranks.shard(x), self.ranks.shard(y)
 
-    def build(self, seed: int) -> nn.Module:
-        torch.manual_seed(seed)
-        model = create_model(self.config.model, **self.model_kwargs).to(self.device)
-        if not expert_layers(model):
-            raise ConfigError(
-                f"model {self.config.model!r} has no MoE layer: Excitation needs a model with expert layers "
-                "(micro_moe, sparse_mlp_deep10/20, vit_moe_tiny, gpt_moe_tiny, ...; see seeking.moe.protocol)"
-            )
-        return model
+    def loss(self, net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        loss = self.data.loss(net(x), y)
+        return loss, loss + moe_aux_loss(model)
 
-    def stream(self, seed: int) -> TextBatches | EpochBatches:
-        """The training batches of one run: resumable (``state_dict``), endless, fixed by ``seed``."""
-        generator = torch.Generator().manual_seed(seed)
-        if self.config.is_text:
-            return TextBatches(self.train_tokens, self.config.block_size, self.config.batch_size, generator)
-        return EpochBatches(self.train, self.config.batch_size, generator)
+    def skip(self) -> None:
+        if isinstance(self.optimizer, Excitation):  # its routing counts go with it, not into the next step
+            self.optimizer.discard_counts()
 
-    def probe(self, seed: int) -> None:
-        """One training forward and backward of a fresh model on the first batch of ``seed``: a model that
-        cannot take the data is a ``ConfigError`` naming the fix, before anything is written."""
-        model = self.build(seed)
-        x, y = next(self.stream(seed))
-        data = f"the {'text' if self.config.is_text else 'images'} of {self.name}"
-        with probing(self.config.model, model, tuple(x.shape), data):
-            (self.loss(model(self.inputs(x)), y) + moe_aux_loss(model)).backward()
-
-    def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.config.is_text else normalize(x, self.dataset.mean, self.dataset.std)
-
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return lm_loss(output, target) if self.config.is_text else F.cross_entropy(output, target)
+    def after_step(self, step: int, role: str, loss: float, lr: float, finite: bool) -> None:
+        pass
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> tuple[float, dict[str, Any]]:
-        """The task metric and the routing metrics of the last test batch (with its labels), with the
-        per-expert utilization of each layer."""
-        model.eval()
-        if self.config.is_text:
-            gen = torch.Generator().manual_seed(1234)  # the same validation blocks for every arm and step
-            chosen = itertools.islice(text_batches(self.val_tokens, self.config.block_size, 64, gen), 8)
-            losses = []
-            for x, y in chosen:
-                losses.append(lm_loss(model(x), y).item())
-                labels = y
-            value = sum(losses) / len(losses)
-        else:
-            correct = 0
-            for images, labels in batches(self.test_data, 500, shuffle=False):
-                correct += (model(self.inputs(images)).argmax(1) == labels).sum().item()
-            value = 100.0 * correct / len(self.test_data)
-        metrics = routing_metrics(model, labels)
-        model.train()
-        return value, {**{k: v for k, v in metrics.items() if "/" not in k}, "utilization": layer_utilization(model)}
-
-
-@dataclass
-class ArmProgress:
-    """One run's counters, as a checkpoint holds them."""
-
-    step: int = 0
-    loss_sum: float = 0.0  # finite training losses since the last evaluation
-    loss_count: int = 0
-    skipped: int = 0
-    nonfinite_run: int = 0
-    step_seconds: float = 0.0  # in optimizer.step()
-    wall_seconds: float = 0.0
-    curve: list[dict[str, Any]] = field(default_factory=list)
+    def end_period(self, c: Counters) -> dict[str, str]:
+        """Test, with the routing metrics of the last test batch and each layer's utilization."""
+        results, targets = self.data.evaluate(self.model)
+        value = results[self.data.metric_key]
+        metrics = {k: v for k, v in routing_metrics(self.model, targets).items() if "/" not in k}
+        phi = [f.tolist() for f in self.optimizer.last_factors] if self.arm != BASELINE else None
+        point = {"step": c.step, "train_loss": c.mean_loss, self.data.metric: value, **metrics}
+        self.curve.points.append({**point, "utilization": layer_utilization(self.model), "phi": phi})
+        self.board.write("eval", c.step, self.curve.points[-1])
+        dead = metrics.get("dead_fraction", float("nan"))
+        self.log(
+            f"  {self.arm:>12} seed {self.seed} step {c.step}/{self.config.steps}  train loss {c.mean_loss:.4f}  "
+            f"{self.data.metric} {value:.4f}  dead {dead:.3f}"
+        )
+        return {self.data.metric: f"{value:.3g}", "dead": f"{dead:.3f}"}
 
 
 def run_arm(
-    task: _Task,
+    config: ExciteConfig,
+    data: DataTask,
     arm: str,
     seed: int,
     log: Callable[[str], None],
     *,
     checkpoints: Checkpoints | None = None,
     resume: bool = False,
-    stop: StopRequests | None = None,
     ranks: Ranks | None = None,
     tensorboard_dir: Path | None = None,
+    interrupted: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train one arm for one seed; returns its final and periodic results (and TensorBoard scalars
     under ``tensorboard_dir`` if given).
 
     With ``checkpoints``, a checkpoint is written at each evaluation (and every ``checkpoint_every``
-    steps); ``resume`` starts from the newest one; a ``stop`` request writes one and raises
-    :class:`RunInterrupted`. Under torchrun (``ranks``) each process trains on its shard of every batch
-    in DistributedDataParallel, and rank 0 alone writes checkpoints."""
-    config = task.config
+    steps); ``resume`` starts from the newest one; a stop request writes one and raises
+    :class:`RunInterrupted` naming ``interrupted``, the command that continues. Under torchrun
+    (``ranks``) each process trains on its shard of every batch in DistributedDataParallel."""
     ranks = ranks or Ranks()
-    model = task.build(seed)
-    momentum = {"momentum": config.momentum} if config.optimizer in WITH_MOMENTUM else {}
-    optimizer = OPTIMIZERS[config.optimizer](
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **momentum
+    task = ExcitationTask(config, data, arm, seed, ranks=ranks, log=log, tensorboard_dir=tensorboard_dir)
+    engine = Engine(
+        task,
+        Schedule(config.lr, config.schedule, config.steps),
+        period=config.eval_every_steps,
+        device=data.device,
+        amp=config.amp,
+        ranks=ranks,
+        max_nonfinite=config.max_nonfinite,
+        checkpoints=checkpoints,
+        checkpoint_every=config.checkpoint_every,
+        identity={**dataclasses.asdict(config), "arm": arm, "seed": seed},
+        interrupted=interrupted,
+        progress=progress,
+        describe=lambda step: task.name,
     )
-    if arm != BASELINE:
-        optimizer = Excitation(optimizer, model, arm, config.gamma, seed=seed)
-    stream = task.stream(seed)
-    identity = {**dataclasses.asdict(config), "arm": arm, "seed": seed}
-    run = ArmProgress()
-    state = checkpoints.latest(warn=log) if checkpoints and resume else None
-    if state is not None:
-        check_state(state, identity, checkpoints.folder)
-        with fitting(checkpoints.folder, config.model):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        stream.load_state_dict(state["stream"])
-        set_rng_state(state["rng"])
-        run = ArmProgress(**state["progress"])
-        log(f"  {arm:>12} seed {seed}: resuming at step {run.step}")
-
-    def save_checkpoint() -> None:
-        if not ranks.main:
-            return
-        checkpoints.save(
-            run.step,
-            {
-                "seeking_version": __version__,
-                "config": identity,
-                "progress": dataclasses.asdict(run),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "stream": stream.state_dict(),
-                "rng": rng_state(),
-            },
-        )
-
-    layers = expert_layers(model)
-    net = wrap(model, ranks, task.device, find_unused=True)  # a user's MoE layer may skip unused experts
-    start = time.perf_counter() - run.wall_seconds
-    stopping = False  # agreed by all processes at the last step
-    board = ScalarLog(tensorboard_dir, purge_step=run.step)
-    bar = tqdm(
-        total=config.steps,
-        initial=run.step,
-        desc=f"{arm} seed {seed}",
-        unit="step",
-        leave=False,
-        disable=not task.progress,
-    )
-    shown: dict[str, str] = {"loss": "-"}  # on the bar: the step's loss, the metric and dead experts of the last test
-    while run.step < config.steps:
-        if stopping:
-            if checkpoints:
-                run.wall_seconds = time.perf_counter() - start
-                save_checkpoint()
-            requested = stop.requested if stop is not None else None
-            raise RunInterrupted(f"{requested or 'a stop request'} during {arm} seed {seed} at step {run.step}")
-        step = run.step + 1
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(config.schedule, step - 1, config.steps, 0)
-        x, y = next(stream)  # the global batch; this process trains on its shard
-        x, y = ranks.shard(x), ranks.shard(y)
-        with torch.autocast(task.device.type, dtype=torch.bfloat16, enabled=config.amp):
-            loss = task.loss(net(task.inputs(x)), y)
-        optimizer.zero_grad(set_to_none=True)
-        (loss + moe_aux_loss(model)).backward()
-        # the guard's one host sync per step, with the all-reduce that keeps the processes agreed
-        loss_value, finite, stopping = step_outcome(loss, model, ranks, stop is not None and stop.requested is not None)
-        if finite:
-            tick = time.perf_counter()
-            optimizer.step()
-            run.step_seconds += time.perf_counter() - tick
-            run.loss_sum += loss_value
-            run.loss_count += 1
-            run.nonfinite_run = 0
-        else:  # skipped, and its routing counts with it, so they do not weigh on the next step
-            for layer in layers:
-                layer.expert_counts.zero_()
-            run.skipped += 1
-            run.nonfinite_run += 1
-            if run.nonfinite_run >= config.max_nonfinite:
-                raise SeekingError(
-                    f"{arm} seed {seed} diverged: {run.nonfinite_run} non-finite losses or gradients in a row "
-                    f"(last at step {step}); lower --lr, or raise --max-nonfinite"
-                )
-        run.step = step
-        evaluated = step % config.eval_every == 0 or step == config.steps
-        if evaluated:
-            value, metrics = task.evaluate(model)
-            train_loss = run.loss_sum / run.loss_count if run.loss_count else math.nan
-            run.loss_sum, run.loss_count = 0.0, 0
-            phi = [f.tolist() for f in optimizer.last_factors] if arm != BASELINE else None
-            run.curve.append({"step": step, "train_loss": train_loss, task.metric: value, **metrics, "phi": phi})
-            board.write("eval", step, run.curve[-1])
-            dead = metrics.get("dead_fraction", math.nan)
-            shown |= {task.metric: f"{value:.3g}", "dead": f"{dead:.3f}"}
-            with tqdm.external_write_mode(file=sys.stderr):  # the line goes above the bar, not through it
-                log(
-                    f"  {arm:>12} seed {seed} step {step}/{config.steps}  train loss {train_loss:.4f}  "
-                    f"{task.metric} {value:.4f}  dead {dead:.3f}"
-                )
-        shown["loss"] = f"{loss_value:.3f}"
-        bar.update()
-        bar.set_postfix(shown, refresh=False)
-        periodic = config.checkpoint_every and step % config.checkpoint_every == 0
-        if checkpoints and step < config.steps and (evaluated or periodic):
-            run.wall_seconds = time.perf_counter() - start
-            save_checkpoint()
-    board.close()
-    bar.close()
+    if resume and engine.resume(warn=log):
+        log(f"  {arm:>12} seed {seed}: resuming at step {engine.counters.step}")
+    task.board = ScalarLog(tensorboard_dir, purge_step=engine.counters.step)
+    try:
+        counters = engine.run()
+    finally:
+        task.board.close()
+    final = {k: v for k, v in task.curve.points[-1].items() if k != "step"}
     return {
         "arm": arm,
         "seed": seed,
-        "wall_seconds": time.perf_counter() - start,
-        "optimizer_step_ms": 1000 * run.step_seconds / config.steps,
-        "skipped_steps": run.skipped,
-        **{k: v for k, v in run.curve[-1].items() if k != "step"},
-        "curve": run.curve,
+        "wall_seconds": counters.wall_seconds,
+        "optimizer_step_ms": 1000 * counters.optimizer_seconds / config.steps,
+        "skipped_steps": counters.skipped,
+        **final,
+        "curve": task.curve.points,
     }
 
 
@@ -437,21 +226,19 @@ def compare_excitation(
     config.validate()
     ranks, device = join(config.device, config.batch_size)
     log = ranks.speaker(log)
-    task = _Task(config, device, progress=progress and sys.stderr.isatty() and ranks.main)
-    task.probe(config.seeds[0])  # a model that cannot run (or has no MoE layer) fails here, before anything is written
+    bar = progress and sys.stderr.isatty() and ranks.main
+    data = excite_data(config, device, bar)
+    probe(config, data, device)  # a model that cannot run (or has no MoE layer) fails here, before anything is written
     out = Path(out)
-    if resume:
-        if (out / "excitation.json").exists():
-            raise ConfigError(f"cannot resume {out}: the experiment is complete (it has excitation.json)")
-    else:
-        claim_run_dir(out, run_config("excite", dataclasses.asdict(config)), resume_command("excite", out), ranks)
+    command = resume_command("excite", out)
+    start_run(out, "excite", dataclasses.asdict(config), command, resume=resume, ranks=ranks)
     log(
-        f"{config.model} on {task.name}, {config.optimizer} lr {config.lr}, {counted(config.steps, 'step')} of "
+        f"{config.model} on {data.name}, {config.optimizer} lr {config.lr}, {counted(config.steps, 'step')} of "
         f"{config.batch_size}, arms {', '.join(config.arms)}, seeds {config.seeds}; results in {out}"
     )
     runs = []
     board = out / "tensorboard" if config.tensorboard and ranks.main else None  # rank 0 writes
-    with StopRequests() as stop:
+    with StopRequests():  # a stop asked for as one run ends stops the next
         for seed in config.seeds:
             for arm in config.arms:
                 done = out / "runs" / f"{arm}-seed{seed}.json"
@@ -459,30 +246,28 @@ def compare_excitation(
                     runs.append(json.loads(done.read_text()))
                     log(f"  {arm:>12} seed {seed}: finished before, read from {done}")
                     continue
-                checkpoints = Checkpoints(out / "checkpoints" / f"{arm}-seed{seed}", config.keep_checkpoints)
-                try:
-                    result = run_arm(
-                        task,
-                        arm,
-                        seed,
-                        log,
-                        checkpoints=checkpoints,
-                        resume=resume,
-                        stop=stop,
-                        ranks=ranks,
-                        tensorboard_dir=board and board / f"{arm}-seed{seed}",  # a TensorBoard run each
-                    )
-                except RunInterrupted as exc:
-                    raise RunInterrupted(exc.event, resume_command("excite", out)) from None
+                result = run_arm(
+                    config,
+                    data,
+                    arm,
+                    seed,
+                    log,
+                    checkpoints=Checkpoints(out / "checkpoints" / f"{arm}-seed{seed}", config.keep_checkpoints),
+                    resume=resume,
+                    ranks=ranks,
+                    tensorboard_dir=board and board / f"{arm}-seed{seed}",  # a TensorBoard run each
+                    interrupted=command,
+                    progress=bar,
+                )
                 if ranks.main:
                     write_json(done, result)
                 runs.append(result)
-    rows = excitation_rows(runs, task.metric)
-    table = excitation_markdown(rows, task.metric)
+    rows = excitation_rows(runs, data.metric)
+    table = excitation_markdown(rows, data.metric)
     result = {
         "seeking_version": __version__,
         "config": dataclasses.asdict(config),
-        "metric": task.metric,
+        "metric": data.metric,
         "rows": rows,
         "runs": runs,
         "table": table,
