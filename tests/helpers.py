@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import torch
@@ -31,19 +33,41 @@ def motivated_steps(base, large, sync, *, steps, shape, batchnorm="separate"):
     return motivator
 
 
-class PoisonedLoss:
-    """Stands in for ``torch.nn.functional`` in a training loop: the loss of chosen calls is NaN."""
+class Crash(Exception):
+    """Stands for a kill: raised by a step hook (:func:`crash_at`)."""
 
-    def __init__(self, poisoned):
-        self.poisoned, self.calls = set(poisoned), 0
 
-    def __getattr__(self, name):
-        return getattr(torch.nn.functional, name)
+def counting(action):
+    """A step hook (seeking.training.engine.register_step_hook) that calls ``action(call, loss)`` with
+    the number of its call (from 0, over every run of the process) and returns what it returns."""
+    calls = [0]
 
-    def cross_entropy(self, logits, target):
-        loss = torch.nn.functional.cross_entropy(logits, target)
-        self.calls += 1
-        return loss * math.nan if self.calls - 1 in self.poisoned else loss
+    def hook(step, loss):
+        calls[0] += 1
+        return action(calls[0] - 1, loss)
+
+    return hook
+
+
+def poisoning(calls):
+    """The loss of the chosen steps (calls of the hook, from 0) is NaN, as a diverging model's would be."""
+    chosen = set(calls)
+    return counting(lambda call, loss: loss * math.nan if call in chosen else None)
+
+
+def crash_at(call):
+    """The run dies at its ``call``-th step (from 0), after the backward pass, as a kill would."""
+
+    def die(n, loss):
+        if n == call:
+            raise Crash
+
+    return counting(die)
+
+
+def signal_at(call, signum=signal.SIGINT):
+    """The process receives ``signum`` during its ``call``-th step (from 1), as from Ctrl-C."""
+    return counting(lambda n, loss: os.kill(os.getpid(), signum) if n + 1 == call else None)
 
 
 def json_lines(path):

@@ -6,11 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from helpers import PoisonedLoss
+from helpers import poisoning
 from PIL import Image
 
-import seeking.training.excite as excite
-import seeking.training.loop as loop
 from seeking import SeekingError, TrainConfig, train
 from seeking.cli.main import main
 from seeking.reporting.report import write_report
@@ -106,9 +104,9 @@ def test_more_examples_than_the_data_holds_is_a_warning(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2  # 1437 // 512
 
 
-def test_a_diverged_run_reports_every_skipped_step(tmp_path, monkeypatch):
+def test_a_diverged_run_reports_every_skipped_step(tmp_path, inject):
     # steps 5, 6, 7 are non-finite; the third in a row stops the run in epoch 2 (its record never written)
-    monkeypatch.setattr(loop, "F", PoisonedLoss({5, 6, 7}))
+    inject(poisoning({5, 6, 7}))
     config = TrainConfig(train_subset=128, test_subset=60, epochs=2, batch_size=32, k=1, max_nonfinite=3)
     with pytest.raises(SeekingError, match="training diverged"):
         train(config, tmp_path / "run", **QUIET)
@@ -117,16 +115,17 @@ def test_a_diverged_run_reports_every_skipped_step(tmp_path, monkeypatch):
     assert "3 skipped steps" in page
 
 
-def test_skipped_steps_show_in_the_printed_results_and_the_logs_agree_with_the_summary(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(loop, "F", PoisonedLoss({2}))
+def test_skipped_steps_show_in_the_printed_results_and_the_logs_agree_with_the_summary(tmp_path, inject, capsys):
+    inject(poisoning({2}))
     assert main(["train", *FAST, "--epochs", "2", "--k", "1", "--out", str(tmp_path / "run")]) == 0
     assert "1 skipped step," in capsys.readouterr().out
     run = read_run_folder(tmp_path / "run")
     from_log = TrainRun(run.path, run.config, run.steps, run.epochs, None).counts  # as for an unfinished run
     assert from_log == run.counts == {k: run.summary[k] for k in from_log}
     assert from_log["skipped_steps"] == 1 and from_log["switches"] > 0
-    monkeypatch.setattr(excite, "F", PoisonedLoss({3}))
-    argv = ["excite", "--steps", "6", "--eval-every", "6", "--batch-size", "64", "--seeds", "0", "--arms", "none"]
+    inject.undo()
+    inject(poisoning({2}))  # the third step
+    argv = ["excite", "--steps", "6", "--eval-every-steps", "6", "--batch-size", "64", "--seeds", "0", "--arms", "none"]
     assert main([*argv, "--quiet", "--out", str(tmp_path / "exc")]) == 0
     table = capsys.readouterr().out
     assert "| arm | seeds | skipped steps |" in table and "| plain optimizer | 1 | 1 |" in table

@@ -121,18 +121,10 @@ def test_each_run_folder_records_its_kind(finished):
 # --- Ctrl-C during a comparison -----------------------------------------------------------------------
 
 
-def test_ctrl_c_in_a_comparison_says_how_to_continue_the_whole_comparison(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_in_a_comparison_says_how_to_continue_the_whole_comparison(tmp_path, inject, capsys):
     out = tmp_path / "cmp"
     argv = ["compare", *FAST, "--epochs", "2", "--no-random-control", "--out", str(out)]
-    real, calls = loop.step_outcome, [0]
-
-    def interrupting(*args):  # 2 steps per epoch, 4 per arm: Ctrl-C in the last step of the first arm
-        calls[0] += 1
-        if calls[0] == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args)
-
-    monkeypatch.setattr(loop, "step_outcome", interrupting)
+    inject(signal_at(4))  # 2 steps per epoch, 4 per arm: Ctrl-C in the last step of the first arm
     assert main(argv) == 130
     err = capsys.readouterr().err
     # the first arm finishes; the request is not lost with it: the next arm stops after its first step
@@ -144,7 +136,7 @@ def test_ctrl_c_in_a_comparison_says_how_to_continue_the_whole_comparison(tmp_pa
     # an arm given to --resume of the wrong kind names the command that continues its whole comparison
     assert main(["compare", "--resume", str(out / "classical_large")]) == 2
     assert f"continue it with: seeking compare --resume {out}\n" in capsys.readouterr().err
-    monkeypatch.undo()
+    inject.undo()
     assert main(["compare", "--resume", str(out), "--quiet"]) == 0
     summary = json.loads((out / "classical_large" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["motivated_steps"] == 4

@@ -19,6 +19,7 @@ import seeking.training.preflight as preflight
 from seeking import ConfigError, SeekingError, TrainConfig, train
 from seeking.cli.main import main
 from seeking.data import ImageData, ImageDataset
+from seeking.training.engine import register_step_hook
 from seeking.training.preflight import claim_run_dir, probing
 from seeking.training.resume import INCOMPLETE
 
@@ -131,29 +132,29 @@ class FirstStepDone(Exception):
     condition=st.sampled_from(["never", "always"]),  # one model (ResNet-20 or -32): the FLOP count is slow
 )
 def test_every_training_config_is_refused_before_writing_or_runs_its_first_step(
-    size, channels, n_train, batch_size, norm, condition, monkeypatch
+    size, channels, n_train, batch_size, norm, condition
 ):
     """Image size, channels, data and batch size at random: a run either takes its first step (in its
     claimed folder) or is refused with the project's error and no folder. (BatchNorm cannot train on
     one value per channel: batch 1 with images that shrink to 1x1.)"""
-    real = loop.step_outcome
-
-    def first_step(*args):
-        real(*args)
+    def first_step(step, loss):
         raise FirstStepDone
 
-    monkeypatch.setattr(loop, "step_outcome", first_step)
-    config = TrainConfig(condition=condition, epochs=1, batch_size=batch_size, model_kwargs={"norm": norm})
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        try:
-            train(config, out, dataset=synthetic(size, channels, n_train), **QUIET)
-        except SeekingError as exc:
-            assert str(exc) and not out.exists()
-        except FirstStepDone:
-            assert (out / INCOMPLETE).exists() and batch_size <= n_train
-        else:
-            raise AssertionError("the first step did not run")
+    handle = register_step_hook(first_step)
+    try:
+        config = TrainConfig(condition=condition, epochs=1, batch_size=batch_size, model_kwargs={"norm": norm})
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "run"
+            try:
+                train(config, out, dataset=synthetic(size, channels, n_train), **QUIET)
+            except SeekingError as exc:
+                assert str(exc) and not out.exists()
+            except FirstStepDone:
+                assert (out / INCOMPLETE).exists() and batch_size <= n_train
+            else:
+                raise AssertionError("the first step did not run")
+    finally:
+        handle.remove()
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_run, json_lines
+from helpers import Crash, assert_same_run, crash_at, json_lines, poisoning, signal_at
 
 import seeking.training.excite as excite
 import seeking.training.loop as loop
@@ -34,23 +34,6 @@ VARIANTS = {
 }
 
 
-class Crash(Exception):
-    pass
-
-
-def crash_at(monkeypatch, module, call):
-    """Make the training loop of ``module`` die at its ``call``-th step (counted from 0), as a kill would."""
-    real, calls = module.step_outcome, [0]
-
-    def dying(*args):
-        calls[0] += 1
-        if calls[0] - 1 == call:
-            raise Crash
-        return real(*args)
-
-    monkeypatch.setattr(module, "step_outcome", dying)
-
-
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
@@ -62,13 +45,13 @@ def references(tmp_path_factory):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("crash", [1, 4, 7])  # before any checkpoint, after an epoch's, after a mid-epoch one
-def test_a_run_that_dies_at_any_step_resumes_bit_for_bit(variant, crash, references, tmp_path, monkeypatch):
+def test_a_run_that_dies_at_any_step_resumes_bit_for_bit(variant, crash, references, tmp_path, inject):
     config = TrainConfig(**TINY, **VARIANTS[variant])
-    crash_at(monkeypatch, loop, crash)
+    inject(crash_at(crash))
     with pytest.raises(Crash):
         train(config, tmp_path / "run", **QUIET)
     assert (tmp_path / "run" / INCOMPLETE).exists() and not (tmp_path / "run" / "summary.json").exists()
-    monkeypatch.undo()
+    inject.undo()
     train(config, tmp_path / "run", resume=True, **QUIET)
     assert_same_run(references[variant], tmp_path / "run")
     assert not (tmp_path / "run" / INCOMPLETE).exists()
@@ -150,12 +133,12 @@ def test_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(cli_reference, tmp_pa
 
 
 @pytest.fixture
-def crashed(tmp_path, monkeypatch):
+def crashed(tmp_path, inject):
     """An unfinished run (died at step 7) with checkpoints after steps 4 and 6."""
-    crash_at(monkeypatch, loop, 7)
+    inject(crash_at(7))
     with pytest.raises(Crash):
         train(TrainConfig(**TINY), tmp_path / "run", **QUIET)
-    monkeypatch.undo()
+    inject.undo()
     return tmp_path / "run"
 
 
@@ -192,17 +175,17 @@ def test_a_damaged_checkpoint_fails_with_a_clear_message(crashed, damage, messag
     assert not (crashed / "summary.json").exists()
 
 
-def test_a_checkpoint_from_another_version_or_another_run_is_refused(crashed, tmp_path, capsys, monkeypatch):
+def test_a_checkpoint_from_another_version_or_another_run_is_refused(crashed, tmp_path, capsys, inject):
     state = load_state(newest(crashed))
     save_state(newest(crashed), {**state, "seeking_version": "0.0.1"})
     assert main(["train", "--resume", str(crashed), "--quiet"]) == 2
     assert "written by seeking 0.0.1" in capsys.readouterr().err
 
     other = tmp_path / "other"  # another pair, died before its first checkpoint
-    crash_at(monkeypatch, loop, 1)
+    inject(crash_at(1))
     with pytest.raises(Crash):
         train(TrainConfig(**{**TINY, "motivated": "resnet44"}), other, **QUIET)
-    monkeypatch.undo()
+    inject.undo()
     (other / "checkpoints").mkdir()
     shutil.copy(crashed / "checkpoints" / "step-000000004.pt", other / "checkpoints" / "step-000000009.pt")
     assert main(["train", "--resume", str(other), "--quiet"]) == 2
@@ -252,14 +235,14 @@ def test_keep_checkpoints_keeps_the_last_n(tmp_path):
 # --- compare and excite ---------------------------------------------------------------------------
 
 
-def test_an_interrupted_comparison_resumes_arm_by_arm(tmp_path, monkeypatch):
+def test_an_interrupted_comparison_resumes_arm_by_arm(tmp_path, inject):
     argv = ["compare", "--train-subset", "128", "--test-subset", "60", "--epochs", "1", "--batch-size", "32"]
     argv += ["--k", "1", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "reference")]) == 0
-    crash_at(monkeypatch, loop, 10)  # arm 3 (motivated), its 3rd step
+    inject(crash_at(10))  # arm 3 (motivated), its 3rd step
     with pytest.raises(Crash):
         main([*argv, "--out", str(tmp_path / "run")])
-    monkeypatch.undo()
+    inject.undo()
     assert main(["compare", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
     assert_same_run(tmp_path / "reference", tmp_path / "run")  # every arm's folder
     tables = [(tmp_path / d / "comparison.csv").read_text() for d in ("reference", "run")]
@@ -269,7 +252,7 @@ def test_an_interrupted_comparison_resumes_arm_by_arm(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / INCOMPLETE).exists()
 
 
-EXCITE = ["excite", "--steps", "12", "--eval-every", "5", "--batch-size", "64", "--seeds", "0", "--quiet"]
+EXCITE = ["excite", "--steps", "12", "--eval-every-steps", "5", "--batch-size", "64", "--seeds", "0", "--quiet"]
 
 
 def excitation_runs(out):
@@ -277,43 +260,42 @@ def excitation_runs(out):
 
 
 @pytest.mark.parametrize("crash", [7, 20])  # plain arm at step 8; zero_sum arm at step 9 (after its step-5 checkpoint)
-def test_an_excitation_experiment_resumes_bit_for_bit(crash, tmp_path, monkeypatch):
+def test_an_excitation_experiment_resumes_bit_for_bit(crash, tmp_path, inject):
     argv = [*EXCITE, "--arms", "none", "zero_sum"]
     assert main([*argv, "--out", str(tmp_path / "reference")]) == 0
-    crash_at(monkeypatch, excite, crash)
+    inject(crash_at(crash))
     with pytest.raises(Crash):
         main([*argv, "--out", str(tmp_path / "run")])
-    monkeypatch.undo()
+    inject.undo()
     assert main(["excite", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
     assert excitation_runs(tmp_path / "reference") == excitation_runs(tmp_path / "run")
     assert_same_run(tmp_path / "reference", tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run" / "runs").iterdir()) == ["none-seed0.json", "zero_sum-seed0.json"]
 
 
-def test_a_text_experiment_resumes_bit_for_bit(tmp_path, monkeypatch):
+def test_a_text_experiment_resumes_bit_for_bit(tmp_path, inject):
     text = tmp_path / "poem.txt"
     text.write_text("so long lives this, and this gives life to thee.\n" * 60, encoding="utf-8")
     small = json.dumps({"depth": 1, "width": 32, "heads": 2, "num_experts": 4})
     argv = [*EXCITE, "--model", "gpt_moe_tiny", "--data", str(text), "--model-kwargs", small, "--block-size", "16"]
     argv += ["--arms", "zero_sum", "--optimizer", "adam", "--lr", "0.003"]
     assert main([*argv, "--out", str(tmp_path / "reference")]) == 0
-    crash_at(monkeypatch, excite, 8)
+    inject(crash_at(8))
     with pytest.raises(Crash):
         main([*argv, "--out", str(tmp_path / "run")])
-    monkeypatch.undo()
+    inject.undo()
     assert main(["excite", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
     assert excitation_runs(tmp_path / "reference") == excitation_runs(tmp_path / "run")
 
 
-def test_excite_skips_non_finite_steps_and_stops_after_a_run_of_them(tmp_path, monkeypatch, capsys):
-    from helpers import PoisonedLoss
-
-    monkeypatch.setattr(excite, "F", PoisonedLoss({3}))
+def test_excite_skips_non_finite_steps_and_stops_after_a_run_of_them(tmp_path, inject, capsys):
+    inject(poisoning({2}))  # the third step
     assert main([*EXCITE, "--arms", "zero_sum", "--out", str(tmp_path / "one")]) == 0
     (run,) = json.loads((tmp_path / "one" / "excitation.json").read_text())["runs"]
     assert run["skipped_steps"] == 1
     assert all(torch.isfinite(torch.tensor(c["train_loss"])) for c in run["curve"])
-    monkeypatch.setattr(excite, "F", PoisonedLoss(range(1000)))
+    inject.undo()
+    inject(poisoning(range(1000)))
     assert main([*EXCITE, "--arms", "zero_sum", "--max-nonfinite", "4", "--out", str(tmp_path / "many")]) == 2
     assert "zero_sum seed 0 diverged: 4 non-finite losses or gradients in a row" in capsys.readouterr().err
 
@@ -343,23 +325,15 @@ def test_logs_of_a_resumed_run_hold_each_step_once(crashed):
     assert steps == list(range(8))
 
 
-def test_ctrl_c_in_an_excitation_experiment_checkpoints_and_resumes(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_in_an_excitation_experiment_checkpoints_and_resumes(tmp_path, inject, capsys):
     argv = [*EXCITE, "--arms", "none", "zero_sum"]
     assert main([*argv, "--out", str(tmp_path / "reference")]) == 0
-    real, calls = excite.step_outcome, [0]
-
-    def interrupting(*args):  # Ctrl-C during the zero_sum arm's 4th step: seen at the 5th
-        calls[0] += 1
-        if calls[0] == 16:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args)
-
-    monkeypatch.setattr(excite, "step_outcome", interrupting)
+    inject(signal_at(16))  # Ctrl-C during the zero_sum arm's 4th step: seen at the 5th
     assert main([*argv, "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert "SIGINT during zero_sum seed 0 at step 5: checkpoint written; continue with: seeking excite --resume" in err
     assert [p.name for p in (tmp_path / "run" / "checkpoints" / "zero_sum-seed0").iterdir()] == ["step-000000005.pt"]
-    monkeypatch.undo()
+    inject.undo()
     assert main(["excite", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
     assert_same_run(tmp_path / "reference", tmp_path / "run")
 

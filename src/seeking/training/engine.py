@@ -17,8 +17,8 @@ configuration (checked on resume), the task's :meth:`Task.parts` (models, optimi
 its generators, logs, the task's own record), the engine's :class:`Counters` (``engine``) and torch's
 global random state (``rng``), each saved by its own ``state_dict`` (:class:`Parts`).
 
-Faults and losses are injected through :func:`register_step_hook` (as ``nn.Module`` global hooks):
-tests poison a loss, kill a run or send a signal at a chosen step without touching module globals.
+Faults are injected through :func:`register_step_hook` (like ``nn.Module``'s global hooks): tests
+poison a step's loss, kill a run or send a signal at a chosen step without patching module globals.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import math
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,14 +153,15 @@ class Task(Protocol):
 
 
 StepHook = Callable[[int, torch.Tensor], torch.Tensor | None]
-_step_hooks: dict[int, StepHook] = {}
+_step_hooks: OrderedDict[int, StepHook] = OrderedDict()  # weakly referenced by the handles, as torch's
 
 
 def register_step_hook(hook: StepHook) -> RemovableHandle:
-    """Call ``hook(step, loss)`` after every training step's forward pass, in every run of this process,
-    before the backward pass; a tensor it returns replaces the loss. ``step`` counts the run's steps
-    from 0. For faults in tests (a NaN loss, a crash, a signal) and instrumentation. Returns a handle
-    whose ``remove()`` unregisters it."""
+    """Call ``hook(step, loss)`` in every training step of every run in this process, after the
+    backward pass and before the step's outcome is decided; a tensor it returns replaces the loss
+    that the outcome (finite or not), the logs and the condition read. ``step`` counts the run's
+    steps from 0. For faults in tests (a NaN loss, a crash, a signal) and for instrumentation.
+    Returns a handle whose ``remove()`` unregisters it."""
     handle = RemovableHandle(_step_hooks)
     _step_hooks[handle.id] = hook
     return handle
@@ -296,12 +298,11 @@ class Engine:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             reported, minimised = task.loss(task.nets[role], model, inputs, targets)
-        for hook in list(_step_hooks.values()):
-            replaced = hook(c.step, reported)
-            if replaced is not None:
-                minimised, reported = minimised - reported + replaced, replaced
         optimizer.zero_grad(set_to_none=True)
         minimised.backward()
+        for hook in list(_step_hooks.values()):
+            replaced = hook(c.step, reported)
+            reported = reported if replaced is None else replaced
         # the guard's one host sync per step, which the condition needs anyway, with the all-reduce
         # that keeps the processes agreed
         loss, finite, stopping = step_outcome(reported, model, self.ranks, stop_requested)
