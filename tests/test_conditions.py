@@ -3,7 +3,14 @@ import math
 import pytest
 
 from seeking import Always, ConfigError, ConsecutiveDecrease, Never, RandomPlacement, RandomRate
-from seeking.motivation import make_condition
+from seeking.motivation import (
+    CONDITIONS,
+    ROLES,
+    Condition,
+    classical_condition,
+    make_condition,
+    register_condition,
+)
 
 
 def trace(condition, losses):
@@ -108,3 +115,77 @@ def test_the_random_condition_of_a_run_is_the_exact_placement():
         RandomPlacement(13, 12)
     with pytest.raises(ConfigError, match="saved for 3 of 12 steps"):
         RandomPlacement(4, 12).load_state_dict(RandomPlacement(3, 12).state_dict())
+
+
+class EveryOther(Condition):
+    """A user's condition: the motivated model trains every ``every``-th step, counted in its state."""
+
+    name = "every_other"
+    reads_loss = False
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every, self.seen = every, 0
+
+    @classmethod
+    def from_options(cls, *, k, p, seed, total):
+        return cls(k)
+
+    def update(self, loss):
+        self.seen += 1
+        self.motivated = self.seen % self.every == 0
+
+    def state_dict(self):
+        return {**super().state_dict(), "seen": self.seen}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.seen = state["seen"]
+
+
+@pytest.fixture
+def registered():
+    """EveryOther in the registry for one test, and out of it afterwards whatever happens."""
+    register_condition(EveryOther)
+    yield EveryOther
+    del CONDITIONS[EveryOther.name]
+
+
+def test_a_registered_user_condition_is_built_by_name_and_resumes(registered):
+    condition = make_condition("every_other", k=3)
+    assert type(condition) is registered and condition.roles == ROLES
+    assert trace(condition, [1.0] * 7) == [0, 0, 1, 0, 0, 1, 0]
+    resumed = make_condition("every_other", k=3)
+    resumed.load_state_dict(condition.state_dict())
+    assert trace(resumed, [1.0] * 3) == trace(condition, [1.0] * 3) == [0, 1, 0]
+
+
+def test_registering_refuses_a_taken_or_missing_name_and_bad_roles(registered):
+    with pytest.raises(ConfigError, match=r"'every_other' is already registered \(by EveryOther\): give Again"):
+        register_condition(type("Again", (EveryOther,), {}))
+    with pytest.raises(ConfigError, match="Nameless has no name"):
+        register_condition(type("Nameless", (Condition,), {}))
+    with pytest.raises(ConfigError, match=r"roles=\('large',\)"):
+        register_condition(type("Odd", (Condition,), {"name": "odd", "roles": ("large",)}))
+    with pytest.raises(ConfigError, match="trains only 'base', as the registered condition 'never' does"):
+        register_condition(type("Idle", (Condition,), {"name": "idle", "roles": ("base",)}))
+    with pytest.raises(ConfigError, match="registers Condition subclasses"):
+        register_condition(int)
+    assert [name for name in CONDITIONS] == ["decrease", "never", "always", "random", "every_other"]
+
+
+def test_roles_say_which_models_a_condition_trains():
+    assert {name: cls.roles for name, cls in CONDITIONS.items()} == {
+        "decrease": ("base", "motivated"),
+        "never": ("base",),
+        "always": ("motivated",),
+        "random": ("base", "motivated"),
+    }
+    # a single-role condition's models are the ones it trains: its decision never changes
+    for role in ROLES:
+        condition = make_condition(classical_condition(role))
+        assert condition.roles == (role,)
+        assert trace(condition, [3, 2, 1, 0]) == [int(role == "motivated")] * 4
+    assert (classical_condition("base"), classical_condition("motivated")) == ("never", "always")
+    with pytest.raises(ConfigError, match="unknown role 'large'; the roles are base, motivated"):
+        classical_condition("large")

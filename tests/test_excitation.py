@@ -362,6 +362,32 @@ def test_counts_add_up_over_micro_batches_and_are_zeroed_by_step():
     assert model.stacked.expert_counts.sum() == 0 and model.listed.expert_counts.sum() == 0
 
 
+def test_discarded_counts_leave_the_next_step_to_its_own_batch():
+    """A skipped step (here the first) discards its batch's counts: the next step scales like a fresh
+    step on the second batch alone; without the discard it would use both batches' counts."""
+    torch.manual_seed(0)
+    model = ToyModel()
+    fresh = copy.deepcopy(model)
+    ex = Excitation(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    backward(model, 0, ALL_USED)  # the skipped step: its gradients are dropped, its counts discarded
+    ex.zero_grad()
+    ex.discard_counts()
+    assert model.stacked.expert_counts.sum() == 0 and model.listed.expert_counts.sum() == 0
+    backward(model, 1, SOME_UNUSED)
+    ex.step()
+    alone = Excitation(torch.optim.SGD(fresh.parameters(), lr=0.1), fresh)
+    backward(fresh, 1, SOME_UNUSED)
+    alone.step()
+    second = [torch.tensor([4.0, 6.0, 6.0, 0.0]), torch.tensor([4.0, 4.0, 0.0])]  # SOME_UNUSED's routes, counted
+    both = [torch.tensor([8.0, 10.0, 10.0, 4.0]), torch.tensor([7.0, 7.0, 2.0])]  # with ALL_USED's
+    for phi, phi_alone, counts, counts_both in zip(ex.last_factors, alone.last_factors, second, both, strict=True):
+        torch.testing.assert_close(phi, phi_alone)
+        torch.testing.assert_close(phi, reference_factors(counts, "zero_sum").float())
+        assert not torch.allclose(phi, reference_factors(counts_both, "zero_sum").float())
+    for (name, p), q in zip(model.named_parameters(), fresh.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+
+
 def train(ex, model, steps):
     for step in steps:
         ex.zero_grad()

@@ -4,8 +4,10 @@ import math
 
 import pytest
 
+from seeking.errors import RunFolderError
 from seeking.reporting import comparison_rows, efficiency_gain, markdown_table
 from seeking.reporting.comparison import gain_sentence
+from seeking.reporting.runs import TrainRun
 
 
 def summary(base_acc=None, large_acc=None, flops=1e12, p=0.0, skipped=0):
@@ -69,3 +71,15 @@ def test_a_large_model_that_never_trained_shows_no_saving_and_no_gain():
     printed = markdown_table(rows)
     assert "large steps" in printed and "skipped steps" in printed
     assert "| motivated large | m | 61.00 | 1.000 | 0.000 | 0 | 9 | 1.0 | never trained | never trained |" in printed
+
+
+def test_a_runs_models_are_its_conditions_roles_and_an_unknown_condition_is_named(tmp_path):
+    names = {"base": "resnet20", "motivated": "resnet56"}
+
+    def models(condition):
+        return TrainRun(tmp_path, {"condition": condition, **names}, [], [], None).model_names
+
+    assert models("decrease") == models("random") == names
+    assert models("never") == {"base": "resnet20"} and models("always") == {"motivated": "resnet56"}
+    with pytest.raises(RunFolderError, match="condition 'sometimes', which is not registered here: register it"):
+        models("sometimes")

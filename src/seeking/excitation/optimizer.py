@@ -73,8 +73,10 @@ class Excitation(torch.optim.Optimizer):
             other parameters move exactly as the base optimizer says.
 
     Phi is computed per layer over that layer's experts; a layer that routed no token since the last
-    step gets factors of 1. ``last_factors`` holds the factors of the last step, one tensor per layer
-    (in the order of ``layers``), for logging. ``step(closure)`` evaluates the closure once, with
+    step gets factors of 1. A loop that skips a step (a non-finite loss, a ``GradScaler`` skip) calls
+    :meth:`discard_counts` instead of :meth:`step`, so the next step's factors use its own batch only.
+    ``last_factors`` holds the factors of the last step, one tensor per layer (in the order of
+    ``layers``), for logging. ``step(closure)`` evaluates the closure once, with
     autograd on, before reading the counts, and returns its loss.
     """
 
@@ -150,10 +152,17 @@ class Excitation(torch.optim.Optimizer):
             weight = phi.view(-1, *[1] * (s.param.dim() - 1)) if s.expert is None else phi[s.expert]
             # old + weight * (new - old), exact at both ends: factor 0 keeps the old value, 1 the new one.
             torch.lerp(old, s.param, weight, out=s.param)
-        for layer in self.layers:
-            layer.expert_counts.zero_()
+        self.discard_counts()
         self.last_factors = factors
         return loss
+
+    @torch.no_grad()
+    def discard_counts(self) -> None:
+        """Zeroes every layer's routing counts without stepping: for a trainer that skips a step
+        (a non-finite loss, a ``GradScaler`` that skips ``step``), so that the next :meth:`step`
+        scales by that step's batch alone, not by the counts of two batches. :meth:`step` calls it."""
+        for layer in self.layers:
+            layer.expert_counts.zero_()
 
     def _factors(self) -> list[Tensor]:
         """Per layer, the factors from the counts since the last step (summed over processes)."""

@@ -3,21 +3,26 @@ only while the loss keeps falling; a weights map keeps their common weights in s
 
 from .conditions import (
     CONDITIONS,
+    ROLES,
     Always,
     Condition,
     ConsecutiveDecrease,
     Never,
     RandomPlacement,
     RandomRate,
+    classical_condition,
     make_condition,
+    register_condition,
 )
 from .motivator import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES, Motivator
+from .plan import SingleModel, TrainingPlan
 from .weights_map import MapEntry, WeightMap
 
 __all__ = [
     "BATCHNORM_POLICIES",
     "CONDITIONS",
     "OPTIMIZER_STATE_POLICIES",
+    "ROLES",
     "SYNC_MODES",
     "Always",
     "Condition",
@@ -27,6 +32,10 @@ __all__ = [
     "Never",
     "RandomPlacement",
     "RandomRate",
+    "SingleModel",
+    "TrainingPlan",
     "WeightMap",
+    "classical_condition",
     "make_condition",
+    "register_condition",
 ]

@@ -4,21 +4,82 @@ next batch trains the motivated (large) model.
 Protocol: ``condition.motivated`` says which model the *next* batch trains; ``condition.update(loss)``
 is called with the loss of the model that just stepped. ``state_dict`` / ``load_state_dict`` hold
 plain Python values, so a condition survives checkpoints exactly.
+
+The conditions a run can name are the registry :data:`CONDITIONS`; :func:`register_condition` adds
+one (docs/MOTIVATION.md, "Adding a condition").
 """
 
 from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from ..errors import ConfigError
 
+# The models of a Motivation run, by role: the base (small) model and the motivated (large) one.
+ROLES = ("base", "motivated")
+
+# The conditions a run's ``condition`` option names, by name (filled by :func:`register_condition`).
+CONDITIONS: dict[str, type[Condition]] = {}
+
+_C = TypeVar("_C", bound="type[Condition]")
+
+
+def register_condition(cls: _C) -> _C:
+    """Class decorator: adds a :class:`Condition` subclass to :data:`CONDITIONS` under its ``name``,
+    so that a run (``TrainConfig.condition``) and :func:`make_condition` can name it.
+
+    Raises ``ConfigError`` (a ``ValueError``) if the class is not a ``Condition``, has no ``name`` (a
+    non-empty string) or one already taken, if its ``roles`` are not distinct members of :data:`ROLES`,
+    or if it trains one model only, as an already registered condition does (training one model is
+    the same whatever the condition: :func:`classical_condition` names the one that does it)."""
+    if not (isinstance(cls, type) and issubclass(cls, Condition)):
+        raise ConfigError(f"register_condition registers Condition subclasses, got {cls!r}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"condition class {cls.__name__} has no name: set the class attribute name = '...'")
+    if name in CONDITIONS:
+        raise ConfigError(
+            f"condition {name!r} is already registered (by {CONDITIONS[name].__name__}): "
+            f"give {cls.__name__} a name of its own"
+        )
+    roles = cls.roles
+    if not isinstance(roles, tuple) or not roles or len(set(roles)) != len(roles) or not set(roles) <= set(ROLES):
+        raise ConfigError(
+            f"condition {name!r} declares roles={roles!r}: it must be a non-empty tuple of distinct roles "
+            f"among {ROLES}, the models a run with it trains"
+        )
+    if len(roles) == 1 and roles[0] in _classical():
+        raise ConfigError(
+            f"condition {name!r} trains only {roles[0]!r}, as the registered condition "
+            f"{_classical()[roles[0]]!r} does: use that one"
+        )
+    CONDITIONS[name] = cls
+    return cls
+
+
+def classical_condition(role: str) -> str:
+    """The name of the registered condition that trains only ``role`` (``"base"``: ``never``,
+    ``"motivated"``: ``always``), for ``seeking compare``'s classical arms. Raises ``ConfigError``
+    for a role not in :data:`ROLES`."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}; the roles are {', '.join(ROLES)}")
+    return _classical()[role]
+
+
+def _classical() -> dict[str, str]:
+    """Role to the name of the registered condition that trains only that role."""
+    return {cls.roles[0]: name for name, cls in CONDITIONS.items() if len(cls.roles) == 1}
+
 
 class Condition:
-    """Base class. Subclasses set ``self.motivated`` in :meth:`update`."""
+    """Base class. Subclasses set ``self.motivated`` in :meth:`update`; a registered subclass
+    (:func:`register_condition`) sets the class attributes below."""
 
-    name = "condition"
+    name: ClassVar[str]  # what a run's ``condition`` option calls it
+    # The models a run with it ever trains (a subset of ROLES): the run builds and saves only these.
+    roles: ClassVar[tuple[str, ...]] = ROLES
     reads_loss = False  # whether the loss decides: ``seeking compare`` needs such a condition for its motivated arm
 
     def __init__(self) -> None:
@@ -42,6 +103,7 @@ class Condition:
         return f"{type(self).__name__}()"
 
 
+@register_condition
 class ConsecutiveDecrease(Condition):
     """The default rule (METHODS.md section 1): enter the motivated state after ``k`` strict
     decreases of the loss in a row; stay while each new loss is lower than the previous one; the
@@ -93,19 +155,23 @@ class ConsecutiveDecrease(Condition):
         return f"ConsecutiveDecrease(k={self.k})"
 
 
+@register_condition
 class Never(Condition):
     """Classical training of the base model: the motivated model never steps."""
 
     name = "never"
+    roles = ("base",)
 
     def update(self, loss: float) -> None:
         pass
 
 
+@register_condition
 class Always(Condition):
     """Classical training of the large model alone."""
 
     name = "always"
+    roles = ("motivated",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,7 +181,7 @@ class Always(Condition):
         pass
 
 
-class RandomRate(Condition):
+class RandomRate(Condition):  # not registered: a run knows its length, and uses RandomPlacement
     """Each batch independently trains the motivated model with probability ``p``, ignoring the
     loss: for a loop of unknown length. The realised fraction is ``p`` only in expectation (at
     ``p = 0.25``, 12 steps train the large model 0 times with probability 0.03), so the control of
@@ -148,6 +214,7 @@ class RandomRate(Condition):
         return f"RandomRate(p={self.p})"
 
 
+@register_condition
 class RandomPlacement(Condition):
     """The control: exactly ``count`` of the run's ``total`` steps train the motivated model, at
     positions drawn at random (every placement equally likely), ignoring the loss. ``seeking compare``
@@ -220,10 +287,6 @@ class RandomPlacement(Condition):
 
     def __repr__(self) -> str:
         return f"RandomPlacement(count={self.count}, total={self.total})"
-
-
-# the conditions a run's ``condition`` option names (RandomRate is for loops of unknown length)
-CONDITIONS: dict[str, type[Condition]] = {c.name: c for c in (ConsecutiveDecrease, Never, Always, RandomPlacement)}
 
 
 def make_condition(name: str, *, k: int = 2, p: float = 0.2, seed: int = 0, total: int | None = None) -> Condition:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunFolderError
+from ..motivation.conditions import CONDITIONS, ROLES
 from ..training.resume import INCOMPLETE
 from .comparison import ARMS
 
@@ -35,10 +36,16 @@ class TrainRun:
 
     @property
     def model_names(self) -> dict[str, str]:
-        """Role (``base``, ``motivated``) to model name, for the models this run trained."""
+        """Role (``base``, ``motivated``) to model name, for the models this run trained (its
+        condition's ``roles``). Raises :class:`RunFolderError` if the condition is not registered."""
         condition = self.config.get("condition")
-        roles = [r for r, skip in (("base", "always"), ("motivated", "never")) if condition != skip]
-        return {role: self.config.get(role, role) for role in roles}
+        if condition not in CONDITIONS:
+            raise RunFolderError(
+                f"{self.path} was trained with the condition {condition!r}, which is not registered here: "
+                "register it (seeking.motivation.register_condition) before reading the run"
+            )
+        roles = CONDITIONS[condition].roles
+        return {role: self.config.get(role, role) for role in ROLES if role in roles}
 
     @property
     def counts(self) -> dict[str, Any]:
