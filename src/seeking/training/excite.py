@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .. import __version__
 from ..data import ImageData, batches, load_dataset, normalize
 from ..data.core import run_splits
 from ..data.text import TextBatches, TextData, load_text, text_batches
@@ -44,23 +43,27 @@ from ..models.registry import model_arguments, model_exists, unknown_model_messa
 from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metrics
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
 from ..reporting.tensorboard import ScalarLog, require_tensorboard
+from ..runs import (
+    CHECKPOINTS,
+    EXCITATION_CSV,
+    EXCITATION_JSON,
+    EXCITATION_MD,
+    EXCITE_RUNS,
+    REPORT,
+    TENSORBOARD,
+    excite_run_name,
+    mark_complete,
+    open_run_dir,
+    resume_command,
+    run_config,
+)
+from ..version import __version__
 from ..wording import counted
+from .checkpoint import Checkpoints, RunInterrupted, StopRequests, check_state, fitting, rng_state, set_rng_state
 from .config import check_checkpointing, check_device, check_lr, check_types, config_from_dict
 from .distributed import Ranks, join, wrap
 from .loop import step_outcome
-from .preflight import claim_run_dir, probing, reports_storage_errors
-from .resume import (
-    Checkpoints,
-    RunInterrupted,
-    StopRequests,
-    check_state,
-    fitting,
-    mark_complete,
-    resume_command,
-    rng_state,
-    run_config,
-    set_rng_state,
-)
+from .preflight import probing, reports_storage_errors
 from .schedule import lr_factor
 
 BASELINE = "none"
@@ -440,26 +443,23 @@ def compare_excitation(
     task = _Task(config, device, progress=progress and sys.stderr.isatty() and ranks.main)
     task.probe(config.seeds[0])  # a model that cannot run (or has no MoE layer) fails here, before anything is written
     out = Path(out)
-    if resume:
-        if (out / "excitation.json").exists():
-            raise ConfigError(f"cannot resume {out}: the experiment is complete (it has excitation.json)")
-    else:
-        claim_run_dir(out, run_config("excite", dataclasses.asdict(config)), resume_command("excite", out), ranks)
+    record = run_config("excite", dataclasses.asdict(config))
+    open_run_dir("excite", out, record, resume_command("excite", out), resume=resume, ranks=ranks)
     log(
         f"{config.model} on {task.name}, {config.optimizer} lr {config.lr}, {counted(config.steps, 'step')} of "
         f"{config.batch_size}, arms {', '.join(config.arms)}, seeds {config.seeds}; results in {out}"
     )
     runs = []
-    board = out / "tensorboard" if config.tensorboard and ranks.main else None  # rank 0 writes
+    board = out / TENSORBOARD if config.tensorboard and ranks.main else None  # rank 0 writes
     with StopRequests() as stop:
         for seed in config.seeds:
             for arm in config.arms:
-                done = out / "runs" / f"{arm}-seed{seed}.json"
+                done = out / EXCITE_RUNS / f"{excite_run_name(arm, seed)}.json"
                 if done.exists():
                     runs.append(json.loads(done.read_text()))
                     log(f"  {arm:>12} seed {seed}: finished before, read from {done}")
                     continue
-                checkpoints = Checkpoints(out / "checkpoints" / f"{arm}-seed{seed}", config.keep_checkpoints)
+                checkpoints = Checkpoints(out / CHECKPOINTS / excite_run_name(arm, seed), config.keep_checkpoints)
                 try:
                     result = run_arm(
                         task,
@@ -470,7 +470,7 @@ def compare_excitation(
                         resume=resume,
                         stop=stop,
                         ranks=ranks,
-                        tensorboard_dir=board and board / f"{arm}-seed{seed}",  # a TensorBoard run each
+                        tensorboard_dir=board and board / excite_run_name(arm, seed),  # a TensorBoard run each
                     )
                 except RunInterrupted as exc:
                     raise RunInterrupted(exc.event, resume_command("excite", out)) from None
@@ -488,11 +488,11 @@ def compare_excitation(
         "table": table,
     }
     if ranks.main:
-        atomic_write_text(out / "excitation.md", table + "\n")
-        atomic_write_text(out / "excitation.csv", excitation_csv(rows))
-        write_json(out / "excitation.json", result)
+        atomic_write_text(out / EXCITATION_MD, table + "\n")
+        atomic_write_text(out / EXCITATION_CSV, excitation_csv(rows))
+        write_json(out / EXCITATION_JSON, result)
         mark_complete(out)
         from ..reporting.report import write_report  # imports matplotlib: not on every start of the CLI
 
-        write_report([out], out / "report")
+        write_report([out], out / REPORT)
     return result

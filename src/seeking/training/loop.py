@@ -9,13 +9,13 @@
     base.safetensors / large.safetensors   the final models (loadable with nothing from here): the
                      small and the large one, whichever the condition (a classical large run
                      writes only large.safetensors)
-    checkpoints/     training states for resuming (the last ``keep_checkpoints``), see :mod:`.resume`
+    checkpoints/     training states for resuming (the last ``keep_checkpoints``), see :mod:`.checkpoint`
     INCOMPLETE       present until the run completes; says how to resume it
     summary.json     final figures; written last, so its presence means the run completed
 
 ``train(config, run_dir, resume=True)`` continues an unfinished run from its newest checkpoint; on CPU
 the result is bit for bit the one an uninterrupted run gives. The first Ctrl-C (or SIGTERM) finishes
-the current step, writes a checkpoint and raises :class:`~seeking.training.resume.RunInterrupted`.
+the current step, writes a checkpoint and raises :class:`~seeking.training.checkpoint.RunInterrupted`.
 """
 
 from __future__ import annotations
@@ -37,43 +37,49 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .. import __version__
-from ..checkpoint import save_model
 from ..data import ImageData, ImageDataset, augment, batches, data_source, load_dataset, normalize
 from ..data.core import run_splits
 from ..data.transforms import EpochBatches
-from ..errors import ConfigError, SeekingError, SeekingWarning
+from ..errors import SeekingError, SeekingWarning
 from ..io import write_json
+from ..model_file import save_model
 from ..models import create_model
 from ..motivation import Motivator, Never, make_condition
 from ..motivation.batchnorm import deployable_copy
 from ..reporting.comparison import trained_steps
 from ..reporting.tensorboard import ScalarLog
+from ..runs import (
+    CHECKPOINTS,
+    CONFIG,
+    EPOCHS_LOG,
+    MODEL_FILES,
+    STEPS_LOG,
+    SUMMARY,
+    TENSORBOARD,
+    mark_complete,
+    mark_incomplete,
+    open_run_dir,
+    resume_command,
+    run_config,
+)
+from ..version import __version__
 from ..wording import counted
-from .config import TrainConfig
-from .distributed import Ranks, join, sum_over_ranks, wrap
-from .evaluate import evaluate
-from .flops import train_step_flops
-from .preflight import claim_run_dir, probing, reports_storage_errors
-from .resume import (
+from .checkpoint import (
     Checkpoints,
     JsonLines,
     RunInterrupted,
     StopRequests,
     check_state,
     fitting,
-    mark_complete,
-    mark_incomplete,
-    resume_command,
     rng_state,
-    run_config,
     set_rng_state,
 )
+from .config import TrainConfig
+from .distributed import Ranks, join, sum_over_ranks, wrap
+from .evaluate import evaluate
+from .flops import train_step_flops
+from .preflight import probing, reports_storage_errors
 from .schedule import lr_factor
-
-# The file of each model of a run, by its role. Named by size, not "motivated": the large model of a
-# classical run (condition ``always``) was never motivated.
-MODEL_FILES = {"base": "base.safetensors", "motivated": "large.safetensors"}
 
 
 class SingleModel:
@@ -274,19 +280,14 @@ def train(
     # Everything is checked (the pair included, by the Motivator) before anything is written.
     run_dir = Path(run_dir)
     continue_with = continue_with or resume_command("train", run_dir)
-    checkpoints = Checkpoints(run_dir / "checkpoints", config.keep_checkpoints)
+    checkpoints = Checkpoints(run_dir / CHECKPOINTS, config.keep_checkpoints)
     record = run_config("train", config.to_dict())
-    if resume:
-        if (run_dir / "summary.json").exists():
-            raise ConfigError(f"cannot resume {run_dir}: the run is complete (it has summary.json)")
-        state = checkpoints.latest(warn=log)
-        if state is None and ranks.main:
-            log(f"{run_dir} has no checkpoint yet: starting the run again from step 0")
-            write_json(run_dir / "config.json", record)
-            mark_incomplete(run_dir, continue_with)
-    else:
-        claim_run_dir(run_dir, record, continue_with, ranks)
-        state = None
+    open_run_dir("train", run_dir, record, continue_with, resume=resume, ranks=ranks)
+    state = checkpoints.latest(warn=log) if resume else None
+    if resume and state is None and ranks.main:
+        log(f"{run_dir} has no checkpoint yet: starting the run again from step 0")
+        write_json(run_dir / CONFIG, record)
+        mark_incomplete(run_dir, continue_with)
     run = Progress(flops=dict.fromkeys(models, 0))
     if state is not None:
         check_state(state, config.to_dict(), checkpoints.folder)
@@ -301,8 +302,8 @@ def train(
         run = Progress(**state["progress"])
         log(f"resuming {run_dir} at step {run.step} (epoch {run.epoch}, batch {run.position})")
     logs = {"steps": state["logs"]["steps"], "epochs": state["logs"]["epochs"]} if state else {}
-    step_log = JsonLines(run_dir / "steps.jsonl" if ranks.main else None, logs.get("steps", 0 if resume else None))
-    epoch_log = JsonLines(run_dir / "epochs.jsonl" if ranks.main else None, logs.get("epochs", 0 if resume else None))
+    step_log = JsonLines(run_dir / STEPS_LOG if ranks.main else None, logs.get("steps", 0 if resume else None))
+    epoch_log = JsonLines(run_dir / EPOCHS_LOG if ranks.main else None, logs.get("epochs", 0 if resume else None))
     # DDP over each model; built after loading, though every rank holds the same weights anyway.
     nets = {n: wrap(m, ranks, device) for n, m in models.items()}
 
@@ -359,7 +360,7 @@ def train(
 
     stopping = False  # agreed by all processes at the last step
     # rank 0 writes; a resumed run hides the events its interrupted process logged after the checkpoint
-    board = ScalarLog(run_dir / "tensorboard" if config.tensorboard and ranks.main else None, purge_step=run.step)
+    board = ScalarLog(run_dir / TENSORBOARD if config.tensorboard and ranks.main else None, purge_step=run.step)
     try:
         with StopRequests() as stop:
             while run.epoch <= config.epochs:
@@ -487,7 +488,7 @@ def train(
             "checkpoint": MODEL_FILES[name],
         }
     if ranks.main:
-        write_json(run_dir / "summary.json", summary)
+        write_json(run_dir / SUMMARY, summary)
         mark_complete(run_dir)
     for role in models:
         if trained_steps(summary, role) == 0:
