@@ -6,7 +6,7 @@ Excitation experiment on images and one on text) it runs the job once uninterrup
 times: start it, SIGKILL it after a random delay, resume it (the resumed process may be killed again,
 with probability 1/2, at a random moment) until it completes, and compare the result folder with the
 uninterrupted one: bit-identical weights, same logs and results apart from timings
-(:func:`seeking.training.resume.run_differences`). Then it damages ``--corruptions`` copies of
+(``run_differences`` of tests/helpers.py). Then it damages ``--corruptions`` copies of
 checkpoints at random (truncation, one flipped bit, a run of random bytes, an empty file) and checks
 that each fails to load with a ``CheckpointError``, never loads silently.
 
@@ -26,7 +26,10 @@ import time
 from pathlib import Path
 
 from seeking.errors import CheckpointError
-from seeking.training.resume import load_state, run_differences
+from seeking.training.checkpoint import load_state
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' run comparison
+from helpers import run_differences
 
 TINY = ["--train-subset", "384", "--test-subset", "60", "--batch-size", "32", "--k", "1", "--checkpoint-every", "5"]
 EXCITE = ["excite", "--steps", "60", "--eval-every", "10", "--batch-size", "64", "--seeds", "0", "1"]

@@ -1,16 +1,18 @@
-"""Helpers shared by the test modules."""
+"""Helpers shared by the test modules (and by benchmarks/resume_stress.py, which puts tests/ on its path)."""
 
 import json
 import math
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
+import safetensors
 import torch
 import torch.nn.functional as F
 
 from seeking import ConsecutiveDecrease, Motivator
-from seeking.training.resume import run_differences, without_timings
+from seeking.runs import CHECKPOINTS, EXCITE_RUNS, SUMMARY
 
 
 def sgd(model):
@@ -77,3 +79,52 @@ def json_lines(path):
 def assert_same_run(expected, actual):
     """Two finished run folders hold bit-identical models and the same logs and results."""
     assert run_differences(expected, actual) == []
+
+
+def without_timings(value: Any) -> Any:
+    """JSON data without the fields that measure time (``*seconds*``, ``*_ms``), which differ between runs."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if "seconds" not in k and not k.endswith("_ms")}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    text = path.read_text()
+    return [json.loads(line) for line in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)
+
+
+def _same_model_file(a: Path, b: Path) -> bool:
+    """Same tensors bit for bit and same metadata. (Not the same bytes: safetensors writes the metadata
+    in an order that changes from process to process.)"""
+    files = [safetensors.safe_open(path, "pt") for path in (a, b)]
+    if files[0].metadata() != files[1].metadata() or set(files[0].keys()) != set(files[1].keys()):
+        return False
+    for key in files[0].keys():  # noqa: SIM118 (safe_open objects are not mappings)
+        x, y = (f.get_tensor(key).reshape(-1) for f in files)
+        if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x.view(torch.uint8), y.view(torch.uint8)):
+            return False
+    return True
+
+
+def run_differences(expected: str | os.PathLike, actual: str | os.PathLike) -> list[str]:
+    """How two finished run folders differ, apart from time measurements: the model files bit for bit,
+    the logs, ``summary.json`` and Excitation's ``runs/*.json`` (tables and aggregates derive from
+    these). Works on comparison folders too (one run folder per arm). Empty when they are the same."""
+    expected, actual = Path(expected), Path(actual)
+    differences = []
+    for path in sorted(expected.rglob("*")):
+        name = path.relative_to(expected)
+        compared = path.suffix in (".safetensors", ".jsonl") or name.name == SUMMARY or EXCITE_RUNS in name.parts
+        if not compared or CHECKPOINTS in name.parts or not path.is_file():
+            continue
+        other = actual / name
+        if not other.is_file():
+            differences.append(f"{name}: missing")
+        elif path.suffix == ".safetensors":
+            if not _same_model_file(path, other):
+                differences.append(f"{name}: the weights differ")
+        elif without_timings(_read_json(path)) != without_timings(_read_json(other)):
+            differences.append(f"{name}: the content differs")
+    return differences

@@ -8,7 +8,7 @@ from helpers import motivated_steps
 import seeking.training.loop as loop
 from seeking import ConfigError, TrainConfig, create_model, evaluate, load_dataset, load_model, train
 from seeking.motivation.batchnorm import deployable_copy, recalibrate_batchnorm
-from seeking.training.resume import load_state
+from seeking.training.checkpoint import load_state
 
 
 def test_recalibration_is_the_plain_average_over_the_batches():

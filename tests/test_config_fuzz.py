@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seeking import ConfigError, SeekingError, TrainConfig
-from seeking.checkpoint import read_checkpoint
 from seeking.data import load_dataset
+from seeking.model_file import read_model_file
 from seeking.training.excite import ExciteConfig
 
 VALUES = st.one_of(
@@ -58,7 +58,7 @@ def test_random_files_are_refused_with_the_projects_errors(tmp_path, blob, name)
     path.write_bytes(blob)
     try:
         if name.endswith(".safetensors"):
-            read_checkpoint(path)
+            read_model_file(path)
         else:
             load_dataset(str(path), cache_dir=tmp_path / "cache")
     except SeekingError as exc:

@@ -21,8 +21,8 @@ from seeking.cli.main import main
 from seeking.io import atomic_write_bytes
 from seeking.reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
 from seeking.reporting.excitation_plots import curves_figure
+from seeking.runs import INCOMPLETE, run_config
 from seeking.training.excite import ExciteConfig
-from seeking.training.resume import INCOMPLETE, run_config
 from seeking.wording import counted
 
 TINY = dict(train_subset=64, test_subset=30, epochs=1, batch_size=32, k=1, checkpoint_every=1)

@@ -14,14 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import seeking.runs as runs
 import seeking.training.loop as loop
-import seeking.training.preflight as preflight
 from seeking import ConfigError, SeekingError, TrainConfig, train
 from seeking.cli.main import main
 from seeking.data import ImageData, ImageDataset
+from seeking.runs import INCOMPLETE, claim_run_dir
 from seeking.training.engine import register_step_hook
-from seeking.training.preflight import claim_run_dir, probing
-from seeking.training.resume import INCOMPLETE
+from seeking.training.preflight import probing
 
 QUIET = dict(progress=False, log=lambda line: None)
 FAST = ["--train-subset", "64", "--test-subset", "20", "--epochs", "1", "--batch-size", "16", "--quiet"]
@@ -224,7 +224,7 @@ def test_an_unwritable_out_is_refused_with_one_message(tmp_path, capsys, monkeyp
     def refuse(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(preflight.os, "open", refuse)
+    monkeypatch.setattr(runs.os, "open", refuse)
     err = refused(["excite", *ONE_STEP, "--model-kwargs", json.dumps(TINY_MOE["micro_moe"])], tmp_path / "run", capsys)
     assert f"cannot create the run folder {tmp_path / 'run'}: Permission denied; choose a writable --out" in err
 
@@ -233,7 +233,7 @@ def test_a_full_disk_while_the_folder_is_claimed_leaves_nothing(tmp_path, capsys
     def full(path, *args):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(preflight, "write_json", full)
+    monkeypatch.setattr(runs, "write_json", full)
     err = refused(["excite", *ONE_STEP, "--model-kwargs", json.dumps(TINY_MOE["micro_moe"])], tmp_path / "run", capsys)
     assert "No space left on device; nothing was written" in err
 
@@ -252,10 +252,10 @@ def full_disk_after(monkeypatch, module, writes):
 
 
 def test_a_full_disk_in_a_compare_arm_says_how_to_resume_the_comparison(tmp_path, capsys, monkeypatch):
-    import seeking.training.resume as resume
+    import seeking.training.checkpoint as training_states
 
     out = tmp_path / "cmp"
-    full_disk_after(monkeypatch, resume, 1)  # the first checkpoint is written, the second is not
+    full_disk_after(monkeypatch, training_states, 1)  # the first checkpoint is written, the second is not
     argv = ["compare", *FAST, "--checkpoint-every", "1"]
     assert main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err

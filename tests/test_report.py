@@ -16,7 +16,7 @@ from PIL import Image
 
 from seeking.cli.main import main
 from seeking.reporting.plots import epoch_p, motivated_spans, moving_average
-from seeking.training.resume import mark_incomplete
+from seeking.runs import mark_incomplete
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 BOARD = ["--tensorboard"] if HAS_TENSORBOARD else []

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import Crash, assert_same_run, crash_at, json_lines, poisoning, signal_at
+from helpers import Crash, assert_same_run, crash_at, json_lines, poisoning, run_differences, signal_at, without_timings
 
 import seeking.training.excite as excite
 import seeking.training.loop as loop
 from seeking import TrainConfig, train
 from seeking.cli.main import main
-from seeking.training.resume import INCOMPLETE, load_state, run_differences, save_state, without_timings
+from seeking.runs import INCOMPLETE
+from seeking.training.checkpoint import load_state, save_state
 
 QUIET = dict(progress=False, log=lambda line: None)
 # 4 steps per epoch, 8 in all; checkpoints after steps 3, 4 (epoch end), 6 and 8
@@ -341,10 +342,10 @@ def test_ctrl_c_in_an_excitation_experiment_checkpoints_and_resumes(tmp_path, in
 def test_a_full_disk_stops_the_run_resumably_and_says_how(references, tmp_path, monkeypatch):
     import errno
 
-    import seeking.training.resume as resume
+    import seeking.training.checkpoint as training_states
     from seeking.errors import StorageError
 
-    real, calls = resume.atomic_write_bytes, [0]
+    real, calls = training_states.atomic_write_bytes, [0]
 
     def filling(path, data):  # the first checkpoint is written, then the disk is full
         calls[0] += 1
@@ -352,7 +353,7 @@ def test_a_full_disk_stops_the_run_resumably_and_says_how(references, tmp_path, 
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, data)
 
-    monkeypatch.setattr(resume, "atomic_write_bytes", filling)
+    monkeypatch.setattr(training_states, "atomic_write_bytes", filling)
     run = tmp_path / "run"
     with pytest.raises(StorageError) as info:
         train(TrainConfig(**TINY), run, **QUIET)

@@ -8,12 +8,10 @@ Excitation (arXiv 2602.21798): an optimizer wrapper for Mixture-of-Experts that 
 expert's update by its share of the batch's routed tokens.
 """
 
-__version__ = "0.1.0"
-
-from .checkpoint import load_model, save_model
 from .data import ImageData, ImageDataset, load_dataset
 from .errors import CheckpointError, ConfigError, DataError, SeekingError
 from .excitation import Excitation
+from .model_file import load_model, save_model
 from .models import create_model, list_models, register_model
 from .motivation import (
     Always,
@@ -27,6 +25,7 @@ from .motivation import (
     WeightMap,
 )
 from .training import TrainConfig, evaluate, train, train_step_flops
+from .version import __version__
 
 __all__ = [
     "Always",

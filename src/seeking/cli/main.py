@@ -17,12 +17,23 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .. import __version__
 from ..errors import SeekingError, SeekingWarning
 from ..models import list_models
 from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES
+from ..runs import (
+    COMPARISON_CSV,
+    COMPARISON_JSON,
+    COMPARISON_MD,
+    EXCITATION_CSV,
+    EXCITATION_JSON,
+    EXCITATION_MD,
+    REPORT,
+    SUMMARY,
+    read_run_config,
+)
 from ..training import TrainConfig
 from ..training.config import CONDITIONS, SCHEDULES
+from ..version import __version__
 from ..wording import counted
 
 DEFAULTS = TrainConfig()
@@ -202,8 +213,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _resumed_values(args: argparse.Namespace, config_type: type, extra: dict[str, object]) -> dict:
     """The saved options of the run that ``--resume`` names (after refusing options given beside it);
     the folder must be one that this command (``args.command``) wrote."""
-    from ..training.resume import read_run_config
-
     _refuse_options_with_resume(args, config_type, extra)
     return read_run_config(args.resume, args.command)
 
@@ -259,15 +268,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     )
     print(markdown_table(result["rows"]))
     print(f"\n{gain_sentence(result['rows'])} (classical base as reference). {FLOPS_CONVENTION}.")
-    print(f"results: {out}/comparison.md, comparison.csv, comparison.json; report: {out}/report/report.html")
+    print(f"results: {out}/{COMPARISON_MD}, {COMPARISON_CSV}, {COMPARISON_JSON}; report: {out}/{REPORT}/report.html")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
     from ..data import DEFAULT_DATASET, load_dataset
     from ..data.core import chosen_subset
     from ..errors import DataError
+    from ..model_file import load_model
     from ..training import evaluate
     from ..training.evaluate import check_model_data
 
@@ -371,7 +380,7 @@ def _cmd_excite(args: argparse.Namespace) -> int:
         config, out = ExciteConfig(**values).validate(), args.out or f"runs/excite-{time.strftime('%Y%m%d-%H%M%S')}"
     result = compare_excitation(config, out, log=_logger(args), resume=bool(args.resume), progress=not args.quiet)
     print(result["table"])
-    print(f"results: {out}/excitation.md, excitation.csv, excitation.json; report: {out}/report/report.html")
+    print(f"results: {out}/{EXCITATION_MD}, {EXCITATION_CSV}, {EXCITATION_JSON}; report: {out}/{REPORT}/report.html")
     return 0
 
 
@@ -379,10 +388,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ..reporting.report import write_report
 
     several = f"runs/report-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = args.out or (f"{args.run_dirs[0]}/report" if len(args.run_dirs) == 1 else several)
+    out = args.out or (f"{args.run_dirs[0]}/{REPORT}" if len(args.run_dirs) == 1 else several)
     report = write_report(args.run_dirs, out)
     for path in report.incomplete:
-        print(f"note: {path} is incomplete (no summary.json); reported as far as it went", file=sys.stderr)
+        print(f"note: {path} is incomplete (no {SUMMARY}); reported as far as it went", file=sys.stderr)
     print(f"report: {report.files[-1]} ({counted(len(report.files) - 1, 'more file')} beside it)")
     return 0
 

@@ -19,9 +19,10 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from .. import __version__
 from ..io import atomic_write_bytes, atomic_write_text
+from ..runs import COMPARISON_JSON, SUMMARY
 from ..training.flops import FLOPS_CONVENTION
+from ..version import __version__
 from ..wording import counted
 from . import html
 from .comparison import (
@@ -121,7 +122,7 @@ def _config(config: dict[str, Any]) -> str:
 def _incomplete_note(run: TrainRun) -> str:
     hint = resume_hint(run.path)
     return html.paragraph(
-        f"Incomplete: {run.path} has no summary.json (the run stopped or is still running); shown as far as "
+        f"Incomplete: {run.path} has no {SUMMARY} (the run stopped or is still running); shown as far as "
         f"it went: {len(run.epochs)} of {counted(run.config.get('epochs', '?'), 'epoch')}, "
         f"{counted(len(run.steps), 'step')}." + (f" {hint}" if hint else ""),
         note=True,
@@ -188,7 +189,7 @@ def _comparison_section(cmp: Comparison, label: str, output: _Output) -> list[st
     if not cmp.complete:
         hint = resume_hint(cmp.path)
         arms = ", ".join(cmp.arms) or "none yet"
-        parts.append(html.paragraph(f"Incomplete: no comparison.json; arms present: {arms}. {hint or ''}", note=True))
+        parts.append(html.paragraph(f"Incomplete: no {COMPARISON_JSON}; arms present: {arms}. {hint or ''}", note=True))
     if not cmp.arms:
         return [*parts, *_command(cmp.config), _config(cmp.config)]
     summaries = {arm: run.summary for arm, run in cmp.arms.items() if run.summary is not None}

@@ -14,7 +14,15 @@ from typing import Any
 
 from ..errors import RunFolderError
 from ..motivation.conditions import CONDITIONS, ROLES
-from ..training.resume import INCOMPLETE
+from ..runs import (
+    COMPARISON_JSON,
+    CONFIG,
+    EPOCHS_LOG,
+    EXCITATION_JSON,
+    STEPS_LOG,
+    SUMMARY,
+    recorded_resume_command,
+)
 from .comparison import ARMS
 
 ARM_FOLDERS = tuple(dict.fromkeys(folder for _, folder, _ in ARMS))
@@ -93,37 +101,36 @@ def read_run_folder(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise RunFolderError(f"no such run folder: {path}")
-    config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
-    if (path / "excitation.json").is_file():
-        return ExcitationRun(path, config, _read_json(path / "excitation.json"))
-    arms = {arm: read_train_run(path / arm) for arm in ARM_FOLDERS if (path / arm / "config.json").is_file()}
+    config = _read_json(path / CONFIG) if (path / CONFIG).is_file() else {}
+    if (path / EXCITATION_JSON).is_file():
+        return ExcitationRun(path, config, _read_json(path / EXCITATION_JSON))
+    arms = {arm: read_train_run(path / arm) for arm in ARM_FOLDERS if (path / arm / CONFIG).is_file()}
     if arms or "random_control" in config:  # compare saves its config (with this key) before any arm starts
-        return Comparison(path, config, arms, (path / "comparison.json").is_file())
-    if (path / "config.json").is_file():
+        return Comparison(path, config, arms, (path / COMPARISON_JSON).is_file())
+    if (path / CONFIG).is_file():
         return read_train_run(path)
     raise RunFolderError(
-        f"{path} holds no seeking run: expected config.json (seeking train), the arm folders "
-        f"{', '.join(ARM_FOLDERS)} (seeking compare) or excitation.json (seeking excite)"
+        f"{path} holds no seeking run: expected {CONFIG} (seeking train), the arm folders "
+        f"{', '.join(ARM_FOLDERS)} (seeking compare) or {EXCITATION_JSON} (seeking excite)"
     )
 
 
 def resume_hint(path: Path) -> str | None:
-    """How to continue an unfinished run: the last line of the ``INCOMPLETE`` file it holds, if any."""
-    marker = path / INCOMPLETE
-    lines = marker.read_text(encoding="utf-8", errors="replace").strip().splitlines() if marker.is_file() else []
-    return lines[-1] if lines else None
+    """How to continue an unfinished run, as the ``INCOMPLETE`` file it holds says, if any."""
+    command = recorded_resume_command(path)
+    return f"Continue it with: {command}" if command else None
 
 
 def read_train_run(path: Path) -> TrainRun:
-    config = _read_json(path / "config.json")
+    config = _read_json(path / CONFIG)
     if "arms" in config:  # an Excitation experiment's configuration: it writes excitation.json when done
-        raise RunFolderError(f"{path} is an Excitation experiment that has not finished (no excitation.json yet)")
-    summary = path / "summary.json"
+        raise RunFolderError(f"{path} is an Excitation experiment that has not finished (no {EXCITATION_JSON} yet)")
+    summary = path / SUMMARY
     return TrainRun(
         path,
         config,
-        _read_jsonl(path / "steps.jsonl"),
-        _read_jsonl(path / "epochs.jsonl"),
+        _read_jsonl(path / STEPS_LOG),
+        _read_jsonl(path / EPOCHS_LOG),
         _read_json(summary) if summary.is_file() else None,
     )
 

@@ -25,12 +25,23 @@ from ..motivation import CONDITIONS, classical_condition
 from ..reporting import comparison_rows, csv_table, efficiency_gain, markdown_table
 from ..reporting.comparison import gain_sentence
 from ..reporting.report import write_report
+from ..runs import (
+    COMPARISON_CSV,
+    COMPARISON_JSON,
+    COMPARISON_MD,
+    REPORT,
+    SUMMARY,
+    mark_complete,
+    open_run_dir,
+    resume_command,
+    run_config,
+)
+from .checkpoint import RunInterrupted, StopRequests
 from .config import TrainConfig
 from .distributed import join
 from .flops import FLOPS_CONVENTION
 from .loop import check_run, train
-from .preflight import claim_run_dir, reports_storage_errors
-from .resume import RunInterrupted, StopRequests, mark_complete, resume_command, run_config
+from .preflight import reports_storage_errors
 
 
 @reports_storage_errors
@@ -64,18 +75,14 @@ def compare(
     check_run(config, dataset, device)
     out = Path(out_dir)
     continue_with = resume_command("compare", out)  # every arm's too: resuming one arm finishes only that one
-    if resume:
-        if (out / "comparison.json").exists():
-            raise ConfigError(f"cannot resume {out}: the comparison is complete (it has comparison.json)")
-    else:
-        record = run_config("compare", {**config.to_dict(), "random_control": random_control})
-        claim_run_dir(out, record, continue_with, ranks)
+    record = run_config("compare", {**config.to_dict(), "random_control": random_control})
+    open_run_dir("compare", out, record, continue_with, resume=resume, ranks=ranks)
 
     def run_arm(arm: str, arm_config: TrainConfig) -> dict[str, Any]:
         folder = out / arm
-        if (folder / "summary.json").exists():
+        if (folder / SUMMARY).exists():
             log(f"== arm {arm}: finished before, read from {folder}")
-            return json.loads((folder / "summary.json").read_text())
+            return json.loads((folder / SUMMARY).read_text())
         log(f"== arm {arm}")
         started = resume and folder.exists()
         try:
@@ -116,11 +123,11 @@ def compare(
     table = markdown_table(rows)
     result = {"config": config.to_dict(), "rows": rows, "efficiency_gain": efficiency_gain(rows)}
     if ranks.main:
-        atomic_write_text(out / "comparison.md", table + f"\n\n{gain_sentence(rows)}\n\n{FLOPS_CONVENTION}.\n")
-        atomic_write_text(out / "comparison.csv", csv_table(rows))
-        write_json(out / "comparison.json", _without_nan(result))
+        atomic_write_text(out / COMPARISON_MD, table + f"\n\n{gain_sentence(rows)}\n\n{FLOPS_CONVENTION}.\n")
+        atomic_write_text(out / COMPARISON_CSV, csv_table(rows))
+        write_json(out / COMPARISON_JSON, _without_nan(result))
         mark_complete(out)
-        write_report([out], out / "report")
+        write_report([out], out / REPORT)
     return result
 
 

@@ -38,6 +38,11 @@ class Ranks:
         """``log`` on rank 0, a log that says nothing elsewhere: one process speaks."""
         return log if self.main else lambda line: None
 
+    def barrier(self) -> None:
+        """Wait until every process gets here (nothing to wait for in a single process)."""
+        if self.world > 1:
+            dist.barrier()
+
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a global batch (all of it in a single process)."""
         n = batch.shape[0] // self.world

@@ -53,7 +53,7 @@ def evaluate(
 
 def check_model_data(meta: dict[str, Any], dataset: ImageDataset) -> list[str]:
     """Whether ``dataset`` suits the model file whose metadata is ``meta`` (as
-    :func:`seeking.checkpoint.read_checkpoint` returns it). Raises :class:`DataError` when the model
+    :func:`seeking.model_file.read_model_file` returns it). Raises :class:`DataError` when the model
     cannot take the data (other image channels; labels beyond its outputs); returns warnings when the
     classes differ from those it was trained on (fewer, or other names), since the accuracy then
     compares labels that need not mean what the model's outputs mean."""

@@ -33,7 +33,20 @@ from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metric
 from ..motivation import SingleModel
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
 from ..reporting.tensorboard import ScalarLog
-from ..runs import mark_complete, resume_command, start_run
+from ..runs import (
+    CHECKPOINTS,
+    EXCITATION_CSV,
+    EXCITATION_JSON,
+    EXCITATION_MD,
+    EXCITE_RUNS,
+    REPORT,
+    TENSORBOARD,
+    excite_run_name,
+    mark_complete,
+    open_run_dir,
+    resume_command,
+    run_config,
+)
 from ..version import __version__
 from ..wording import counted
 from .checkpoint import Checkpoints, StopRequests
@@ -231,17 +244,18 @@ def compare_excitation(
     probe(config, data, device)  # a model that cannot run (or has no MoE layer) fails here, before anything is written
     out = Path(out)
     command = resume_command("excite", out)
-    start_run(out, "excite", dataclasses.asdict(config), command, resume=resume, ranks=ranks)
+    open_run_dir("excite", out, run_config("excite", dataclasses.asdict(config)), command, resume=resume, ranks=ranks)
     log(
         f"{config.model} on {data.name}, {config.optimizer} lr {config.lr}, {counted(config.steps, 'step')} of "
         f"{config.batch_size}, arms {', '.join(config.arms)}, seeds {config.seeds}; results in {out}"
     )
     runs = []
-    board = out / "tensorboard" if config.tensorboard and ranks.main else None  # rank 0 writes
+    board = out / TENSORBOARD if config.tensorboard and ranks.main else None  # rank 0 writes
     with StopRequests():  # a stop asked for as one run ends stops the next
         for seed in config.seeds:
             for arm in config.arms:
-                done = out / "runs" / f"{arm}-seed{seed}.json"
+                name = excite_run_name(arm, seed)
+                done = out / EXCITE_RUNS / f"{name}.json"
                 if done.exists():
                     runs.append(json.loads(done.read_text()))
                     log(f"  {arm:>12} seed {seed}: finished before, read from {done}")
@@ -252,10 +266,10 @@ def compare_excitation(
                     arm,
                     seed,
                     log,
-                    checkpoints=Checkpoints(out / "checkpoints" / f"{arm}-seed{seed}", config.keep_checkpoints),
+                    checkpoints=Checkpoints(out / CHECKPOINTS / name, config.keep_checkpoints),
                     resume=resume,
                     ranks=ranks,
-                    tensorboard_dir=board and board / f"{arm}-seed{seed}",  # a TensorBoard run each
+                    tensorboard_dir=board and board / name,  # a TensorBoard run each
                     interrupted=command,
                     progress=bar,
                 )
@@ -273,11 +287,11 @@ def compare_excitation(
         "table": table,
     }
     if ranks.main:
-        atomic_write_text(out / "excitation.md", table + "\n")
-        atomic_write_text(out / "excitation.csv", excitation_csv(rows))
-        write_json(out / "excitation.json", result)
+        atomic_write_text(out / EXCITATION_MD, table + "\n")
+        atomic_write_text(out / EXCITATION_CSV, excitation_csv(rows))
+        write_json(out / EXCITATION_JSON, result)
         mark_complete(out)
         from ..reporting.report import write_report  # imports matplotlib: not on every start of the CLI
 
-        write_report([out], out / "report")
+        write_report([out], out / REPORT)
     return result

@@ -42,7 +42,20 @@ from ..motivation import CONDITIONS, Motivator, Never, SingleModel, TrainingPlan
 from ..motivation.batchnorm import deployable_copy
 from ..reporting.comparison import trained_steps
 from ..reporting.tensorboard import ScalarLog
-from ..runs import MODEL_FILES, mark_complete, resume_command, start_run
+from ..runs import (
+    CHECKPOINTS,
+    CONFIG,
+    EPOCHS_LOG,
+    MODEL_FILES,
+    STEPS_LOG,
+    SUMMARY,
+    TENSORBOARD,
+    mark_complete,
+    mark_incomplete,
+    open_run_dir,
+    resume_command,
+    run_config,
+)
 from ..version import __version__
 from ..wording import counted
 from .checkpoint import Checkpoints
@@ -183,9 +196,9 @@ class MotivationTask:
         self.batches, self.ranks = data.batches(config.seed), ranks
         self.record = Tested(flops=dict.fromkeys(models, 0))
         main = ranks.main  # rank 0 alone writes
-        self.steps_log = JsonLog(run_dir / "steps.jsonl" if main else None)
-        self.epochs_log = JsonLog(run_dir / "epochs.jsonl" if main else None)
-        self.board_dir = run_dir / "tensorboard" if config.tensorboard and main else None
+        self.steps_log = JsonLog(run_dir / STEPS_LOG if main else None)
+        self.epochs_log = JsonLog(run_dir / EPOCHS_LOG if main else None)
+        self.board_dir = run_dir / TENSORBOARD if config.tensorboard and main else None
         self.board = ScalarLog(None)
         self.tested: dict[str, nn.Module] = {}  # the copies the last test measured: what the run saves
         self.state = Parts(
@@ -309,7 +322,7 @@ def train(
         amp=config.amp,
         ranks=ranks,
         max_nonfinite=config.max_nonfinite,
-        checkpoints=Checkpoints(run_dir / "checkpoints", config.keep_checkpoints),
+        checkpoints=Checkpoints(run_dir / CHECKPOINTS, config.keep_checkpoints),
         checkpoint_every=config.checkpoint_every,
         identity=config.to_dict(),
         interrupted=continue_with,
@@ -317,12 +330,15 @@ def train(
         describe=lambda step: f"epoch {step // data.steps_per_epoch() + 1}/{config.epochs}",
     )
     # Everything is checked (the pair included, by the Motivator) before anything is written.
-    start_run(run_dir, "train", config.to_dict(), continue_with, resume=resume, ranks=ranks)
+    record = run_config("train", config.to_dict())
+    open_run_dir("train", run_dir, record, continue_with, resume=resume, ranks=ranks)
     if resume and engine.resume(warn=log):
         step = engine.counters.step
         log(f"resuming {run_dir} at step {step} (epoch {step // task.per_epoch + 1}, batch {step % task.per_epoch})")
-    elif resume:
+    elif resume and ranks.main:  # died before its first checkpoint (a comparison's arm: before its claim)
         log(f"{run_dir} has no checkpoint yet: starting the run again from step 0")
+        write_json(run_dir / CONFIG, record)
+        mark_incomplete(run_dir, continue_with)
     names = {role: getattr(config, role) for role in models}
     log(
         f"training {' -> '.join(names.values())} on {data.name} ({data.sizes}), condition {config.condition}, "
@@ -348,7 +364,7 @@ def train(
             "checkpoint": MODEL_FILES[role],
         }
     if ranks.main:
-        write_json(run_dir / "summary.json", summary)
+        write_json(run_dir / SUMMARY, summary)
         mark_complete(run_dir)
     warn_untrained(summary, names, run_dir)
     return RunResult(run_dir, summary)

@@ -3,8 +3,8 @@
 A run that cannot work is refused before its folder is created: the models are probed with one
 forward and backward pass on a batch of the real input shape (:func:`probing`; training runs reuse
 the pass that counts FLOPs), and the sizes derived from the data (splits, blocks, batches) are checked
-by the loops. Then the folder is claimed atomically (:func:`claim_run_dir`), so of two runs started
-into one ``--out`` exactly one proceeds. A write that fails later (a full disk, a read-only folder)
+by the loops. Then the folder is claimed atomically (:func:`seeking.runs.claim_run_dir`), so of two
+runs started into one ``--out`` exactly one proceeds. A write that fails later (a full disk, a read-only folder)
 becomes one :class:`~seeking.errors.StorageError` that says whether the run can be resumed, and how
 (:func:`reports_storage_errors`).
 """
@@ -19,13 +19,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError, SeekingError, StorageError
-from ..io import write_json
-from .distributed import Ranks
-from .resume import INCOMPLETE, mark_incomplete, recorded_resume_command
+from ..runs import recorded_resume_command
 
 # the errors a model raises on inputs it cannot take: shapes (RuntimeError), indices, asserts (timm)
 SHAPE_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, AssertionError)
@@ -70,65 +67,6 @@ def probing(name: str, model: nn.Module, shape: tuple[int, ...], data: str) -> I
         raise ConfigError(
             f"model {name!r} cannot run on {data} (a batch of shape {tuple(shape)}: {_first_line(exc)}){hint}"
         ) from None
-
-
-def check_new_run_dir(run_dir: str | os.PathLike) -> Path:
-    """Refuse to mix a new run into an existing folder (a first check; :func:`claim_run_dir` decides)."""
-    path = Path(run_dir)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"run folder {path} is an existing file, not a folder; choose another --out")
-    if path.exists() and any(path.iterdir()):
-        raise ConfigError(f"run folder {path} already exists and is not empty; choose another --out or remove it")
-    return path
-
-
-def claim_run_dir(run_dir: str | os.PathLike, record: dict[str, Any], resume: str, ranks: Ranks | None = None) -> Path:
-    """Create the run folder with ``config.json`` (``record``) and ``INCOMPLETE`` (which names the
-    ``resume`` command), or refuse.
-
-    The claim is atomic: the folder is taken by creating ``INCOMPLETE`` with ``O_CREAT | O_EXCL``, so
-    of several processes claiming one folder at once exactly one wins; the others get a
-    ``ConfigError``. A folder that cannot be written gives a :class:`StorageError`, and whatever the
-    claim created is removed again. Under torchrun every rank checks, rank 0 claims.
-    """
-    path = check_new_run_dir(run_dir)
-    ranks = ranks or Ranks()
-    if ranks.world > 1:
-        dist.barrier()
-    if not ranks.main:
-        return path
-    created = not path.exists()
-    marker = path / INCOMPLETE
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        raise ConfigError(f"run folder {path} is taken by another run; choose another --out") from None
-    except OSError as exc:
-        if created:
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        raise StorageError(
-            f"cannot create the run folder {path}: {exc.strerror or exc}; choose a writable --out", exc
-        ) from None
-    others = [p.name for p in path.iterdir() if p.name != INCOMPLETE]
-    if others:  # something arrived between the first check and the claim
-        marker.unlink()
-        raise ConfigError(f"run folder {path} already exists and is not empty; choose another --out or remove it")
-    try:
-        write_json(path / "config.json", record)
-        mark_incomplete(path, resume)
-    except OSError as exc:  # nothing half-written: the folder is ours alone, so it goes back to how it was
-        (path / "config.json").unlink(missing_ok=True)
-        marker.unlink(missing_ok=True)
-        if created:
-            path.rmdir()
-        raise StorageError(
-            f"cannot write the run folder {path}: {exc.strerror or exc}; nothing was written; free space "
-            "or choose a writable --out",
-            exc,
-        ) from None
-    return path
 
 
 def _storage_message(error: OSError, run_dir: Path, command: str) -> str:

@@ -1,13 +1,13 @@
-"""What makes a run resumable: training-state files, a run's checkpoints, its logs, and a clean stop.
+"""Checkpoints: the training states a run resumes from, its logs' marks, and a clean stop.
+
+"Checkpoint" means this in seeking: a training state for resuming. A run's final models are model
+files (:mod:`seeking.model_file`); the run folder itself is :mod:`seeking.runs`'s.
 
 A training state is one file ``step-000001234.pt``: a header line (the format, its version and the
 SHA-256 of the payload), then the payload, ``torch.save`` of plain dicts and tensors, read back with
 ``weights_only=True``. A truncated or damaged file is recognised by its checksum before anything in it
 is used. Files are written aside, fsynced and renamed into place (:mod:`seeking.io`), so a kill at any
 moment leaves the previous checkpoint whole.
-
-A run folder that has not finished holds a file ``INCOMPLETE`` saying how to resume it; it is removed
-when the run's results are written.
 """
 
 from __future__ import annotations
@@ -18,39 +18,20 @@ import io
 import json
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar
 
-import safetensors
 import torch
 
-from .. import __version__
-from ..errors import CheckpointError, ConfigError
-from ..io import atomic_write_bytes, atomic_write_text
+from ..errors import CheckpointError
+from ..io import atomic_write_bytes
+from ..version import __version__
 
 STATE_FORMAT = "1"
 _MAGIC = "seeking-training-state"
-INCOMPLETE = "INCOMPLETE"
-
-
-# The kinds of run folder: the command that writes one (and resumes it), and the result file whose
-# presence means it finished. Each run folder's config.json records its kind.
-RUN_KINDS = {"train": "summary.json", "compare": "comparison.json", "excite": "excitation.json"}
-
-
-def resume_command(kind: str, run_dir: str | os.PathLike) -> str:
-    """The command line that continues the unfinished run of ``kind`` in ``run_dir``."""
-    return f"seeking {kind} --resume {run_dir}"
-
-
-def run_config(kind: str, values: dict[str, Any]) -> dict[str, Any]:
-    """What a run folder's ``config.json`` holds: seeking's version, the folder's kind, the command
-    line, then the run's configuration ``values``."""
-    return {"seeking_version": __version__, "kind": kind, "command": sys.argv, **values}
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -161,81 +142,6 @@ def fitting(where: Path, what: str) -> Iterator[None]:
         raise CheckpointError(f"the checkpoint in {where} does not fit {what}: {exc}") from None
 
 
-# For folders written before config.json recorded its kind: a key that tells it, tried in this order
-# (a comparison's configuration holds a training's keys too).
-_KIND_KEYS = {"compare": "random_control", "excite": "arms", "train": "base"}
-
-
-def _folder_kind(saved: dict[str, Any]) -> str | None:
-    """The kind of run folder a ``config.json`` belongs to, recorded or told by its keys; ``None`` if neither."""
-    if "kind" in saved:
-        return saved["kind"] if saved["kind"] in RUN_KINDS else None
-    return next((kind for kind, key in _KIND_KEYS.items() if key in saved), None)
-
-
-def read_run_config(run_dir: str | os.PathLike, kind: str) -> dict[str, Any]:
-    """The configuration saved in an unfinished run folder of ``kind`` (a key of :data:`RUN_KINDS`),
-    for resuming it, without the bookkeeping keys. A missing, foreign, finished or other-kind folder
-    is a :class:`ConfigError`; for another kind it names the command that resumes that folder."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise ConfigError(f"cannot resume {path}: no such run folder")
-    try:
-        saved = json.loads((path / "config.json").read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"cannot resume {path}: it has no config.json, so it is not a seeking run folder") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot resume {path}: its config.json cannot be read ({exc})") from None
-    if not isinstance(saved, dict):
-        raise ConfigError(f"cannot resume {path}: its config.json is not a JSON object")
-    found = _folder_kind(saved)
-    if found is None:
-        raise ConfigError(
-            f"cannot resume {path}: its config.json does not say which command wrote it "
-            f"(seeking {', '.join(RUN_KINDS)}), so it is not a seeking run folder"
-        )
-    if found != kind:  # INCOMPLETE names the right command (a comparison's arm: the whole comparison)
-        raise ConfigError(
-            f"cannot resume {path} with seeking {kind}: it is a 'seeking {found}' folder; "
-            f"continue it with: {recorded_resume_command(path) or resume_command(found, path)}"
-        )
-    version = saved.pop("seeking_version", None)
-    if version != __version__:
-        raise ConfigError(
-            f"cannot resume {path}: it was started by seeking {version}; this is {__version__}: "
-            "resume with the version that started it"
-        )
-    if (path / RUN_KINDS[kind]).exists():
-        raise ConfigError(f"cannot resume {path}: the run is complete (it has {RUN_KINDS[kind]})")
-    for bookkeeping in ("command", "kind"):
-        saved.pop(bookkeeping, None)
-    return saved
-
-
-_CONTINUE = "Continue it with: "
-
-
-def mark_incomplete(run_dir: Path, command: str) -> None:
-    """Say in ``run_dir`` that the run has not finished, and the ``command`` that continues it."""
-    atomic_write_text(
-        run_dir / INCOMPLETE,
-        f"This run has not finished: its results are missing or partial.\n{_CONTINUE}{command}\n",
-    )
-
-
-def recorded_resume_command(run_dir: Path) -> str | None:
-    """The command that ``INCOMPLETE`` names for continuing the run, if the folder holds one."""
-    try:
-        lines = (run_dir / INCOMPLETE).read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    return next((line.removeprefix(_CONTINUE) for line in lines if line.startswith(_CONTINUE)), None)
-
-
-def mark_complete(run_dir: Path) -> None:
-    (run_dir / INCOMPLETE).unlink(missing_ok=True)
-
-
 def rng_state() -> dict[str, Any]:
     """torch's global random state (CPU, and each CUDA device if CUDA was used)."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
@@ -322,52 +228,3 @@ class StopRequests:
     def __exit__(self, *exc: object) -> None:
         self._open.remove(self)
         self._restore()
-
-
-def without_timings(value: Any) -> Any:
-    """JSON data without the fields that measure time (``*seconds*``, ``*_ms``), which differ between runs."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if "seconds" not in k and not k.endswith("_ms")}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
-
-
-def _read_json(path: Path) -> Any:
-    text = path.read_text()
-    return [json.loads(line) for line in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)
-
-
-def _same_model_file(a: Path, b: Path) -> bool:
-    """Same tensors bit for bit and same metadata. (Not the same bytes: safetensors writes the metadata
-    in an order that changes from process to process.)"""
-    files = [safetensors.safe_open(path, "pt") for path in (a, b)]
-    if files[0].metadata() != files[1].metadata() or set(files[0].keys()) != set(files[1].keys()):
-        return False
-    for key in files[0].keys():  # noqa: SIM118 (safe_open objects are not mappings)
-        x, y = (f.get_tensor(key).reshape(-1) for f in files)
-        if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x.view(torch.uint8), y.view(torch.uint8)):
-            return False
-    return True
-
-
-def run_differences(expected: str | os.PathLike, actual: str | os.PathLike) -> list[str]:
-    """How two finished run folders differ, apart from time measurements: the model files bit for bit,
-    the logs, ``summary.json`` and Excitation's ``runs/*.json`` (tables and aggregates derive from
-    these). Works on comparison folders too (one run folder per arm). Empty when they are the same."""
-    expected, actual = Path(expected), Path(actual)
-    differences = []
-    for path in sorted(expected.rglob("*")):
-        name = path.relative_to(expected)
-        compared = path.suffix in (".safetensors", ".jsonl") or name.name == "summary.json" or "runs" in name.parts
-        if not compared or "checkpoints" in name.parts or not path.is_file():
-            continue
-        other = actual / name
-        if not other.is_file():
-            differences.append(f"{name}: missing")
-        elif path.suffix == ".safetensors":
-            if not _same_model_file(path, other):
-                differences.append(f"{name}: the weights differ")
-        elif without_timings(_read_json(path)) != without_timings(_read_json(other)):
-            differences.append(f"{name}: the content differs")
-    return differences

@@ -1,4 +1,6 @@
-"""Model checkpoints as safetensors files that need nothing from the training run to load.
+"""Model files: a trained model as a safetensors file that needs nothing from the training run to load.
+
+(Not a checkpoint: in seeking that is a training state for resuming, :mod:`seeking.training.checkpoint`.)
 
 The file's metadata names the registered model and its constructor arguments, so
 ``load_model(path)`` rebuilds it with :func:`seeking.create_model`; a user can equally build the
@@ -18,6 +20,7 @@ from torch import nn
 from .errors import CheckpointError, SeekingError
 from .io import atomic_write_bytes
 from .models import create_model
+from .runs import MODEL_FILES
 
 FORMAT_VERSION = "1"
 
@@ -41,7 +44,7 @@ def save_model(
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
+def read_model_file(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
     """Return the state dict and the decoded metadata, or raise :class:`CheckpointError`."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint file at {path}")
@@ -69,12 +72,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
 
 def _not_safetensors(path: str | os.PathLike, data: bytes, exc: Exception) -> str:
     """Why ``path`` is no model file: another kind of file seeking writes, or a damaged one."""
-    from .training.resume import is_training_state  # not at the top: the training package imports this module
+    from .training.checkpoint import is_training_state  # not at the top: the training package imports this module
 
     if is_training_state(data):
         return (
             f"{path} is a training checkpoint (the state --resume continues from), not a model file: a run's "
-            "models are RUN_DIR/base.safetensors and large.safetensors, written when it finishes; "
+            f"models are RUN_DIR/{MODEL_FILES['base']} and {MODEL_FILES['motivated']}, written when it finishes; "
             "finish an interrupted run with seeking train --resume RUN_DIR"
         )
     if data.startswith(b"PK\x03\x04"):  # torch.save's zip format
@@ -87,7 +90,7 @@ def _not_safetensors(path: str | os.PathLike, data: bytes, exc: Exception) -> st
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint was saved from; returns it (in eval mode) and the metadata."""
-    state, meta = read_checkpoint(path)
+    state, meta = read_model_file(path)
     try:
         model = create_model(meta["model"], **meta["model_kwargs"])
         model.load_state_dict(state)
