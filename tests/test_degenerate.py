@@ -126,7 +126,7 @@ def test_skipped_steps_show_in_the_printed_results_and_the_logs_agree_with_the_s
     assert from_log == run.counts == {k: run.summary[k] for k in from_log}
     assert from_log["skipped_steps"] == 1 and from_log["switches"] > 0
     monkeypatch.setattr(excite, "F", PoisonedLoss({3}))
-    argv = ["excite", "--steps", "6", "--eval-every", "6", "--batch-size", "64", "--seeds", "0", "--arms", "none"]
+    argv = ["excite", "--steps", "6", "--eval-every-steps", "6", "--batch-size", "64", "--seeds", "0", "--arms", "none"]
     assert main([*argv, "--quiet", "--out", str(tmp_path / "exc")]) == 0
     table = capsys.readouterr().out
     assert "| arm | seeds | skipped steps |" in table and "| plain optimizer | 1 | 1 |" in table

@@ -8,7 +8,7 @@ import pytest
 from seeking.cli.main import main
 from seeking.training.excite import ExciteConfig, _Task, run_arm
 
-FAST = ["--steps", "12", "--eval-every", "6", "--batch-size", "64", "--seeds", "0", "1", "--quiet"]
+FAST = ["--steps", "12", "--eval-every-steps", "6", "--batch-size", "64", "--seeds", "0", "1", "--quiet"]
 
 
 def test_excite_compares_arms_on_the_same_weights_and_batches(tmp_path, capsys):
@@ -48,7 +48,7 @@ def test_excite_trains_a_gpt_moe_on_a_text_file(tmp_path):
 
 
 def test_excite_amp_trains_under_bfloat16_autocast_and_records_it(tmp_path):
-    options = {"steps": 6, "eval_every": 3, "batch_size": 64, "seeds": [0], "arms": ["none"]}
+    options = {"steps": 6, "eval_every_steps": 3, "batch_size": 64, "seeds": [0], "arms": ["none"]}
     argv = [f"--{k.replace('_', '-')}={v[0] if isinstance(v, list) else v}" for k, v in options.items()]
     out = tmp_path / "run"
     assert main(["excite", *argv, "--amp", "--quiet", "--out", str(out)]) == 0

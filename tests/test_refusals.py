@@ -30,7 +30,7 @@ TINY_MOE = {
     "vit_moe_tiny": {"depth": 1, "width": 8, "heads": 1, "num_experts": 2, "top_k": 1, "mlp_ratio": 1},
     "gpt_moe_tiny": {"depth": 1, "width": 8, "heads": 1, "num_experts": 2, "top_k": 1, "mlp_ratio": 1},
 }
-ONE_STEP = ["--steps", "1", "--eval-every", "1", "--seeds", "0", "--arms", "none", "--quiet"]
+ONE_STEP = ["--steps", "1", "--eval-every-steps", "1", "--seeds", "0", "--arms", "none", "--quiet"]
 
 
 def refused(argv, out, capsys):

@@ -269,7 +269,7 @@ def test_an_interrupted_comparison_resumes_arm_by_arm(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / INCOMPLETE).exists()
 
 
-EXCITE = ["excite", "--steps", "12", "--eval-every", "5", "--batch-size", "64", "--seeds", "0", "--quiet"]
+EXCITE = ["excite", "--steps", "12", "--eval-every-steps", "5", "--batch-size", "64", "--seeds", "0", "--quiet"]
 
 
 def excitation_runs(out):

@@ -1,7 +1,7 @@
 """Excitation experiments: one MoE model trained by a base optimizer, plain and wrapped in Excitation.
 
 Every arm (``"none"`` = the plain optimizer, or an Excitation strategy) trains the same model from
-the same initial weights on the same batches, for each seed, and is tested every ``eval_every``
+the same initial weights on the same batches, for each seed, and is tested every ``eval_every_steps``
 steps. Image data sets train classifiers (Micro-MoE, the deep sparse MLPs, ViT-MoE); a ``.txt``
 file trains a character-level language model (GPT-MoE) and reports validation loss.
 
@@ -36,18 +36,19 @@ from ..data.core import run_splits
 from ..data.text import TextBatches, TextData, load_text, text_batches
 from ..data.transforms import EpochBatches
 from ..errors import ConfigError, SeekingError
-from ..excitation import Excitation, list_strategies
+from ..excitation import Excitation
 from ..io import atomic_write_text, write_json
 from ..models import create_model
 from ..models.gpt_moe import lm_loss
-from ..models.registry import model_arguments, model_exists, unknown_model_message
+from ..models.registry import model_arguments
 from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metrics
-from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
-from ..reporting.tensorboard import ScalarLog, require_tensorboard
+from ..reporting.excitation import BASELINE, excitation_csv, excitation_markdown, excitation_rows
+from ..reporting.tensorboard import ScalarLog
 from ..wording import counted
-from .config import check_checkpointing, check_device, check_lr, check_types, config_from_dict
+from .config import ExciteConfig
 from .distributed import Ranks, join, wrap
 from .loop import step_outcome
+from .optim import build_optimizer, lr_factor
 from .preflight import claim_run_dir, probing, reports_storage_errors
 from .resume import (
     Checkpoints,
@@ -61,100 +62,6 @@ from .resume import (
     run_config,
     set_rng_state,
 )
-from .schedule import lr_factor
-
-BASELINE = "none"
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-}
-WITH_MOMENTUM = ("sgd", "rmsprop")
-
-
-@dataclass
-class ExciteConfig:
-    """One Excitation experiment. Defaults: Micro-MoE on the embedded digits, SGD, three arms.
-
-    ``arms``: ``"none"`` (the plain optimizer) and/or Excitation strategies (``zero_sum``,
-    ``positive_sum``, ``exp_diff`` and the controls ``global``, ``random``, ``inverted``).
-    ``momentum`` is used by SGD and RMSprop. ``block_size`` is for text data only. A checkpoint of
-    the run in progress is written at each evaluation and every ``checkpoint_every`` steps if not 0.
-    ``amp``: the training forward under bfloat16 autocast (as ``seeking train --amp``, without a
-    gradient scaler, which bfloat16 does not need; routing stays float32), on CUDA or, slowly, CPU.
-    """
-
-    data: str = "digits"
-    model: str = "micro_moe"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    arms: list[str] = field(default_factory=lambda: [BASELINE, "zero_sum", "positive_sum"])
-    gamma: float = 1.0
-    steps: int = 600
-    batch_size: int = 128
-    eval_every: int = 100
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    block_size: int = 64
-    train_subset: int | None = None
-    test_subset: int | None = None
-    device: str = "cpu"
-    amp: bool = False
-    cache_dir: str | None = None
-    max_nonfinite: int = 10
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 1
-    tensorboard: bool = False
-
-    def validate(self) -> ExciteConfig:
-        check_types(self)
-        check_checkpointing(self)
-        if not model_exists(self.model):
-            raise ConfigError(unknown_model_message(self.model))
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose constant or cosine")
-        known = [BASELINE, *list_strategies()]
-        for arm in self.arms:
-            if arm not in known:
-                raise ConfigError(f"unknown strategy {arm!r}; choose from: {', '.join(known)}")
-        if not self.arms or len(set(self.arms)) != len(self.arms):
-            raise ConfigError(f"arms must name each arm once and at least one, got {self.arms}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
-        if not self.gamma > 0 or not math.isfinite(self.gamma):
-            raise ConfigError(f"gamma must be a finite number > 0, got {self.gamma}")
-        for name in ("steps", "batch_size", "eval_every", "block_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_lr(self.lr)
-        for name in ("momentum", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("train_subset", "test_subset"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        reserved = sorted({"num_classes", "in_channels", "image_size", "vocab_size"} & set(self.model_kwargs))
-        if reserved:
-            raise ConfigError(f"model_kwargs must not set {', '.join(reserved)}: they come from the data set")
-        check_device(self.device)
-        if self.tensorboard:
-            require_tensorboard()
-        return self
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ExciteConfig:
-        return config_from_dict(cls, values)
-
-    @property
-    def is_text(self) -> bool:
-        return Path(self.data).suffix == ".txt"
 
 
 def _check_kind(config: ExciteConfig) -> None:
@@ -299,9 +206,8 @@ def run_arm(
     config = task.config
     ranks = ranks or Ranks()
     model = task.build(seed)
-    momentum = {"momentum": config.momentum} if config.optimizer in WITH_MOMENTUM else {}
-    optimizer = OPTIMIZERS[config.optimizer](
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **momentum
+    optimizer = build_optimizer(
+        config.optimizer, model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     if arm != BASELINE:
         optimizer = Excitation(optimizer, model, arm, config.gamma, seed=seed)
@@ -385,7 +291,7 @@ def run_arm(
                     f"(last at step {step}); lower --lr, or raise --max-nonfinite"
                 )
         run.step = step
-        evaluated = step % config.eval_every == 0 or step == config.steps
+        evaluated = step % config.eval_every_steps == 0 or step == config.steps
         if evaluated:
             value, metrics = task.evaluate(model)
             train_loss = run.loss_sum / run.loss_count if run.loss_count else math.nan

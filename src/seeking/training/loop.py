@@ -54,6 +54,7 @@ from .config import TrainConfig
 from .distributed import Ranks, join, sum_over_ranks, wrap
 from .evaluate import evaluate
 from .flops import train_step_flops
+from .optim import build_optimizer, lr_factor
 from .preflight import claim_run_dir, probing, reports_storage_errors
 from .resume import (
     Checkpoints,
@@ -69,7 +70,6 @@ from .resume import (
     run_config,
     set_rng_state,
 )
-from .schedule import lr_factor
 
 # The file of each model of a run, by its role. Named by size, not "motivated": the large model of a
 # classical run (condition ``always``) was never motivated.
@@ -227,12 +227,8 @@ def train(
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
     models = {n: m.to(device, memory_format=memory_format) for n, m in build_models(config, dataset).items()}
     optimizers = {
-        n: torch.optim.SGD(
-            m.parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=config.momentum > 0,
+        n: build_optimizer(
+            config.optimizer, m.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
         for n, m in models.items()
     }
@@ -430,7 +426,7 @@ def train(
                     "flops": sum(run.flops.values()),
                     "train_seconds": run.train_seconds,
                 }
-                if epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0):
+                if epoch == config.epochs or (config.eval_every_epochs and epoch % config.eval_every_epochs == 0):
                     tick = time.perf_counter()
                     run.results = test_models()
                     record.update({f"{n}_accuracy": r["accuracy"] for n, r in run.results.items()})
