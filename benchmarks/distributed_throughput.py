@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 TRAIN = ["train", "--train-subset", "1024", "--test-subset", "60", "--epochs", "2", "--batch-size", "128"]
-TRAIN += ["--eval-every", "0", "--quiet"]
+TRAIN += ["--eval-every-epochs", "0", "--quiet"]
 
 
 def torchrun(nproc: int, argv: list[str]) -> None:

@@ -40,7 +40,7 @@ EXPERIMENTS = {
         weight_decay=0.05,
         batch_size=64,
         steps=100,
-        eval_every=25,
+        eval_every_steps=25,
         train_subset=10000,
         test_subset=1000,
     ),
@@ -53,7 +53,7 @@ EXPERIMENTS = {
         batch_size=32,
         block_size=64,
         steps=200,
-        eval_every=50,
+        eval_every_steps=50,
         arms=["none", "zero_sum", "positive_sum"],
     ),
 }
@@ -80,10 +80,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {sys.platform}, seeds {args.seeds}")
     for name in args.only:
-        defaults = {"data": args.data, "seeds": args.seeds, "eval_every": 250, "test_subset": 2000}
+        defaults = {"data": args.data, "seeds": args.seeds, "eval_every_steps": 250, "test_subset": 2000}
         fields = {**defaults, "arms": ["none", "zero_sum"], **EXPERIMENTS[name]}
         fields["steps"] = max(1, round(fields["steps"] * args.scale))
-        fields["eval_every"] = max(1, min(fields["eval_every"], fields["steps"]))
+        fields["eval_every_steps"] = max(1, min(fields["eval_every_steps"], fields["steps"]))
         config = ExciteConfig(**fields)
         print(f"\n## {name}: {config}", flush=True)
         start = time.perf_counter()

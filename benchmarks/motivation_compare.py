@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--pair", default="resnet20:resnet32")
     parser.add_argument("--optimizer-state", default="carried")
     parser.add_argument("--batchnorm", default="separate")
-    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--eval-every-epochs", type=int, default=5)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
 
@@ -53,7 +53,7 @@ def main() -> None:
         args,
         base=base,
         motivated=motivated,
-        eval_every=args.eval_every,
+        eval_every_epochs=args.eval_every_epochs,
         optimizer_state=args.optimizer_state,
         batchnorm=args.batchnorm,
         channels_last=args.channels_last,

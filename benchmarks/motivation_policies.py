@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = load_dataset(args.data, progress=sys.stderr.isatty())
-    base_config = config_from(args, eval_every=0)
+    base_config = config_from(args, eval_every_epochs=0)
     lines = ["| policy | base acc % | motivated acc % | p |", "|---|---|---|---|"]
     for label, (state, batchnorm, recalibrate) in POLICIES.items():
         if args.only not in label:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 from helpers import run_differences
 
 TINY = ["--train-subset", "384", "--test-subset", "60", "--batch-size", "32", "--k", "1", "--checkpoint-every", "5"]
-EXCITE = ["excite", "--steps", "60", "--eval-every", "10", "--batch-size", "64", "--seeds", "0", "1"]
+EXCITE = ["excite", "--steps", "60", "--eval-every-steps", "10", "--batch-size", "64", "--seeds", "0", "1"]
 EXCITE += ["--checkpoint-every", "3", "--arms", "none", "zero_sum"]
 TEXT_MODEL = '{"depth": 1, "width": 32, "heads": 2, "num_experts": 4}'
 JOBS = {

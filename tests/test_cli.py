@@ -22,7 +22,6 @@ FAST = ["--train-subset", "128", "--test-subset", "60", "--epochs", "1", "--batc
         (["train", "--model-kwargs", "[4]"], "must be a JSON object"),
         (["train", "--model-kwargs", '{"num_classes": 3}'], "model_kwargs must not set num_classes"),
         (["train", "--epochs", "0"], "epochs must be >= 1"),
-        (["train", "--amp"], "amp"),
         (["evaluate", "/nonexistent/base.safetensors"], "no checkpoint file"),
     ],
 )

@@ -18,7 +18,7 @@ from seeking.cli.main import main
 # GroupNorm: its output does not depend on how the batch is split (per-rank BatchNorm statistics would)
 TRAIN = ["train", "--train-subset", "128", "--test-subset", "60", "--epochs", "2", "--batch-size", "32", "--k", "1"]
 TRAIN += ["--lr", "0.01", "--model-kwargs", '{"norm": "group"}', "--quiet"]
-EXCITE = ["excite", "--steps", "12", "--eval-every", "6", "--batch-size", "64", "--seeds", "0", "--quiet"]
+EXCITE = ["excite", "--steps", "12", "--eval-every-steps", "6", "--batch-size", "64", "--seeds", "0", "--quiet"]
 EXCITE += ["--arms", "zero_sum"]
 
 

@@ -6,16 +6,15 @@ import importlib.metadata
 import json
 import os
 import shutil
-import signal
 import stat
 
 import numpy as np
 import pytest
 import torch
+from helpers import signal_at
 from PIL import Image
 
 import seeking
-import seeking.training.loop as loop
 from seeking import TrainConfig, evaluate, load_dataset, load_model, save_model, train
 from seeking.cli.main import main
 from seeking.io import atomic_write_bytes

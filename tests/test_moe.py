@@ -31,7 +31,7 @@ from seeking.moe import (
     run_experts,
     utilization,
 )
-from seeking.training.excite import OPTIMIZERS, WITH_MOMENTUM
+from seeking.training.optim import OPTIMIZERS, build_optimizer
 
 DIM, HIDDEN, E, K = 6, 8, 5, 2
 
@@ -197,8 +197,9 @@ def test_both_storages_train_identically_with_unused_experts(name):
     # rows of unchosen experts have gradients of rounding noise (1e-11), which Adam would blow up to lr
     stacked = layer(renormalize=False)
     listed = to_list(stacked, renormalize=False)
-    momentum = {"momentum": 0.9} if name in WITH_MOMENTUM else {}
-    optimizers = [OPTIMIZERS[name](m.parameters(), lr=0.01, weight_decay=0.1, **momentum) for m in (stacked, listed)]
+    optimizers = [
+        build_optimizer(name, m.parameters(), lr=0.01, momentum=0.9, weight_decay=0.1) for m in (stacked, listed)
+    ]
     gen = torch.Generator().manual_seed(0)
     unused = 0
     for _ in range(6):

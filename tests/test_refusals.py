@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 import seeking.runs as runs
-import seeking.training.loop as loop
 from seeking import ConfigError, SeekingError, TrainConfig, train
 from seeking.cli.main import main
 from seeking.data import ImageData, ImageDataset
@@ -31,7 +30,7 @@ TINY_MOE = {
     "vit_moe_tiny": {"depth": 1, "width": 8, "heads": 1, "num_experts": 2, "top_k": 1, "mlp_ratio": 1},
     "gpt_moe_tiny": {"depth": 1, "width": 8, "heads": 1, "num_experts": 2, "top_k": 1, "mlp_ratio": 1},
 }
-ONE_STEP = ["--steps", "1", "--eval-every", "1", "--seeds", "0", "--arms", "none", "--quiet"]
+ONE_STEP = ["--steps", "1", "--eval-every-steps", "1", "--seeds", "0", "--arms", "none", "--quiet"]
 
 
 def refused(argv, out, capsys):
@@ -137,6 +136,7 @@ def test_every_training_config_is_refused_before_writing_or_runs_its_first_step(
     """Image size, channels, data and batch size at random: a run either takes its first step (in its
     claimed folder) or is refused with the project's error and no folder. (BatchNorm cannot train on
     one value per channel: batch 1 with images that shrink to 1x1.)"""
+
     def first_step(step, loss):
         raise FirstStepDone
 

@@ -22,7 +22,7 @@ HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 BOARD = ["--tensorboard"] if HAS_TENSORBOARD else []
 needs_tensorboard = pytest.mark.skipif(not HAS_TENSORBOARD, reason="the tensorboard package is not installed")
 TINY = ["--train-subset", "200", "--test-subset", "60", "--epochs", "2", "--batch-size", "32", "--quiet"]
-TINY_EXCITE = ["--steps", "12", "--eval-every", "6", "--batch-size", "64", "--seeds", "0", "--quiet"]
+TINY_EXCITE = ["--steps", "12", "--eval-every-steps", "6", "--batch-size", "64", "--seeds", "0", "--quiet"]
 
 
 @pytest.fixture(scope="module")

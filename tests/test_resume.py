@@ -2,7 +2,6 @@
 like an uninterrupted one; damaged or foreign checkpoints and bad resume requests fail clearly."""
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -15,7 +14,6 @@ import pytest
 import torch
 from helpers import Crash, assert_same_run, crash_at, json_lines, poisoning, run_differences, signal_at, without_timings
 
-import seeking.training.excite as excite
 import seeking.training.loop as loop
 from seeking import TrainConfig, train
 from seeking.cli.main import main

@@ -133,7 +133,7 @@ def test_evaluating_during_training_does_not_change_training(tmp_path, digits):
     # testing syncs the two models first; that sync must not alter what training does next
     runs = [
         train(
-            TrainConfig(**{**TINY, "k": 1, "eval_every": every}),
+            TrainConfig(**{**TINY, "k": 1, "eval_every_epochs": every}),
             tmp_path / f"e{every}",
             progress=False,
             log=lambda s: None,

@@ -3,6 +3,10 @@
 The command line turns a ``SeekingError`` into one message and exit code 2; anything else is a bug.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+
 
 class SeekingError(Exception):
     """Base class for errors caused by bad input (configuration, data, checkpoints)."""
@@ -36,3 +40,8 @@ class SeekingWarning(UserWarning):
     """A run that goes on but may not mean what it seems (a degenerate option, a model never trained).
 
     The command line prints each as one ``seeking: warning:`` line on stderr, even with ``--quiet``."""
+
+
+def unknown_choice(kind: str, name: object, choices: Iterable[str]) -> ConfigError:
+    """The error for a ``name`` that is none of ``choices`` (a closed set, e.g. a registry's keys)."""
+    return ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(choices)}")

@@ -19,7 +19,6 @@ from typing import Any
 
 from ..errors import SeekingError, SeekingWarning
 from ..models import list_models
-from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES
 from ..runs import (
     COMPARISON_CSV,
     COMPARISON_JSON,
@@ -31,152 +30,78 @@ from ..runs import (
     SUMMARY,
     read_run_config,
 )
-from ..training import TrainConfig
-from ..training.config import CONDITIONS, SCHEDULES
+from ..training.config import GROUPS, ExciteConfig, TrainConfig, field_annotation, field_choices
 from ..version import __version__
 from ..wording import counted
 
-DEFAULTS = TrainConfig()
-# options of train and compare that are not TrainConfig fields, with their defaults
-TRAIN_EXTRAS: dict[str, object] = {"pair": None, "model_kwargs": "{}", "out": None}
-TENSORBOARD_HELP = "also write TensorBoard event files under the run folder's tensorboard/ (needs seeking[tensorboard])"
+# options of train and compare that are no configuration field, with their defaults (for --resume's refusal)
+TRAIN_EXTRAS: dict[str, object] = {"pair": None, "out": None}
+_TYPES = {"int": int, "float": float, "str": str}
 
 
-def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    d = DEFAULTS
-    g = parser.add_argument_group("data and models")
-    g.add_argument(
-        "--data",
-        default=d.data,
-        help="'digits' (embedded default), or the path of a CIFAR-10/100 "
-        "python folder or .tar.gz, or of a class-folder tree train/<class>/*, test/<class>/* "
-        "(folder or .tar.gz) (default: %(default)s)",
-    )
-    g.add_argument(
-        "--base", default=d.base, help="small model, trained on every non-motivated batch (default: %(default)s)"
-    )
-    g.add_argument("--motivated", default=d.motivated, help="large model that contains the base (default: %(default)s)")
-    g.add_argument(
-        "--pair",
-        help="BASE:MOTIVATED, shorthand for --base and --motivated; timm names work too "
-        "(e.g. efficientnet_b0:efficientnet_b2)",
-    )
-    g.add_argument(
-        "--model-kwargs",
-        default="{}",
-        help="JSON object of extra constructor arguments for both models, e.g. '{\"patch_size\": 4}'",
-    )
-    g.add_argument("--train-subset", type=int, help="use this many training images (class-stratified)")
-    g.add_argument("--test-subset", type=int, help="use this many test images (class-stratified)")
-    g.add_argument(
-        "--cache-dir", help="where decoded image folders are cached (default: $SEEKING_CACHE_DIR or ~/.cache/seeking)"
-    )
-    g = parser.add_argument_group("motivation")
-    g.add_argument(
-        "--condition",
-        choices=CONDITIONS,
-        default=d.condition,
-        help="decrease: the loss rule; random: control, round(p * steps) large-model steps at random; "
-        "never: classical base; always: large model alone (default: %(default)s)",
-    )
-    g.add_argument(
-        "--k", type=int, default=d.k, help="consecutive loss decreases that start an episode (default: %(default)s)"
-    )
-    g.add_argument(
-        "--p",
-        type=float,
-        default=d.p,
-        help="random condition: exactly round(p * steps) steps train the large model, at random "
-        "(default: %(default)s; compare takes the motivated run's count instead)",
-    )
-    g.add_argument(
-        "--optimizer-state",
-        choices=OPTIMIZER_STATE_POLICIES,
-        default=d.optimizer_state,
-        help="optimizer state of shared weights at a switch (default: %(default)s)",
-    )
-    g.add_argument(
-        "--batchnorm",
-        choices=BATCHNORM_POLICIES,
-        default=d.batchnorm,
-        help="BatchNorm running statistics of shared layers (default: %(default)s)",
-    )
-    g.add_argument(
-        "--bn-recalibrate",
-        type=int,
-        default=d.bn_recalibrate,
-        metavar="N",
-        help="re-estimate BatchNorm statistics on N training batches before each test and for the saved models; "
-        "0: keep them as trained (default: %(default)s)",
-    )
-    g.add_argument(
-        "--sync",
-        choices=SYNC_MODES,
-        default=d.sync,
-        help="copy shared weights at each switch, or share them zero-copy (same results) (default: %(default)s)",
-    )
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
-    g.add_argument(
-        "--lr", type=float, default=d.lr, help="peak learning rate of SGD with Nesterov momentum (default: %(default)s)"
-    )
-    g.add_argument("--momentum", type=float, default=d.momentum, help="(default: %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
-    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="(default: %(default)s)")
-    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="(default: %(default)s)")
-    g.add_argument("--crop-padding", type=int, help="random-crop padding in pixels (default: image size / 8)")
-    g = parser.add_argument_group("run")
-    _add_survival_options(g, d, "RUN_DIR", "the end of each epoch")
-    g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    g.add_argument(
-        "--eval-every",
-        type=int,
-        default=d.eval_every,
-        help="test every N epochs; 0: only at the end (default: %(default)s)",
-    )
-    g.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ... (default: %(default)s)")
-    g.add_argument(
-        "--channels-last", action="store_true", help="channels-last memory format (faster convolutions on GPUs)"
-    )
-    g.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
-    g.add_argument("--out", help="run folder (default: runs/<command>-<time>)")
-    g.add_argument("--quiet", action="store_true", help="no progress output")
-    g.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help=TENSORBOARD_HELP,
-    )
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def _add_survival_options(group: argparse._ActionsContainer, defaults: Any, folder: str, always: str) -> None:
-    """The options of train, compare and excite that keep a run alive: the non-finite guard and resume."""
-    group.add_argument(
-        "--max-nonfinite",
-        type=int,
-        default=defaults.max_nonfinite,
-        help="a step with a non-finite loss or gradient is skipped; stop after this many in a row "
-        "(default: %(default)s)",
-    )
+def _kind(field: dataclasses.Field) -> str:
+    """The annotation of ``field`` without ``| None``: 'int', 'list[str]', 'dict[str, Any]'..."""
+    return field_annotation(field).removesuffix(" | None")
+
+
+def _argument(field: dataclasses.Field) -> dict[str, Any]:
+    """The ``add_argument`` keywords of a configuration field: the type from its annotation (bool: a
+    switch; list: one or more values; dict: a JSON object, parsed by :func:`_config_values`), the
+    help, choices, metavar from its metadata, and its default."""
+    meta, kind, choices = field.metadata, _kind(field), field_choices(field)
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    text = meta["help"].replace("%", "%%").replace("{choices}", ", ".join(choices or ()))
+    if "{default}" in text:
+        text = text.replace("{default}", "%(default)s")
+    elif default is not None and kind != "bool" and not kind.startswith("dict[") and "(default:" not in text:
+        text += " (default: %(default)s)"
+    kwargs: dict[str, Any] = {"dest": field.name, "help": text}
+    if kind == "bool":
+        return {**kwargs, "action": argparse.BooleanOptionalAction if default else "store_true", "default": default}
+    if kind.startswith("dict["):
+        return {**kwargs, "default": json.dumps(default)}
+    if meta["metavar"]:
+        kwargs["metavar"] = meta["metavar"]
+    if kind.startswith("list["):
+        kwargs |= {"nargs": "+", "type": _TYPES[kind[5:-1]]}  # a list's values are checked by the config
+    else:
+        kwargs |= {"type": _TYPES[kind], "choices": choices}
+    return {**kwargs, "default": default}
+
+
+def _add_config_options(parser: argparse.ArgumentParser, config_type: type) -> dict[str, Any]:
+    """One option ``--field-name`` per field of ``config_type``, in the argument groups its fields name
+    (in the order of ``GROUPS``); returns the groups by name, for the options that are no field."""
+    used = {f.metadata["group"] for f in dataclasses.fields(config_type)}
+    groups = {name: parser.add_argument_group(name) for name in GROUPS if name in used}
+    for f in dataclasses.fields(config_type):
+        groups[f.metadata["group"]].add_argument(_flag(f.name), **_argument(f))
+    return groups
+
+
+def _add_run_options(group: argparse._ActionsContainer, folder: str, out_help: str) -> None:
+    """The options of train, compare and excite that are no configuration field: resume, out, quiet."""
     group.add_argument(
         "--resume",
         metavar=folder,
         help=f"continue the unfinished run in {folder} from its newest checkpoint, with its saved options",
     )
-    group.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=defaults.checkpoint_every,
-        metavar="STEPS",
-        help=f"also write a checkpoint every STEPS steps (one is always written at {always}) (default: %(default)s)",
+    group.add_argument("--out", help=out_help)
+    group.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    groups = _add_config_options(parser, TrainConfig)
+    groups["data and models"].add_argument(
+        "--pair",
+        help="BASE:MOTIVATED, shorthand for --base and --motivated; timm names work too "
+        "(e.g. efficientnet_b0:efficientnet_b2)",
     )
-    group.add_argument(
-        "--keep-checkpoints",
-        type=int,
-        default=defaults.keep_checkpoints,
-        metavar="N",
-        help=f"keep the last N checkpoints in {folder}/checkpoints (default: %(default)s)",
-    )
+    _add_run_options(groups["run"], "RUN_DIR", "run folder (default: runs/<command>-<time>)")
 
 
 def _json_object(option: str, text: str) -> dict:
@@ -191,22 +116,29 @@ def _json_object(option: str, text: str) -> dict:
 
 def _refuse_options_with_resume(args: argparse.Namespace, config_type: type, extra: dict[str, object]) -> None:
     """``--resume`` takes the run's saved options; an option given beside it would be silently ignored."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config_type) if f.default is not dataclasses.MISSING}
-    defaults |= {f.name: f.default_factory() for f in dataclasses.fields(config_type) if f.name not in defaults}
+    defaults = {f.name: _argument(f)["default"] for f in dataclasses.fields(config_type)}
     given = [name for name, default in {**defaults, **extra}.items() if getattr(args, name, default) != default]
     if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(given))
+        flags = ", ".join(_flag(name) for name in sorted(given))
         raise SeekingError(f"--resume continues a run with the options it was started with; drop {flags}")
 
 
+def _config_values(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
+    """The values of the fields of ``config_type`` given on the command line (a JSON option parsed)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)}
+    for f in dataclasses.fields(config_type):
+        if _kind(f).startswith("dict["):
+            values[f.name] = _json_object(_flag(f.name), values[f.name])
+    return values
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values = _config_values(args, TrainConfig)
     if args.pair:
         base, sep, motivated = args.pair.partition(":")
         if not sep or not base or not motivated:
             raise SeekingError(f"--pair must look like BASE:MOTIVATED (e.g. resnet20:resnet32), got {args.pair!r}")
         values["base"], values["motivated"] = base, motivated
-    values["model_kwargs"] = _json_object("--model-kwargs", args.model_kwargs)
     return TrainConfig(**values).validate()
 
 
@@ -251,7 +183,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             "compare runs the random control on exactly as many large-model steps as the motivated run took, "
             "so --p is not used; drop it (seeking train --condition random --p P runs a control at P)"
         )
-    args.p = DEFAULTS.p
+    args.p = TrainConfig().p
     if args.resume:
         values = _resumed_values(args, TrainConfig, {**TRAIN_EXTRAS, "no_random_control": False})
         random_control = bool(values.pop("random_control", True))
@@ -315,69 +247,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_excite_options(parser: argparse.ArgumentParser) -> None:
-    from ..excitation import list_strategies
-    from ..training.excite import OPTIMIZERS, ExciteConfig
-
-    d = ExciteConfig()
-    parser.add_argument(
-        "--data",
-        default=d.data,
-        help="image data set as for train ('digits', CIFAR, class folders), or a UTF-8 .txt file for "
-        "GPT-MoE (character level) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--model",
-        default=d.model,
-        help="an MoE model: micro_moe, sparse_mlp_deep10, sparse_mlp_deep20, vit_moe_tiny, gpt_moe_tiny, "
-        "gpt_moe_small (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--model-kwargs", default="{}", help="JSON object of constructor arguments, e.g. '{\"width\": 64}'"
-    )
-    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default=d.optimizer, help="(default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=d.lr, help="(default: %(default)s)")
-    parser.add_argument("--momentum", type=float, default=d.momentum, help="SGD and RMSprop (default: %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
-    parser.add_argument("--schedule", default=d.schedule, help="constant or cosine (default: %(default)s)")
-    parser.add_argument(
-        "--arms",
-        nargs="+",
-        default=d.arms,
-        metavar="ARM",
-        help=f"'none' (the plain optimizer) and Excitation strategies: {', '.join(list_strategies())} "
-        "(default: %(default)s)",
-    )
-    parser.add_argument("--gamma", type=float, default=d.gamma, help="utilization exponent (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=d.steps, help="(default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
-    parser.add_argument("--eval-every", type=int, default=d.eval_every, help="steps (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="(default: %(default)s)")
-    parser.add_argument("--block-size", type=int, default=d.block_size, help="text only (default: %(default)s)")
-    parser.add_argument("--train-subset", type=int, help="use this many training images (class-stratified)")
-    parser.add_argument("--test-subset", type=int, help="use this many test images (class-stratified)")
-    parser.add_argument("--device", default=d.device, help="(default: %(default)s)")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in training (CUDA; CPU works, slowly)")
-    parser.add_argument("--cache-dir")
-    _add_survival_options(parser, d, "OUT", "each evaluation")
-    parser.add_argument("--out", help="results folder (default: runs/excite-<time>)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help=TENSORBOARD_HELP,
-    )
+    groups = _add_config_options(parser, ExciteConfig)
+    _add_run_options(groups["run"], "OUT", "results folder (default: runs/excite-<time>)")
 
 
 def _cmd_excite(args: argparse.Namespace) -> int:
-    from ..training.excite import ExciteConfig, compare_excitation
+    from ..training.excite import compare_excitation
 
     if args.resume:
-        values = _resumed_values(args, ExciteConfig, {"model_kwargs": "{}", "out": None})
-        config, out = ExciteConfig.from_dict(values), args.resume
+        config, out = ExciteConfig.from_dict(_resumed_values(args, ExciteConfig, {"out": None})), args.resume
     else:
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExciteConfig)}
-        values["model_kwargs"] = _json_object("--model-kwargs", args.model_kwargs)
-        config, out = ExciteConfig(**values).validate(), args.out or f"runs/excite-{time.strftime('%Y%m%d-%H%M%S')}"
+        config = ExciteConfig(**_config_values(args, ExciteConfig)).validate()
+        out = args.out or f"runs/excite-{time.strftime('%Y%m%d-%H%M%S')}"
     result = compare_excitation(config, out, log=_logger(args), resume=bool(args.resume), progress=not args.quiet)
     print(result["table"])
     print(f"results: {out}/{EXCITATION_MD}, {EXCITATION_CSV}, {EXCITATION_JSON}; report: {out}/{REPORT}/report.html")

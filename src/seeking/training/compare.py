@@ -99,7 +99,9 @@ def compare(
             raise RunInterrupted(f"{exc.event} of arm {arm}", exc.command) from None
         return run.summary
 
-    classical = [(f"classical_{name}", classical_condition(role)) for name, role in (("base", "base"), ("large", "motivated"))]
+    classical = [
+        (f"classical_{name}", classical_condition(role)) for name, role in (("base", "base"), ("large", "motivated"))
+    ]
     arms = [*classical, ("motivated", config.condition)]
     with StopRequests():  # a stop asked for during an arm's last step stops the next arm
         summaries = {arm: run_arm(arm, dataclasses.replace(config, condition=condition)) for arm, condition in arms}

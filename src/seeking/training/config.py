@@ -1,26 +1,211 @@
-"""Training configuration: one flat dataclass, validated before anything runs or is written."""
+"""Training configuration: one vocabulary of fields, validated before anything runs or is written.
+
+:class:`RunConfig` holds the fields every trainer has; :class:`TrainConfig` (``seeking train`` and
+``compare``) and :class:`ExciteConfig` (``seeking excite``) add their own. Each field is declared with
+:func:`option`: its default, its command-line help, its argument group and, for a closed set, its
+choices (a registry, read when used). The command line is generated from these fields, so a new
+option is one field.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown_choice
+from ..excitation import list_strategies
 from ..models.registry import model_exists, unknown_model_message
-from ..motivation import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES
-from ..motivation import CONDITIONS as CONDITION_TYPES
+from ..motivation import BATCHNORM_POLICIES, CONDITIONS, OPTIMIZER_STATE_POLICIES, SYNC_MODES
+from ..reporting.excitation import BASELINE
 from ..reporting.tensorboard import require_tensorboard
+from .optim import OPTIMIZERS, SCHEDULES, with_momentum
 
-CONDITIONS = tuple(CONDITION_TYPES)
-SCHEDULES = ("cosine", "onecycle", "constant")
+# the argument groups of the command line, in the order --help shows them
+GROUPS = ("data and models", "motivation", "excitation", "optimisation", "run")
+Choices = Iterable[str] | Callable[[], Iterable[str]]
+C = TypeVar("C", bound="RunConfig")
 
 
-@dataclass
-class TrainConfig:
+def option(
+    default: Any = MISSING,
+    *,
+    help: str,
+    group: str,
+    choices: Choices | None = None,
+    noun: str | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A configuration field, for ``name: type = option(...)`` in a config dataclass.
+
+    ``default``: a list or dict is copied for each configuration; none: a subclass gives it (see
+    :func:`override`). ``help``: the command-line help; ``{choices}`` becomes the choices and
+    ``{default}`` the default, which the CLI otherwise appends. ``group``: one of :data:`GROUPS`.
+    ``choices``: the closed set of values (a registry, a tuple, or a function returning one), read
+    when used, so a later registration counts; ``validate`` refuses other values, naming one value
+    ``noun`` (default: the field's name). ``metavar``: the value's name in ``--help``."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown argument group {group!r}; choose one of: {', '.join(GROUPS)}")
+    metadata = {"help": help, "group": group, "choices": choices, "noun": noun, "metavar": metavar}
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def override(name: str, default: Any = MISSING, **changes: Any) -> Any:
+    """The :class:`RunConfig` field ``name``, redeclared in a subclass with this command's ``default``
+    and the given ``changes`` of :func:`option`'s other arguments (e.g. ``help``)."""
+    return option(default, **{**RunConfig.__dataclass_fields__[name].metadata, **changes})
+
+
+def field_choices(field: dataclasses.Field) -> tuple[str, ...] | None:
+    """The choices of ``field`` as they are now, or ``None`` for an open field."""
+    given = field.metadata.get("choices")
+    if given is None:
+        return None
+    return tuple(given() if callable(given) else given)
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """The fields every trainer has. Its subclasses give the defaults that differ between trainers
+    (``optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``schedule``, ``batch_size``)."""
+
+    # constructor arguments that come from the data set, never from model_kwargs
+    data_kwargs: ClassVar[tuple[str, ...]] = ("num_classes", "in_channels", "image_size")
+
+    data: str = option(
+        "digits",
+        help="'digits' (embedded default), or the path of a CIFAR-10/100 python folder or .tar.gz, or of a "
+        "class-folder tree train/<class>/*, test/<class>/* (folder or .tar.gz)",
+        group="data and models",
+    )
+    model_kwargs: dict[str, Any] = option(  # noqa: RUF009 (a dataclass field)
+        {},
+        help="JSON object of extra constructor arguments for both models, e.g. '{\"patch_size\": 4}'",
+        group="data and models",
+    )
+    train_subset: int | None = option(
+        None, help="use this many training images (class-stratified)", group="data and models"
+    )
+    test_subset: int | None = option(None, help="use this many test images (class-stratified)", group="data and models")
+    cache_dir: str | None = option(
+        None,
+        help="where decoded image folders are cached (default: $SEEKING_CACHE_DIR or ~/.cache/seeking)",
+        group="data and models",
+    )
+    optimizer: str = option(
+        help="torch.optim's optimizer of that name; nesterov: SGD with Nesterov momentum (plain SGD at momentum 0)",
+        group="optimisation",
+        choices=OPTIMIZERS,
+    )
+    lr: float = option(help="peak learning rate (the schedule's maximum)", group="optimisation")
+    momentum: float = option(
+        help=f"momentum of {', '.join(with_momentum())}; the other optimizers take none", group="optimisation"
+    )
+    weight_decay: float = option(help="weight decay, as the optimizer applies it", group="optimisation")
+    schedule: str = option(
+        help="learning rate per step: cosine: warmup, then cosine decay to 0; onecycle: warmup over 30% of the "
+        "run from 1/25 of the peak, then cosine decay to 0; constant: warmup, then the peak",
+        group="optimisation",
+        choices=SCHEDULES,
+    )
+    batch_size: int = option(help="examples per training step (under torchrun: of all processes)", group="optimisation")
+    device: str = option("cpu", help="cpu, cuda, cuda:1, ...", group="run")
+    amp: bool = option(
+        False, help="bfloat16 autocast of the training forward pass, on CUDA (or CPU, which is slow)", group="run"
+    )
+    channels_last: bool = option(False, help="channels-last memory format (faster convolutions on GPUs)", group="run")
+    max_nonfinite: int = option(
+        10,
+        help="a step with a non-finite loss or gradient is skipped; stop after this many in a row",
+        group="run",
+    )
+    checkpoint_every: int = option(
+        0, help="also write a checkpoint every STEPS steps (0: none between)", group="run", metavar="STEPS"
+    )
+    keep_checkpoints: int = option(
+        1, help="keep the last N checkpoints in the run folder's checkpoints/", group="run", metavar="N"
+    )
+    tensorboard: bool = option(
+        False,
+        help="also write TensorBoard event files under the run folder's tensorboard/ (needs seeking[tensorboard])",
+        group="run",
+    )
+
+    def validate(self: C) -> C:
+        """``self`` if every field holds a value of its type and range, else a ``ConfigError`` naming
+        the first one that does not; a subclass checks its own fields after these."""
+        check_types(self)
+        for f in fields(self):
+            allowed = field_choices(f)
+            value = getattr(self, f.name)
+            for one in value if isinstance(value, list) else [value]:
+                if allowed is not None and one not in allowed:
+                    raise unknown_choice(f.metadata["noun"] or f.name, one, allowed)
+        reserved = sorted(set(self.data_kwargs) & set(self.model_kwargs))
+        if reserved:
+            raise ConfigError(f"model_kwargs must not set {', '.join(reserved)}: they come from the data set")
+        if self.max_nonfinite < 1:
+            raise ConfigError(
+                f"max_nonfinite (non-finite losses in a row before stopping) must be >= 1, got {self.max_nonfinite}"
+            )
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"checkpoint_every must be >= 0 steps (0: the default points), got {self.checkpoint_every}"
+            )
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1 (resuming needs one), got {self.keep_checkpoints}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        # at lr 0 no weight moves, yet the run would report accuracies and costs as if it had trained
+        if self.lr <= 0:
+            why = ": at 0 no weight would move" if self.lr == 0 else ""
+            raise ConfigError(f"lr must be > 0, got {self.lr}{why}")
+        for name in ("momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r} was asked for but CUDA is not available here; use --device cpu")
+        if self.tensorboard:
+            require_tensorboard()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], values: Any) -> C:
+        """A validated configuration from a mapping: unknown keys, wrong types, bad values are ``ConfigError`` s."""
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"a configuration must be a mapping of option names to values, got {type(values).__name__}"
+            )
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in set(values) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown configuration key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(names))}"
+            )
+        return cls(**values).validate()
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):
     """Everything that defines a run. Defaults give the embedded demo (digits, ResNet-20 -> 32).
 
     ``condition``: ``decrease`` (motivation training, rule of METHODS.md with ``k``), ``random``
@@ -30,130 +215,172 @@ class TrainConfig:
     steps if that is not 0; the last ``keep_checkpoints`` are kept.
     """
 
-    data: str = "digits"
-    base: str = "resnet20"
-    motivated: str = "resnet32"
-    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    condition: str = "decrease"
-    k: int = 2
-    p: float = 0.2
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    optimizer_state: str = "carried"
-    batchnorm: str = "separate"
-    bn_recalibrate: int = 20
-    sync: str = "copy"
-    crop_padding: int | None = None
-    train_subset: int | None = None
-    test_subset: int | None = None
-    eval_every: int = 1
-    max_nonfinite: int = 10
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 1
-    seed: int = 0
-    device: str = "cpu"
-    channels_last: bool = False
-    amp: bool = False
-    cache_dir: str | None = None
-    tensorboard: bool = False
+    base: str = option("resnet20", help="small model, trained on every non-motivated batch", group="data and models")
+    motivated: str = option("resnet32", help="large model that contains the base", group="data and models")
+    condition: str = option(
+        "decrease",
+        help="decrease: the loss rule; random: control, round(p * steps) large-model steps at random; "
+        "never: classical base; always: large model alone",
+        group="motivation",
+        choices=CONDITIONS,
+    )
+    k: int = option(2, help="consecutive loss decreases that start an episode", group="motivation")
+    p: float = option(
+        0.2,
+        help="random condition: exactly round(p * steps) steps train the large model, at random "
+        "(default: {default}; compare takes the motivated run's count instead)",
+        group="motivation",
+    )
+    optimizer_state: str = option(
+        "carried",
+        help="optimizer state of shared weights at a switch",
+        group="motivation",
+        choices=OPTIMIZER_STATE_POLICIES,
+    )
+    batchnorm: str = option(
+        "separate", help="BatchNorm running statistics of shared layers", group="motivation", choices=BATCHNORM_POLICIES
+    )
+    bn_recalibrate: int = option(
+        20,
+        help="re-estimate BatchNorm statistics on N training batches before each test and for the saved models; "
+        "0: keep them as trained",
+        group="motivation",
+        metavar="N",
+    )
+    sync: str = option(
+        "copy",
+        help="copy shared weights at each switch, or share them zero-copy (same results)",
+        group="motivation",
+        choices=SYNC_MODES,
+    )
+    optimizer: str = override("optimizer", "nesterov")
+    lr: float = override("lr", 0.05)
+    momentum: float = override("momentum", 0.9)
+    weight_decay: float = override("weight_decay", 5e-4)
+    schedule: str = override("schedule", "cosine")
+    batch_size: int = override("batch_size", 64)
+    epochs: int = option(15, help="passes over the training set", group="optimisation")
+    warmup_epochs: float = option(
+        1.0, help="epochs of linear learning-rate warmup (onecycle sets its own)", group="optimisation"
+    )
+    crop_padding: int | None = option(
+        None, help="random-crop padding in pixels (default: image size / 8)", group="optimisation"
+    )
+    checkpoint_every: int = override(
+        "checkpoint_every",
+        0,
+        help="also write a checkpoint every STEPS steps (one is always written at the end of each epoch)",
+    )
+    seed: int = option(
+        0, help="seed of the weights, subsets, batch order, augmentation and random condition", group="run"
+    )
+    eval_every_epochs: int = option(1, help="test every N epochs; 0: only at the end", group="run")
 
     def validate(self) -> TrainConfig:
-        check_types(self)
+        super().validate()
         for role in ("base", "motivated"):
             if not model_exists(getattr(self, role)):
                 raise ConfigError(unknown_model_message(getattr(self, role), role))
-        reserved = sorted({"num_classes", "in_channels", "image_size"} & set(self.model_kwargs))
-        if reserved:
-            raise ConfigError(f"model_kwargs must not set {', '.join(reserved)}: they come from the data set")
-        _choice("condition", self.condition, CONDITIONS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("optimizer_state", self.optimizer_state, OPTIMIZER_STATE_POLICIES)
-        _choice("batchnorm", self.batchnorm, BATCHNORM_POLICIES)
-        _choice("sync", self.sync, SYNC_MODES)
-        check_checkpointing(self)
         if self.k < 1:
             raise ConfigError(f"k (consecutive loss decreases before switching) must be >= 1, got {self.k}")
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"p (the random condition's share of large-model steps) must be in [0, 1], got {self.p}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_lr(self.lr)
-        for name in ("momentum", "weight_decay", "warmup_epochs", "eval_every", "bn_recalibrate"):
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("warmup_epochs", "eval_every_epochs", "bn_recalibrate"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("train_subset", "test_subset", "crop_padding"):
-            value = getattr(self, name)
-            if value is not None and value < (0 if name == "crop_padding" else 1):
-                raise ConfigError(f"{name} must be positive, got {value}")
-        check_device(self.device)
-        if self.amp and not self.device.startswith("cuda"):
-            raise ConfigError("amp (bfloat16 autocast) is for CUDA devices; drop --amp or use --device cuda")
-        if self.tensorboard:
-            require_tensorboard()
+        if self.crop_padding is not None and self.crop_padding < 0:
+            raise ConfigError(f"crop_padding must be positive, got {self.crop_padding}")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        return config_from_dict(cls, values)
+@dataclass(kw_only=True)
+class ExciteConfig(RunConfig):
+    """One Excitation experiment. Defaults: Micro-MoE on the embedded digits, SGD, three arms.
+
+    ``arms``: ``"none"`` (the plain optimizer) and/or Excitation strategies (``zero_sum``,
+    ``positive_sum``, ``exp_diff`` and the controls ``global``, ``random``, ``inverted``).
+    ``momentum`` is used by SGD and RMSprop. ``block_size`` is for text data only. A checkpoint of
+    the run in progress is written at each evaluation and every ``checkpoint_every`` steps if not 0.
+    ``amp``: the training forward under bfloat16 autocast (as ``seeking train --amp``, without a
+    gradient scaler, which bfloat16 does not need; routing stays float32), on CUDA or, slowly, CPU.
+    """
+
+    data_kwargs: ClassVar[tuple[str, ...]] = (*RunConfig.data_kwargs, "vocab_size")
+
+    data: str = override(
+        "data",
+        "digits",
+        help="image data set as for train ('digits', CIFAR, class folders), or a UTF-8 .txt file for GPT-MoE "
+        "(character level)",
+    )
+    model_kwargs: dict[str, Any] = override(  # noqa: RUF009 (a dataclass field)
+        "model_kwargs", {}, help="JSON object of constructor arguments, e.g. '{\"width\": 64}'"
+    )
+    model: str = option(
+        "micro_moe",
+        help="an MoE model: micro_moe, sparse_mlp_deep10, sparse_mlp_deep20, vit_moe_tiny, gpt_moe_tiny, gpt_moe_small",
+        group="data and models",
+    )
+    block_size: int = option(64, help="text only", group="data and models")
+    arms: list[str] = option(  # noqa: RUF009 (a dataclass field)
+        [BASELINE, "zero_sum", "positive_sum"],
+        help="'none' (the plain optimizer) and Excitation strategies, any of: {choices}",
+        group="excitation",
+        choices=lambda: (BASELINE, *list_strategies()),
+        noun="strategy",
+        metavar="ARM",
+    )
+    gamma: float = option(1.0, help="utilization exponent", group="excitation")
+    optimizer: str = override("optimizer", "sgd")
+    lr: float = override("lr", 0.1)
+    momentum: float = override("momentum", 0.0)
+    weight_decay: float = override("weight_decay", 0.0)
+    schedule: str = override("schedule", "constant")
+    batch_size: int = override("batch_size", 128)
+    steps: int = option(600, help="training steps of each arm and seed", group="optimisation")
+    checkpoint_every: int = override(
+        "checkpoint_every",
+        0,
+        help="also write a checkpoint every STEPS steps (one is always written at each evaluation)",
+    )
+    seeds: list[int] = option([0, 1, 2], help="one run of every arm per seed", group="run")  # noqa: RUF009 (option makes a dataclass field)
+    eval_every_steps: int = option(100, help="test every N steps (and after the last)", group="run")
+
+    def validate(self) -> ExciteConfig:
+        super().validate()
+        if not model_exists(self.model):
+            raise ConfigError(unknown_model_message(self.model))
+        if not self.arms or len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"arms must name each arm once and at least one, got {self.arms}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if not self.gamma > 0 or not math.isfinite(self.gamma):
+            raise ConfigError(f"gamma must be a finite number > 0, got {self.gamma}")
+        for name in ("steps", "eval_every_steps", "block_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        return self
+
+    @property
+    def is_text(self) -> bool:
+        return Path(self.data).suffix == ".txt"
 
 
-def config_from_dict(cls: type, values: Any) -> Any:
-    """A validated ``cls`` dataclass from a mapping: unknown keys, wrong types, bad values are ``ConfigError`` s."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"a configuration must be a mapping of option names to values, got {type(values).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(str(k) for k in set(values) - names)
-    if unknown:
-        raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(names))}")
-    return cls(**values).validate()
-
-
-def check_checkpointing(config: Any) -> None:
-    """The fields shared by both configurations: ``checkpoint_every``, ``keep_checkpoints``, ``max_nonfinite``."""
-    if config.max_nonfinite < 1:
-        raise ConfigError(
-            f"max_nonfinite (non-finite losses in a row before stopping) must be >= 1, got {config.max_nonfinite}"
-        )
-    if config.checkpoint_every < 0:
-        raise ConfigError(f"checkpoint_every must be >= 0 steps (0: the default points), got {config.checkpoint_every}")
-    if config.keep_checkpoints < 1:
-        raise ConfigError(f"keep_checkpoints must be >= 1 (resuming needs one), got {config.keep_checkpoints}")
-
-
-def check_lr(lr: float) -> None:
-    """The learning rate of both configurations must be > 0: at 0 no weight moves, yet the run would
-    report accuracies and costs as if it had trained."""
-    if lr <= 0:
-        raise ConfigError(f"lr must be > 0, got {lr}" + (": at 0 no weight would move" if lr == 0 else ""))
-
-
-def check_device(name: str) -> None:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+def field_annotation(field: dataclasses.Field) -> str:
+    """The annotation of ``field`` as written: 'int', 'float | None', 'list[str]', 'dict[str, Any]'
+    (a class without ``from __future__ import annotations`` holds types, not strings)."""
+    annotation = field.type
+    if isinstance(annotation, str):
+        return annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
 def check_types(config: Any) -> None:
     """Every field of the dataclass ``config`` has its annotated type, or a ``ConfigError`` says which not."""
     for f in fields(config):
-        _check_type(f.name, getattr(config, f.name), f.type)
+        _check_type(f.name, getattr(config, f.name), field_annotation(f))
 
 
 _SCALARS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}

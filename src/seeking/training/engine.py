@@ -258,9 +258,7 @@ class Engine:
         """Train to the end of the schedule, from wherever the counters stand; returns them."""
         c = self.counters
         started = time.perf_counter() - c.wall_seconds
-        bar = tqdm(
-            total=self.schedule.total, initial=c.step, unit="step", leave=False, disable=not self.progress
-        )
+        bar = tqdm(total=self.schedule.total, initial=c.step, unit="step", leave=False, disable=not self.progress)
         stopping = False  # agreed by all processes at the last step
         shown: dict[str, str] = {}  # on the bar: the step's loss, and what the task shows of the last period
         try:
@@ -336,7 +334,6 @@ class Engine:
             )
         c.step += 1
         return loss, stopping
-
 
 
 class JsonLog:

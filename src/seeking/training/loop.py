@@ -129,7 +129,10 @@ def check_run(config: TrainConfig, dataset: ImageDataset, device: torch.device) 
     data sizes, the pair, and both models on one forward and backward of a batch of the real shape
     (without counting FLOPs, which each arm does)."""
     data = image_task(config, device, False, dataset)
-    models = {role: create_model(getattr(config, role), **data.model_kwargs(), **config.model_kwargs) for role in ("base", "motivated")}
+    models = {
+        role: create_model(getattr(config, role), **data.model_kwargs(), **config.model_kwargs)
+        for role in ("base", "motivated")
+    }
     x, y = data.probe_batch()
     for role, model in models.items():
         with probing(getattr(config, role), model, tuple(x.shape), data.describe):
