@@ -146,8 +146,8 @@ def test_a_checkpoint_holds_exactly_the_declared_parts(tmp_path):
     task = ToyTask()
     engine_for(task, tmp_path / "checkpoints").run()
     state = load_state(Checkpoints(tmp_path / "checkpoints").paths()[-1])
-    assert set(state) == {"seeking_version", "config", *task.parts(), "engine", "rng"}
-    assert state["engine"]["step"] == STEPS and state["plan"] == task.plan.state_dict()
+    assert set(state) == {"seeking_version", "config", *task.parts(), "progress", "rng"}
+    assert state["progress"]["step"] == STEPS and state["plan"] == task.plan.state_dict()
 
 
 def test_a_poisoned_step_is_skipped_and_a_run_of_them_stops(inject):

@@ -14,7 +14,7 @@ A trainer (``seeking train``, ``seeking excite``) builds a :class:`Task` and han
 
 What a checkpoint holds is stated once, in :meth:`Engine.save`: the seeking version and the run's
 configuration (checked on resume), the task's :meth:`Task.parts` (models, optimizers, plan, data and
-its generators, logs, the task's own record), the engine's :class:`Counters` (``engine``) and torch's
+its generators, logs, the task's own record), the engine's :class:`Counters` (``progress``) and torch's
 global random state (``rng``), each saved by its own ``state_dict`` (:class:`Parts`).
 
 Faults are injected through :func:`register_step_hook` (like ``nn.Module``'s global hooks): tests
@@ -236,7 +236,7 @@ class Engine:
         self.progress, self.describe = progress, describe
         self.counters = Counters()
         self.parameters: dict[nn.Module, list[torch.Tensor]] = {}
-        self.state = Parts(**task.parts(), engine=self.counters, rng=GlobalRandomState())
+        self.state = Parts(**task.parts(), progress=self.counters, rng=GlobalRandomState())
 
     def resume(self, warn: Callable[[str], None]) -> bool:
         """Load the newest checkpoint, if there is one; returns whether there was."""

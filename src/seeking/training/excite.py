@@ -74,9 +74,9 @@ def build_model(config: ExciteConfig, data: DataTask, seed: int, device: torch.d
     return model
 
 
-def excite_data(config: ExciteConfig, device: torch.device, progress: bool = False) -> DataTask:
+def excite_data(config: ExciteConfig, device: torch.device | str, progress: bool = False) -> DataTask:
     """The experiment's data: image classification (batches not augmented) or a text file."""
-    data = load_data_task(config, device, progress=progress)
+    data = load_data_task(config, torch.device(device), progress=progress)
     check_model_kind(config.model, data_kind(config.data))
     return data
 
@@ -121,9 +121,9 @@ class ExcitationTask:
         if arm != BASELINE:
             optimizer = Excitation(optimizer, model, arm, config.gamma, seed=seed)
         self.optimizer = optimizer
-        self.plan = SingleModel("model", model, optimizer)
+        self.plan = SingleModel("base", model, optimizer)  # one model, trained at every step
         # a user's MoE layer may skip unused experts: DDP must not wait for their gradients
-        self.nets = {"model": wrap(model, ranks, data.device, find_unused=True)}
+        self.nets = {"base": wrap(model, ranks, data.device, find_unused=True)}
         self.batches = data.batches(seed)
         self.curve = Curve()
         self.board = ScalarLog(None)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageDataset
-from ..errors import ConfigError, SeekingWarning
+from ..errors import SeekingWarning
 from ..io import write_json
 from ..model_file import save_model
 from ..models import create_model
@@ -65,7 +65,7 @@ from .engine import Counters, Engine, JsonLog, Parts, Record, Schedule
 from .flops import train_step_flops
 from .optim import build_optimizer
 from .preflight import probing, reports_storage_errors
-from .tasks import ImageClassification, check_model_kind, data_kind, load_data_task
+from .tasks import ImageClassification
 
 
 @dataclass
@@ -114,14 +114,12 @@ def probe_models(config: TrainConfig, data: ImageClassification, models: dict[st
     return flops
 
 
-def image_task(config: TrainConfig, device: torch.device, progress: bool, dataset: ImageDataset | None):
-    """The data of ``seeking train``: image classification, training batches augmented."""
-    kind = data_kind(config.data)
-    for role in ("base", "motivated"):
-        check_model_kind(getattr(config, role), kind)
-    if kind != "image":
-        raise ConfigError(f"seeking train trains image classifiers; {config.data} is {kind} data")
-    return load_data_task(config, device, split_seed=config.seed, augmentation=True, progress=progress, dataset=dataset)
+def image_task(
+    config: TrainConfig, device: torch.device, progress: bool, dataset: ImageDataset | None
+) -> ImageClassification:
+    """The data of ``seeking train``: image classification, its training batches augmented."""
+    options = {"split_seed": config.seed, "augmentation": True, "progress": progress, "dataset": dataset}
+    return ImageClassification.from_config(config, device, **options)
 
 
 def check_run(config: TrainConfig, dataset: ImageDataset, device: torch.device) -> None:
