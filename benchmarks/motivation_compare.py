@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from common import config_from, mean_std, run_arguments
 
+from seeking.flops import FLOPS_CONVENTION
 from seeking.io import atomic_write_text
 from seeking.reporting.comparison import COLUMNS
 from seeking.training.compare import compare
-from seeking.training.flops import FLOPS_CONVENTION
 
 FORMATS = {
     "test acc %": ".2f",

@@ -45,10 +45,10 @@ from seeking import TrainConfig, create_model, load_dataset, load_model, train
 from seeking.data import ImageDataset, augment, normalize
 from seeking.data.core import ImageData, run_splits
 from seeking.data.transforms import EpochBatches
+from seeking.training.checkpoint import rng_state, save_state
 from seeking.training.distributed import Ranks
-from seeking.training.loop import step_outcome
-from seeking.training.resume import rng_state, save_state
-from seeking.training.schedule import lr_factor
+from seeking.training.engine import step_outcome
+from seeking.training.optim import lr_factor
 
 
 def eval_only_at_end() -> dict[str, int]:
@@ -117,10 +117,14 @@ class Extra:
 
 
 class GradNormSync(Extra):
-    """``step_outcome``: the gradients' norm, loss and stop flag stacked, one ``.tolist()`` sync."""
+    """``step_outcome``: the gradients' finiteness, loss and stop flag in one tensor, one ``.tolist()`` sync."""
+
+    def __init__(self, loop: Loop) -> None:
+        super().__init__(loop)
+        self.parameters = list(loop.model.parameters())  # listed once, as the engine lists them
 
     def step(self, loss: torch.Tensor, lr: float) -> None:
-        self.loop.loss_value, _, _ = step_outcome(loss, self.loop.model, Ranks(), False)
+        self.loop.loss_value, _, _ = step_outcome(loss, self.parameters, Ranks(), False)
 
 
 class LossItem(Extra):
@@ -357,17 +361,17 @@ PROFILED = {
     "FLOP count + probe": ("training/loop.py", "probe_models"),
     "backward": ("torch/_tensor.py", "backward"),
     "optimizer step": ("torch/optim/sgd.py", "step"),
-    "step_outcome": ("training/loop.py", "step_outcome"),
+    "step_outcome": ("training/engine.py", "step_outcome"),
     "augment": ("data/transforms.py", "augment"),
     "normalize": ("data/transforms.py", "normalize"),
     "next batch": ("data/transforms.py", "__next__"),
-    "lr_factor": ("training/schedule.py", "lr_factor"),
+    "lr_factor": ("training/optim.py", "lr_factor"),
     "zero_grad": ("torch/optim/optimizer.py", "zero_grad"),
-    "JSON step log": ("training/resume.py", "write"),
+    "JSON step log": ("training/engine.py", "write"),
     "tqdm set_postfix": ("tqdm/std.py", "set_postfix"),
-    "checkpoints": ("training/loop.py", "save_checkpoint"),
-    "tests (BN re-estimation + evaluate)": ("training/loop.py", "test_models"),
-    "final model files": ("seeking/checkpoint.py", "save_model"),
+    "checkpoints": ("training/engine.py", "save"),
+    "tests (BN re-estimation + evaluate)": ("training/loop.py", "test"),
+    "final model files": ("seeking/model_file.py", "save_model"),
 }
 
 

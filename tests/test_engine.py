@@ -11,7 +11,7 @@ from torch import nn
 
 from seeking.motivation import SingleModel
 from seeking.training.checkpoint import Checkpoints, load_state
-from seeking.training.engine import Counters, Engine, JsonLog, Parts, Schedule
+from seeking.training.engine import Counters, Engine, JsonLog, LearningRate, Parts
 from seeking.training.optim import lr_factor
 
 STEPS, PERIOD, LR = 12, 5, 0.1
@@ -79,7 +79,7 @@ def engine_for(task, folder=None):
     checkpoints = Checkpoints(folder, keep=1) if folder else None
     return Engine(
         task,
-        Schedule(LR, "cosine", STEPS, 2),
+        LearningRate(LR, "cosine", STEPS, 2),
         period=PERIOD,
         device=torch.device("cpu"),
         checkpoints=checkpoints,

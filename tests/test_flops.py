@@ -1,6 +1,6 @@
 """FLOP counts against closed-form counts written out here, forward and training step, within 1%.
 
-The convention (``seeking.training.flops.FLOPS_CONVENTION``): 2 FLOPs per multiply-add of products
+The convention (``seeking.flops.FLOPS_CONVENTION``): 2 FLOPs per multiply-add of products
 and convolutions, element-wise work not counted; the backward repeats each weight-bearing op's
 multiply-adds once for the weight gradient and once for the input gradient, the latter only where
 an input needs it. So a block whose input needs a gradient costs ``3 x forward`` per training step,
@@ -20,9 +20,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from seeking.flops import count_flops, train_step_flops
 from seeking.moe.block import SelfAttention
 from seeking.moe.layer import MoEFeedForward
-from seeking.training.flops import count_flops, train_step_flops
 
 timm = pytest.importorskip("timm")
 

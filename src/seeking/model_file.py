@@ -20,7 +20,7 @@ from torch import nn
 from .errors import CheckpointError, SeekingError
 from .io import atomic_write_bytes
 from .models import create_model
-from .runs import MODEL_FILES
+from .runs import MODEL_FILES, is_training_state
 
 FORMAT_VERSION = "1"
 
@@ -72,8 +72,6 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
 
 def _not_safetensors(path: str | os.PathLike, data: bytes, exc: Exception) -> str:
     """Why ``path`` is no model file: another kind of file seeking writes, or a damaged one."""
-    from .training.checkpoint import is_training_state  # not at the top: the training package imports this module
-
     if is_training_state(data):
         return (
             f"{path} is a training checkpoint (the state --resume continues from), not a model file: a run's "

@@ -36,6 +36,16 @@ CHECKPOINTS = "checkpoints"  # training states for resuming (excite: one folder 
 REPORT = "report"  # plots and report.html, written when the run completes
 TENSORBOARD = "tensorboard"  # TensorBoard's event files, if asked for
 
+# The first word of a training state (a file in CHECKPOINTS), which training/checkpoint.py writes: how
+# any layer tells one from a model file.
+STATE_MAGIC = "seeking-training-state"
+
+
+def is_training_state(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is a training state (whole or damaged)."""
+    return head.startswith(f"{STATE_MAGIC} ".encode())
+
+
 # The file of each model of a training run, by its role. Named by size, not "motivated": the large
 # model of a classical run (condition ``always``) was never motivated.
 MODEL_FILES = {"base": "base.safetensors", "motivated": "large.safetensors"}

@@ -172,10 +172,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from ..flops import FLOPS_CONVENTION
     from ..reporting import markdown_table
     from ..reporting.comparison import gain_sentence
     from ..training.compare import compare
-    from ..training.flops import FLOPS_CONVENTION
 
     random_control = not args.no_random_control
     if args.p is not None:  # the compare parser's default is None, so that a given --p is seen

@@ -2,7 +2,7 @@
 
 ACC/FLOPs follows the paper: ``(Acc_new - Acc_ref) / (FLOPs_new - FLOPs_ref)`` with the classical
 base as reference, in accuracy points per training TFLOP (FLOPs by the convention of
-:mod:`seeking.training.flops`). For a motivated run the FLOPs are
+:mod:`seeking.flops`). For a motivated run the FLOPs are
 the whole run's, shared by its two models.
 
 Each row also shows what the arm really did: its realised ``p``, how many steps trained the large

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from ..training.flops import FLOPS_CONVENTION
+from ..flops import FLOPS_CONVENTION
 from .runs import TrainRun
 
 ROLE_COLORS = {"base": "tab:blue", "motivated": "tab:orange"}

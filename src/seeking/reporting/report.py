@@ -19,9 +19,9 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from ..flops import FLOPS_CONVENTION
 from ..io import atomic_write_bytes, atomic_write_text
 from ..runs import COMPARISON_JSON, SUMMARY
-from ..training.flops import FLOPS_CONVENTION
 from ..version import __version__
 from ..wording import counted
 from . import html

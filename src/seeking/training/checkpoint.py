@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 import signal
 import threading
@@ -28,10 +27,10 @@ import torch
 
 from ..errors import CheckpointError
 from ..io import atomic_write_bytes
+from ..runs import STATE_MAGIC
 from ..version import __version__
 
 STATE_FORMAT = "1"
-_MAGIC = "seeking-training-state"
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -48,13 +47,8 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
-    header = f"{_MAGIC} {STATE_FORMAT} {hashlib.sha256(payload).hexdigest()}\n".encode()
+    header = f"{STATE_MAGIC} {STATE_FORMAT} {hashlib.sha256(payload).hexdigest()}\n".encode()
     atomic_write_bytes(path, header + payload)
-
-
-def is_training_state(head: bytes) -> bool:
-    """Whether a file starting with ``head`` is a training state (whole or damaged)."""
-    return head.startswith(f"{_MAGIC} ".encode())
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -65,7 +59,7 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     header, _, payload = data.partition(b"\n")
     fields = header.decode("ascii", errors="replace").split(" ")
-    if len(fields) != 3 or fields[0] != _MAGIC:
+    if len(fields) != 3 or fields[0] != STATE_MAGIC:
         raise CheckpointError(f"{path} is not a seeking training checkpoint")
     if fields[1] != STATE_FORMAT:
         raise CheckpointError(
@@ -152,41 +146,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class JsonLines:
-    """A JSON-lines log that a checkpoint marks (its length) and a resume cuts back to that mark.
-    Without a path (processes other than rank 0) it writes nothing."""
-
-    def __init__(self, path: Path | None, resume_at: int | None = None) -> None:
-        self.file = None
-        if path is None:
-            return
-        if resume_at is not None:
-            size = path.stat().st_size if path.exists() else -1
-            if size < resume_at:
-                raise CheckpointError(
-                    f"{path} holds {max(size, 0)} bytes but the checkpoint recorded {resume_at}: the log was "
-                    "truncated or replaced since; it cannot be resumed"
-                )
-            os.truncate(path, resume_at)
-        self.file = open(path, "a" if resume_at is not None else "w")  # noqa: SIM115 (closed by close())
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.file:
-            self.file.write(json.dumps(record) + "\n")
-
-    def mark(self) -> int:
-        """Flush to disk and return the length, which a checkpoint records."""
-        if not self.file:
-            return 0
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        return self.file.tell()
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
 
 
 class StopRequests:

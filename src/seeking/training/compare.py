@@ -20,6 +20,7 @@ from typing import Any
 
 from ..data import load_dataset
 from ..errors import ConfigError, SeekingWarning
+from ..flops import FLOPS_CONVENTION
 from ..io import atomic_write_text, write_json
 from ..motivation import CONDITIONS, classical_condition
 from ..reporting import comparison_rows, csv_table, efficiency_gain, markdown_table
@@ -39,7 +40,6 @@ from ..runs import (
 from .checkpoint import RunInterrupted, StopRequests
 from .config import TrainConfig
 from .distributed import join
-from .flops import FLOPS_CONVENTION
 from .loop import check_run, train
 from .preflight import reports_storage_errors
 

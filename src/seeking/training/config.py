@@ -15,7 +15,6 @@ import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, fields
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -362,10 +361,6 @@ class ExciteConfig(RunConfig):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         return self
-
-    @property
-    def is_text(self) -> bool:
-        return Path(self.data).suffix == ".txt"
 
 
 def field_annotation(field: dataclasses.Field) -> str:

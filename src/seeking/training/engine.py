@@ -186,7 +186,7 @@ def step_outcome(
 
 
 @dataclass
-class Schedule:
+class LearningRate:
     """The learning rate of each step: ``lr * lr_factor(name, step, total, warmup)``."""
 
     lr: float
@@ -215,7 +215,7 @@ class Engine:
     def __init__(
         self,
         task: Task,
-        schedule: Schedule,
+        schedule: LearningRate,
         *,
         period: int,
         device: torch.device,

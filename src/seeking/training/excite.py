@@ -52,7 +52,7 @@ from ..wording import counted
 from .checkpoint import Checkpoints, StopRequests
 from .config import ExciteConfig
 from .distributed import Ranks, join, wrap
-from .engine import Counters, Engine, Parts, Record, Schedule
+from .engine import Counters, Engine, LearningRate, Parts, Record
 from .optim import build_optimizer
 from .preflight import probing, reports_storage_errors
 from .tasks import DataTask, check_model_kind, data_kind, load_data_task
@@ -190,7 +190,7 @@ def run_arm(
     task = ExcitationTask(config, data, arm, seed, ranks=ranks, log=log, tensorboard_dir=tensorboard_dir)
     engine = Engine(
         task,
-        Schedule(config.lr, config.schedule, config.steps),
+        LearningRate(config.lr, config.schedule, config.steps),
         period=config.eval_every_steps,
         device=data.device,
         amp=config.amp,

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..data import ImageDataset
 from ..errors import SeekingWarning
+from ..flops import train_step_flops
 from ..io import write_json
 from ..model_file import save_model
 from ..models import create_model
@@ -61,8 +62,7 @@ from ..wording import counted
 from .checkpoint import Checkpoints
 from .config import TrainConfig
 from .distributed import Ranks, join, wrap
-from .engine import Counters, Engine, JsonLog, Parts, Record, Schedule
-from .flops import train_step_flops
+from .engine import Counters, Engine, JsonLog, LearningRate, Parts, Record
 from .optim import build_optimizer
 from .preflight import probing, reports_storage_errors
 from .tasks import ImageClassification
@@ -317,7 +317,7 @@ def train(
     task = MotivationTask(config, data, models, optimizers, plan, step_flops, run_dir, ranks, log)
     engine = Engine(
         task,
-        Schedule(config.lr, config.schedule, total, round(config.warmup_epochs * data.steps_per_epoch())),
+        LearningRate(config.lr, config.schedule, total, round(config.warmup_epochs * data.steps_per_epoch())),
         period=data.steps_per_epoch(),
         device=device,
         amp=config.amp,
@@ -401,5 +401,5 @@ def warn_untrained(summary: dict[str, Any], names: dict[str, str], run_dir: Path
                 f"{counted(summary['steps'], 'step')} were its (p = {summary['p']:.3f}), so {MODEL_FILES[role]} "
                 "holds its starting weights; check --condition, --k and --p",
                 SeekingWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of train(), past its storage-error wrapper
             )

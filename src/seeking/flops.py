@@ -211,8 +211,7 @@ def count_flops(fn: Callable[[], object]) -> int:
             fn()
     if guard.missing:
         warnings.warn(
-            f"FLOP count leaves out {sorted(guard.missing)}: no formula for them "
-            "(add one to seeking.training.flops.FORMULAS)",
+            f"FLOP count leaves out {sorted(guard.missing)}: no formula for them (add one to seeking.flops.FORMULAS)",
             RuntimeWarning,
             stacklevel=2,
         )
