@@ -4,9 +4,12 @@ import json
 import math
 
 import pytest
+import torch
 
 from seeking.cli.main import main
-from seeking.training.excite import ExciteConfig, excite_data, run_arm
+from seeking.data import ImageData, ImageDataset
+from seeking.training.excite import ExciteConfig, build_model, excite_data, run_arm
+from seeking.training.tasks import ImageClassification
 
 FAST = ["--steps", "12", "--eval-every-steps", "6", "--batch-size", "64", "--seeds", "0", "1", "--quiet"]
 
@@ -78,3 +81,32 @@ def test_excite_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("seeking: error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_excite_channels_last_trains_as_the_default_memory_format(tmp_path):
+    """--channels-last (through the engine, as for train) changes the memory layout, not the training."""
+    small = json.dumps({"depth": 1, "width": 16, "heads": 2, "num_experts": 4, "top_k": 1, "mlp_ratio": 1})
+    argv = ["excite", "--model", "vit_moe_tiny", "--model-kwargs", small, "--steps", "4", "--eval-every-steps", "2"]
+    argv += ["--batch-size", "32", "--seeds", "0", "--arms", "none", "zero_sum", "--quiet"]
+    curves = {}
+    for name, extra in (("default", []), ("channels_last", ["--channels-last"])):
+        assert main([*argv, *extra, "--out", str(tmp_path / name)]) == 0
+        saved = json.loads((tmp_path / name / "excitation.json").read_text())
+        assert saved["config"]["channels_last"] is (name == "channels_last")
+        curves[name] = [c["train_loss"] for r in saved["runs"] for c in r["curve"]]
+    assert curves["channels_last"] == pytest.approx(curves["default"], rel=1e-5)
+    # and it is applied (seen on 3-channel images: on the digits' one channel both layouts are one)
+    gen = torch.Generator().manual_seed(0)
+    images = [
+        ImageData(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=gen), torch.arange(n) % 3)
+        for n in (64, 6)
+    ]
+    dataset = ImageDataset("rgb", *images, ("a", "b", "c"), (0.5,) * 3, (0.3,) * 3, hflip=False)
+    config = ExciteConfig(model="vit_moe_tiny", model_kwargs=json.loads(small), batch_size=32, channels_last=True)
+    data = ImageClassification.from_config(
+        config, torch.device("cpu"), split_seed=0, augmentation=False, progress=False, dataset=dataset
+    )
+    conv = next(m for m in build_model(config, data, 0, data.device).modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    x, _ = next(data.batches(0))
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

@@ -22,7 +22,7 @@ from ..data import load_dataset
 from ..errors import ConfigError, SeekingWarning
 from ..flops import FLOPS_CONVENTION
 from ..io import atomic_write_text, write_json
-from ..motivation import CONDITIONS, classical_condition
+from ..motivation import CONDITIONS, RandomPlacement, classical_condition
 from ..reporting import comparison_rows, csv_table, efficiency_gain, markdown_table
 from ..reporting.comparison import gain_sentence
 from ..reporting.report import write_report
@@ -111,7 +111,8 @@ def compare(
             log(
                 f"random control: the large model trains on {count} of {total} steps at random, as in the motivated run"
             )
-            control = dataclasses.replace(config, condition="random", p=count / total)  # round(p * total) == count
+            # round(p * total) == count: the control spends exactly the motivated run's large-model steps
+            control = dataclasses.replace(config, condition=RandomPlacement.name, p=count / total)
             summaries["random_control"] = run_arm("random_control", control)
     if random_control and summaries["random_control"]["motivated_steps"] != count:  # it skipped non-finite steps
         warnings.warn(
