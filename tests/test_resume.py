@@ -327,7 +327,7 @@ def test_logs_of_a_resumed_run_hold_each_step_once(crashed):
 def test_ctrl_c_in_an_excitation_experiment_checkpoints_and_resumes(tmp_path, inject, capsys):
     argv = [*EXCITE, "--arms", "none", "zero_sum"]
     assert main([*argv, "--out", str(tmp_path / "reference")]) == 0
-    inject(signal_at(16))  # Ctrl-C during the zero_sum arm's 4th step: seen at the 5th
+    inject(signal_at(17))  # Ctrl-C during the zero_sum arm's 5th step: it finishes, and the arm stops
     assert main([*argv, "--out", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert "SIGINT during zero_sum seed 0 at step 5: checkpoint written; continue with: seeking excite --resume" in err

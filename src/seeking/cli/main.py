@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import SeekingError, SeekingWarning
 from ..models import list_models
@@ -286,8 +286,15 @@ def _logger(args: argparse.Namespace):
     return (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with bad input said as every other error of the command line is: one line, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"seeking: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="seeking",
         description="Training-time conditional capacity on PyTorch: Motivation training and Excitation.",
     )
@@ -300,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p)
     p.add_argument("--no-random-control", action="store_true", help="skip the random-condition control arm")
     p.set_defaults(func=_cmd_compare, p=None)
-    p = sub.add_parser("evaluate", help="test accuracy of a saved model checkpoint")
+    p = sub.add_parser("evaluate", help="test accuracy of a saved model file")
     p.add_argument("checkpoint", help="a .safetensors model file written by seeking train")
     p.add_argument("--data", help="data set, as for train (default: the one recorded in the model file)")
     p.add_argument(

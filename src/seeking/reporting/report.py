@@ -19,8 +19,9 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from ..errors import ConfigError, StorageError
 from ..flops import FLOPS_CONVENTION
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes
 from ..runs import COMPARISON_JSON, SUMMARY
 from ..version import __version__
 from ..wording import counted
@@ -42,21 +43,31 @@ from .runs import Comparison, ExcitationRun, Run, TrainRun, read_run_folder, res
 
 
 class _Output:
-    """The report folder: writes each file atomically and remembers what it wrote."""
+    """The report folder: writes each file atomically and remembers what it wrote. A folder that
+    cannot be written is one :class:`StorageError` naming it."""
 
     def __init__(self, folder: Path) -> None:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"report folder {folder} is an existing file, not a folder; choose another --out")
         self.folder = folder
         self.files: list[Path] = []
 
-    def text(self, name: str, content: str) -> None:
-        atomic_write_text(self.folder / name, content)
+    def _write(self, name: str, data: bytes) -> None:
+        try:
+            atomic_write_bytes(self.folder / name, data)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write the report into {self.folder}: {exc.strerror or exc}; choose a writable --out", exc
+            ) from None
         self.files.append(self.folder / name)
+
+    def text(self, name: str, content: str) -> None:
+        self._write(name, content.encode())
 
     def plot(self, name: str, figure: Figure, alt: str) -> str:
         """Save ``figure`` as ``name`` and return it as an embedded HTML image."""
         png = png_bytes(figure)
-        atomic_write_bytes(self.folder / name, png)
-        self.files.append(self.folder / name)
+        self._write(name, png)
         return html.image(png, alt)
 
 

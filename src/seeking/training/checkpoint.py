@@ -18,14 +18,15 @@ import io
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, SeekingWarning
 from ..io import atomic_write_bytes
 from ..runs import STATE_MAGIC
 from ..version import __version__
@@ -92,8 +93,9 @@ class Checkpoints:
             aside.unlink(missing_ok=True)
         return path
 
-    def latest(self, warn: Callable[[str], None]) -> dict[str, Any] | None:
-        """The newest state that loads (``None`` if there is none yet); damaged files are skipped with a warning."""
+    def latest(self) -> dict[str, Any] | None:
+        """The newest state that loads (``None`` if there is none yet); a damaged file is skipped with a
+        :class:`~seeking.errors.SeekingWarning` (shown even with ``--quiet``: the run resumes from further back)."""
         paths = self.paths()
         errors = []
         for path in reversed(paths):
@@ -101,7 +103,7 @@ class Checkpoints:
                 return load_state(path)
             except CheckpointError as exc:
                 errors.append(str(exc))
-                warn(f"warning: {exc}; trying an older checkpoint")
+                warnings.warn(f"{exc}; trying an older checkpoint", SeekingWarning, stacklevel=2)
         if errors:
             raise CheckpointError(
                 f"no usable checkpoint in {self.folder}: {'; '.join(errors)}. Start the run again, "

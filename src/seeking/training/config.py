@@ -128,7 +128,11 @@ class RunConfig:
         group="run",
     )
     checkpoint_every: int = option(
-        0, help="also write a checkpoint every STEPS steps (0: none between)", group="run", metavar="STEPS"
+        0,
+        help="also write a checkpoint every STEPS steps (0: only at the usual points: each epoch's end for train, "
+        "each evaluation for excite, and on Ctrl-C)",
+        group="run",
+        metavar="STEPS",
     )
     keep_checkpoints: int = option(
         1, help="keep the last N checkpoints in the run folder's checkpoints/", group="run", metavar="N"
@@ -322,7 +326,9 @@ class ExciteConfig(RunConfig):
         help="an MoE model: micro_moe, sparse_mlp_deep10, sparse_mlp_deep20, vit_moe_tiny, gpt_moe_tiny, gpt_moe_small",
         group="data and models",
     )
-    block_size: int = option(64, help="text only", group="data and models")
+    block_size: int = option(
+        64, help="characters per training sequence of a language model (text data only)", group="data and models"
+    )
     arms: list[str] = option(  # noqa: RUF009 (a dataclass field)
         [BASELINE, "zero_sum", "positive_sum"],
         help="'none' (the plain optimizer) and Excitation strategies, any of: {choices}",

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from tqdm import tqdm
 
-from ..errors import CheckpointError, SeekingError
+from ..errors import CheckpointError, ConfigError, SeekingError
 from ..motivation.plan import TrainingPlan
 from ..version import __version__
 from .checkpoint import Checkpoints, RunInterrupted, StopRequests, check_state, fitting, rng_state, set_rng_state
@@ -194,6 +194,17 @@ class LearningRate:
     total: int  # steps of the run
     warmup: int = 0  # steps
 
+    def __post_init__(self) -> None:
+        # a schedule of the registry is a user's function too: a NaN or negative rate would train
+        # silently wrong weights, so every step's rate is checked before the run starts
+        for step in range(self.total):
+            rate = self(step)
+            if not (math.isfinite(rate) and rate >= 0):
+                raise ConfigError(
+                    f"the {self.name!r} schedule gives a learning rate of {rate} at step {step} of {self.total}; "
+                    "a schedule must give finite rates >= 0: check it (or --lr)"
+                )
+
     def __call__(self, step: int) -> float:
         return self.lr * lr_factor(self.name, step, self.total, self.warmup)
 
@@ -238,9 +249,9 @@ class Engine:
         self.parameters: dict[nn.Module, list[torch.Tensor]] = {}
         self.state = Parts(**task.parts(), progress=self.counters, rng=GlobalRandomState())
 
-    def resume(self, warn: Callable[[str], None]) -> bool:
-        """Load the newest checkpoint, if there is one; returns whether there was."""
-        state = self.checkpoints.latest(warn=warn) if self.checkpoints else None
+    def resume(self) -> bool:
+        """Load the newest checkpoint that loads, if there is one; returns whether there was."""
+        state = self.checkpoints.latest() if self.checkpoints else None
         if state is None:
             return False
         check_state(state, self.identity, self.checkpoints.folder)
@@ -273,7 +284,7 @@ class Engine:
                     if self.progress:
                         bar.set_description(self.describe(c.step), refresh=False)
                     tick = time.perf_counter()
-                    loss, stopping = self._step(stop.requested is not None)
+                    loss, stopping = self._step(stop)
                     c.train_seconds += time.perf_counter() - tick
                     if self.progress:
                         shown["loss"] = f"{loss:.4g}"
@@ -292,7 +303,7 @@ class Engine:
         c.wall_seconds = time.perf_counter() - started
         return c
 
-    def _step(self, stop_requested: bool) -> tuple[float, bool]:
+    def _step(self, stop: StopRequests) -> tuple[float, bool]:
         """One training step; returns its loss (averaged over processes) and whether a process asked to stop."""
         c, task, plan = self.counters, self.task, self.task.plan
         inputs, targets = task.next_batch()
@@ -313,7 +324,8 @@ class Engine:
         parameters = self.parameters.get(model)
         if parameters is None:  # listed once per model: walking the module tree each step costs ~2% of a small step
             parameters = self.parameters[model] = list(model.parameters())
-        loss, finite, stopping = step_outcome(reported, parameters, self.ranks, stop_requested)
+        # a stop asked for until now (Ctrl-C during this step included) ends the run after this step
+        loss, finite, stopping = step_outcome(reported, parameters, self.ranks, stop.requested is not None)
         if finite:
             tick = time.perf_counter()
             optimizer.step()

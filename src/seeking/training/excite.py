@@ -203,7 +203,7 @@ def run_arm(
         progress=progress,
         describe=lambda step: task.name,
     )
-    if resume and engine.resume(warn=log):
+    if resume and engine.resume():
         log(f"  {arm:>12} seed {seed}: resuming at step {engine.counters.step}")
     task.board = ScalarLog(tensorboard_dir, purge_step=engine.counters.step)
     try:
@@ -242,6 +242,7 @@ def compare_excitation(
     bar = progress and sys.stderr.isatty() and ranks.main
     data = excite_data(config, device, bar)
     probe(config, data, device)  # a model that cannot run (or has no MoE layer) fails here, before anything is written
+    LearningRate(config.lr, config.schedule, config.steps)  # and a schedule that gives no finite rates
     out = Path(out)
     command = resume_command("excite", out)
     open_run_dir("excite", out, run_config("excite", dataclasses.asdict(config)), command, resume=resume, ranks=ranks)

@@ -333,7 +333,7 @@ def train(
     # Everything is checked (the pair included, by the Motivator) before anything is written.
     record = run_config("train", config.to_dict())
     open_run_dir("train", run_dir, record, continue_with, resume=resume, ranks=ranks)
-    if resume and engine.resume(warn=log):
+    if resume and engine.resume():
         step = engine.counters.step
         log(f"resuming {run_dir} at step {step} (epoch {step // task.per_epoch + 1}, batch {step % task.per_epoch})")
     elif resume and ranks.main:  # died before its first checkpoint (a comparison's arm: before its claim)
@@ -395,11 +395,17 @@ def run_summary(config: TrainConfig, task: MotivationTask, counters: Counters) -
 def warn_untrained(summary: dict[str, Any], names: dict[str, str], run_dir: Path) -> None:
     """A model of the run that no step trained is saved with its starting weights: say so."""
     for role in names:
+        # a pair's models share weights through the map: the untrained one holds the other's copy of them
+        shared = (
+            "the weights it shares with the other model (as that one trained them) and otherwise "
+            if len(names) > 1
+            else ""
+        )
         if trained_steps(summary, role) == 0:
             warnings.warn(
                 f"the {role} model {names[role]} of {run_dir} was never trained: none of the run's "
                 f"{counted(summary['steps'], 'step')} were its (p = {summary['p']:.3f}), so {MODEL_FILES[role]} "
-                "holds its starting weights; check --condition, --k and --p",
+                f"holds {shared}its starting weights; check --condition, --k and --p",
                 SeekingWarning,
                 stacklevel=4,  # the caller of train(), past its storage-error wrapper
             )
