@@ -4,6 +4,7 @@ says about its data, the permissions of result files, and the wording of message
 import dataclasses
 import importlib.metadata
 import json
+import math
 import os
 import shutil
 import stat
@@ -15,13 +16,13 @@ from helpers import signal_at
 from PIL import Image
 
 import seeking
-from seeking import TrainConfig, evaluate, load_dataset, load_model, save_model, train
+from seeking import ConfigError, TrainConfig, evaluate, load_dataset, load_model, save_model, train
 from seeking.cli.main import main
 from seeking.io import atomic_write_bytes
 from seeking.reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
 from seeking.reporting.excitation_plots import curves_figure
 from seeking.runs import INCOMPLETE, run_config
-from seeking.training.excite import ExciteConfig
+from seeking.training.excite import ExciteConfig, compare_excitation
 from seeking.wording import counted
 
 TINY = dict(train_subset=64, test_subset=30, epochs=1, batch_size=32, k=1, checkpoint_every=1)
@@ -316,3 +317,54 @@ def test_version_has_one_source(capsys):
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"seeking {seeking.__version__}\n"
     assert importlib.metadata.version("seeking") == seeking.__version__
+
+
+# --- from a new user's try of the engine ----------------------------------------------------------
+
+
+def test_a_bad_option_value_is_one_line_and_exit_code_2(capsys):
+    for argv, said in (
+        (["train", "--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+        (["excite", "--optimizer", "lamb"], "argument --optimizer: invalid choice: 'lamb'"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith(f"seeking: error: {said}") and err.count("\n") == 1
+
+
+def test_a_report_folder_that_cannot_be_written_is_one_error(tmp_path, capsys, finished):
+    (tmp_path / "taken").write_text("x")
+    assert main(["report", str(finished.run_dir), "--out", str(tmp_path / "taken")]) == 2
+    taken = tmp_path / "taken"
+    said = f"seeking: error: report folder {taken} is an existing file, not a folder; choose another --out\n"
+    assert capsys.readouterr().err == said
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user that writes anywhere")
+        assert main(["report", str(finished.run_dir), "--out", str(locked / "report")]) == 2
+        err = capsys.readouterr().err
+        assert (
+            err.startswith(f"seeking: error: cannot write the report into {locked / 'report'}") and err.count("\n") == 1
+        )
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_schedule_that_gives_no_finite_rate_is_refused_before_anything_is_written(tmp_path):
+    from seeking.training.optim import SCHEDULES, register_schedule
+
+    register_schedule("broken")(lambda step, total, warmup: math.nan if step == 3 else 1.0)
+    try:
+        for argv in (["train", "--epochs", "1"], ["excite", "--steps", "5", "--seeds", "0", "--arms", "none"]):
+            out = tmp_path / argv[0]
+            with pytest.raises(ConfigError, match="'broken' schedule gives a learning rate of nan at step 3"):
+                run = {"train": train, "excite": compare_excitation}[argv[0]]
+                config = (TrainConfig if argv[0] == "train" else ExciteConfig)(schedule="broken", batch_size=64)
+                run(config, out, progress=False, log=lambda line: None)
+            assert not out.exists()
+    finally:
+        del SCHEDULES["broken"]
