@@ -333,23 +333,23 @@ def test_a_bad_option_value_is_one_line_and_exit_code_2(capsys):
         assert exit_.value.code == 2 and err.startswith(f"seeking: error: {said}") and err.count("\n") == 1
 
 
-def test_a_report_folder_that_cannot_be_written_is_one_error(tmp_path, capsys, finished):
+def test_a_report_folder_that_cannot_be_written_is_one_error(tmp_path, capsys, finished, monkeypatch):
     (tmp_path / "taken").write_text("x")
     assert main(["report", str(finished.run_dir), "--out", str(tmp_path / "taken")]) == 2
     taken = tmp_path / "taken"
     said = f"seeking: error: report folder {taken} is an existing file, not a folder; choose another --out\n"
     assert capsys.readouterr().err == said
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if not os.access(locked, os.W_OK):  # root writes anywhere: then only the file case above is seen
-            assert main(["report", str(finished.run_dir), "--out", str(locked / "report")]) == 2
-            err = capsys.readouterr().err
-            assert err.startswith(f"seeking: error: cannot write the report into {locked / 'report'}")
-            assert err.count("\n") == 1
-    finally:
-        locked.chmod(0o700)
+    import errno
+
+    import seeking.reporting.report as report
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(report, "atomic_write_bytes", full)  # a full disk (root writes any folder)
+    assert main(["report", str(finished.run_dir), "--out", str(tmp_path / "report")]) == 2
+    said = f"seeking: error: cannot write the report into {tmp_path / 'report'}: No space left on device; "
+    assert capsys.readouterr().err == said + "choose a writable --out\n"
 
 
 def test_a_schedule_that_gives_no_finite_rate_is_refused_before_anything_is_written(tmp_path):
