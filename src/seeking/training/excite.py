@@ -1,9 +1,11 @@
 """Excitation experiments: one MoE model trained by a base optimizer, plain and wrapped in Excitation.
 
 Every arm (``"none"`` = the plain optimizer, or an Excitation strategy) trains the same model from
-the same initial weights on the same batches, for each seed, and is tested every ``eval_every``
-steps. Image data sets train classifiers (Micro-MoE, the deep sparse MLPs, ViT-MoE); a ``.txt``
-file trains a character-level language model (GPT-MoE) and reports validation loss.
+the same initial weights on the same batches, for each seed, and is tested every ``eval_every_steps``
+steps. Each run is an :class:`ExcitationTask` of the :class:`~seeking.training.engine.Engine`; its data
+task (:mod:`.tasks`) comes from ``--data``: image data sets train classifiers (Micro-MoE, the deep
+sparse MLPs, ViT-MoE), a ``.txt`` file a character-level language model (GPT-MoE), which reports
+validation loss.
 
 The results folder holds ``config.json``, one ``runs/<arm>-seed<seed>.json`` per finished run, the
 checkpoints of the run in progress (``checkpoints/<arm>-seed<seed>/``), ``INCOMPLETE`` until all runs

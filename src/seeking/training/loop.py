@@ -1,21 +1,18 @@
-"""One training run, motivated or classical, read top to bottom.
+"""``seeking train``: one training run, motivated or classical, as a task of the engine.
 
-``train(config, run_dir)`` loads the data, builds the model(s), trains one model per batch (the
-:class:`~seeking.motivation.Motivator` chooses which), evaluates, and writes the run folder:
-
-    config.json      the full configuration
-    steps.jsonl      one line per step: step, epoch, model that stepped, loss, learning rate
-    epochs.jsonl     one line per epoch: p, FLOPs so far, train loss, test accuracy of each model
-    base.safetensors / large.safetensors   the final models (loadable with nothing from here): the
-                     small and the large one, whichever the condition (a classical large run
-                     writes only large.safetensors)
-    checkpoints/     training states for resuming (the last ``keep_checkpoints``), see :mod:`.resume`
-    INCOMPLETE       present until the run completes; says how to resume it
-    summary.json     final figures; written last, so its presence means the run completed
+``train(config, run_dir)`` loads the data, builds the model(s) and the plan (a
+:class:`~seeking.motivation.Motivator` for a pair, :class:`~seeking.motivation.SingleModel` for one),
+hands a :class:`MotivationTask` to the :class:`~seeking.training.engine.Engine`, which trains one model
+per batch, and writes the run folder (its files are named in :mod:`seeking.runs`): ``config.json``,
+``steps.jsonl`` (one line per step: step, epoch, model that stepped, loss, learning rate),
+``epochs.jsonl`` (one line per epoch: p, FLOPs so far, train loss, test accuracy of each model), the
+final models ``base.safetensors`` / ``large.safetensors`` (loadable with nothing from here; a
+classical run writes only its one model's), ``checkpoints/`` (training states for resuming, see
+:mod:`.checkpoint`), ``INCOMPLETE`` until the run completes, and ``summary.json``, written last.
 
 ``train(config, run_dir, resume=True)`` continues an unfinished run from its newest checkpoint; on CPU
 the result is bit for bit the one an uninterrupted run gives. The first Ctrl-C (or SIGTERM) finishes
-the current step, writes a checkpoint and raises :class:`~seeking.training.resume.RunInterrupted`.
+the current step, writes a checkpoint and raises :class:`~seeking.training.checkpoint.RunInterrupted`.
 """
 
 from __future__ import annotations
