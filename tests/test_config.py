@@ -108,3 +108,30 @@ def test_the_shared_fields_are_declared_once():
     for config_type in (TrainConfig, ExciteConfig):
         for f in dataclasses.fields(config_type):
             assert f.metadata["help"] and f.metadata["group"], f.name  # every field speaks for itself
+
+
+@pytest.mark.parametrize(
+    "config,said",
+    [
+        (TrainConfig(optimizer="adam", momentum=0.5), ["--momentum does nothing with --optimizer adam"]),
+        (TrainConfig(condition="decrease", p=0.9), ["--p does nothing with --condition decrease"]),
+        (TrainConfig(condition="random", k=3), ["--k does nothing with --condition random"]),
+        (TrainConfig(condition="never", sync="share"), ["--sync does nothing with --condition never"]),
+        (TrainConfig(epochs=1, warmup_epochs=2.0), ["--warmup-epochs 2.0 is longer than the run's 1 epochs"]),
+        (ExciteConfig(data="poem.txt", train_subset=10), ["--train-subset does nothing with text data"]),
+        (ExciteConfig(block_size=32), ["--block-size does nothing with image data"]),
+        (ExciteConfig(arms=["none"], gamma=2.0), ["--gamma does nothing without an Excitation arm"]),
+        (TrainConfig(optimizer="adam", momentum=0.0, k=3), []),  # what is set is used
+        (ExciteConfig(optimizer="rmsprop", momentum=0.5, gamma=2.0), []),
+    ],
+)
+def test_an_option_that_does_nothing_is_named(config, said):
+    unused = config.unused_options()
+    assert len(unused) == len(said) and all(u.startswith(s) for u, s in zip(unused, said, strict=True))
+
+
+def test_the_command_line_warns_of_an_option_that_does_nothing(capsys):
+    argv = ["train", "--optimizer", "adam", "--momentum", "0.5", "--data", "/nonexistent/cifar", "--quiet"]
+    assert main(argv) == 2  # the warning comes first, before the run is refused for its data
+    err = capsys.readouterr().err
+    assert err.startswith("seeking: warning: --momentum does nothing with --optimizer adam, which takes none\n")

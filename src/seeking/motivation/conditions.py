@@ -81,6 +81,7 @@ class Condition:
     # The models a run with it ever trains (a subset of ROLES): the run builds and saves only these.
     roles: ClassVar[tuple[str, ...]] = ROLES
     reads_loss = False  # whether the loss decides: ``seeking compare`` needs such a condition for its motivated arm
+    options: ClassVar[tuple[str, ...]] = ()  # the run options (k, p) that from_options reads: others do nothing
 
     def __init__(self) -> None:
         self.motivated = False
@@ -114,6 +115,7 @@ class ConsecutiveDecrease(Condition):
 
     name = "decrease"
     reads_loss = True
+    options = ("k",)
 
     def __init__(self, k: int = 2) -> None:
         super().__init__()
@@ -189,6 +191,7 @@ class RandomRate(Condition):  # not registered: a run knows its length, and uses
     """
 
     name = "rate"
+    options = ("p",)
 
     def __init__(self, p: float, seed: int = 0) -> None:
         super().__init__()
@@ -230,6 +233,7 @@ class RandomPlacement(Condition):
     """
 
     name = "random"
+    options = ("p",)
 
     def __init__(self, count: int, total: int, seed: int = 0) -> None:
         super().__init__()

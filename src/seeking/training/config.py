@@ -191,6 +191,19 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def changed(self, name: str) -> bool:
+        """Whether field ``name`` differs from its default (the user set it)."""
+        field = next(f for f in fields(self) if f.name == name)
+        default = field.default if field.default is not MISSING else field.default_factory()  # type: ignore[misc]
+        return getattr(self, name) != default
+
+    def unused_options(self) -> list[str]:
+        """What the user set that this run will not use, one sentence each: nothing is ignored silently
+        (the command line prints each as a warning)."""
+        if self.changed("momentum") and self.momentum and self.optimizer not in with_momentum():
+            return [f"--momentum does nothing with --optimizer {self.optimizer}, which takes none"]
+        return []
+
     @classmethod
     def from_dict(cls: type[C], values: Any) -> C:
         """A validated configuration from a mapping: unknown keys, wrong types, bad values are ``ConfigError`` s."""
@@ -279,6 +292,26 @@ class TrainConfig(RunConfig):
     )
     eval_every_epochs: int = option(1, help="test every N epochs; 0: only at the end", group="run")
 
+    def unused_options(self) -> list[str]:
+        unused = super().unused_options()
+        condition = CONDITIONS[self.condition]
+        for name in ("k", "p"):
+            if self.changed(name) and name not in condition.options:
+                unused.append(f"--{name} does nothing with --condition {self.condition}")
+        if len(condition.roles) == 1:  # one model: nothing is shared
+            for name in ("sync", "batchnorm", "optimizer_state"):
+                if self.changed(name):
+                    unused.append(
+                        f"--{name.replace('_', '-')} does nothing with --condition {self.condition}, "
+                        "which trains one model"
+                    )
+        if self.warmup_epochs > self.epochs:
+            unused.append(
+                f"--warmup-epochs {self.warmup_epochs} is longer than the run's {self.epochs} epochs: "
+                "the learning rate never reaches --lr"
+            )
+        return unused
+
     def validate(self) -> TrainConfig:
         super().validate()
         for role in ("base", "motivated"):
@@ -352,6 +385,18 @@ class ExciteConfig(RunConfig):
     )
     seeds: list[int] = option([0, 1, 2], help="one run of every arm per seed", group="run")  # noqa: RUF009 (option makes a dataclass field)
     eval_every_steps: int = option(100, help="test every N steps (and after the last)", group="run")
+
+    def unused_options(self) -> list[str]:
+        from .tasks import data_kind  # the data task's registry says what the data is
+
+        unused = super().unused_options()
+        text = data_kind(self.data) == "text"
+        for name in ("train_subset", "test_subset") if text else ("block_size",):
+            if self.changed(name):
+                unused.append(f"--{name.replace('_', '-')} does nothing with {'text' if text else 'image'} data")
+        if self.changed("gamma") and self.arms == [BASELINE]:
+            unused.append("--gamma does nothing without an Excitation arm (--arms none alone)")
+        return unused
 
     def validate(self) -> ExciteConfig:
         super().validate()
