@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from seeking.errors import ConfigError
+from seeking.errors import ConfigError, SeekingWarning
 from seeking.excitation import Excitation, get_strategy, list_strategies
 
 
@@ -613,3 +613,57 @@ def test_errors():
     with pytest.raises(ConfigError, match="unknown Excitation strategy 'nope'"):
         ex.load_state_dict(state)
     assert ex.strategy == "zero_sum"
+
+
+@pytest.mark.parametrize(
+    "move",
+    [
+        pytest.param(lambda t: t.to(torch.int64), id="another dtype"),  # what a device move does to set_state
+        pytest.param(
+            lambda t: t.to("cuda"),
+            id="cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ),
+    ],
+)
+def test_a_state_dict_that_a_framework_moved_loads_and_continues_identically(move):
+    """Accelerate moves every tensor of an optimizer state dict to the device before loading it; the
+    wrapper's generator state must come back as a CPU ByteTensor (torch refuses anything else)."""
+
+    def make():
+        torch.manual_seed(0)
+        model = ToyModel()
+        return model, Excitation(torch.optim.SGD(model.parameters(), lr=0.1), model, "random", seed=3)
+
+    whole, whole_ex = make()
+    train(whole_ex, whole, range(4))
+    first, first_ex = make()
+    train(first_ex, first, range(2))
+    state = first_ex.state_dict()
+    moved = {**state, "excitation": {**state["excitation"], "generator": move(state["excitation"]["generator"])}}
+    with pytest.raises((RuntimeError, TypeError)):
+        torch.Generator().set_state(moved["excitation"]["generator"])  # what the fix is for
+    resumed, resumed_ex = make()
+    resumed.load_state_dict(first.state_dict())
+    resumed_ex.load_state_dict(moved)
+    train(resumed_ex, resumed, range(2, 4))
+    for p, q in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_step_after_which_no_layer_counted_anything_is_warned_once():
+    torch.manual_seed(0)
+    model = ToyModel()
+    ex = Excitation(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(ex, model, range(2))  # counted: nothing to say
+        assert not caught
+        for _ in range(3):  # a forward without counting (e.g. another trainer zeroed them): once
+            ex.zero_grad()
+            backward(model, 5)
+            ex.discard_counts()
+            ex.step()
+    said = [str(w.message) for w in caught if issubclass(w.category, SeekingWarning)]
+    assert len(said) == 1 and said[0].startswith("no expert layer counted a routed token since the last step")
+    assert torch.equal(ex.last_factors[0], torch.ones(4))  # and the step was the plain optimizer's

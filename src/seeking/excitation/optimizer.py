@@ -17,6 +17,7 @@ them; the wrapper keeps no per-parameter state and has no learnable parameters.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SeekingWarning
 from ..moe.protocol import ExpertLayer, expert_layers
 from .strategies import get_strategy
 
@@ -34,7 +35,10 @@ _PROTOCOL = (
 )
 
 
-_PICKLED = ("optimizer", "strategy", "gamma", "generator", "layers", "_scaled", "last_factors")
+_PICKLED = ("optimizer", "strategy", "gamma", "generator", "layers", "_scaled", "last_factors", "_unchecked")
+# Steps at whose start the counts are checked (one host sync each): a layer that counts nothing (a wrong
+# adapter, a counter that something else zeroes) shows from the first step; later steps stay sync-free.
+CHECKED_STEPS = 8
 
 
 class _Scaled(NamedTuple):
@@ -124,6 +128,7 @@ class Excitation(torch.optim.Optimizer):
             )
         self._scaled = scaled
         self.last_factors: list[Tensor] = []
+        self._unchecked = CHECKED_STEPS
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
@@ -171,6 +176,8 @@ class Excitation(torch.optim.Optimizer):
             flat = torch.cat(counts)
             dist.all_reduce(flat)
             counts = list(flat.split([c.numel() for c in counts]))
+        if self._unchecked > 0:
+            self._warn_if_nothing_counted(counts)
         strategy = get_strategy(self.strategy)
         factors = []
         for c in counts:
@@ -178,6 +185,21 @@ class Excitation(torch.optim.Optimizer):
             phi = strategy(c / total, self.gamma, self.generator)
             factors.append(torch.where(total > 0, phi, torch.ones_like(phi)))
         return factors
+
+    def _warn_if_nothing_counted(self, counts: list[Tensor]) -> None:
+        """Warn once if no layer counted a token since the last step: every factor is then 1 and the
+        step is the plain optimizer's, which would otherwise pass unseen."""
+        self._unchecked -= 1
+        if self.layers and not any(bool(c.sum() > 0) for c in counts):
+            self._unchecked = 0
+            warnings.warn(
+                f"no expert layer counted a routed token since the last step ({len(self.layers)} layers): "
+                "Excitation scaled nothing, so this step was the plain optimizer's. Check that a forward pass "
+                "in training mode ran before step() and that nothing else zeroes the layers' expert_counts "
+                "(seeking.moe.protocol)",
+                SeekingWarning,
+                stacklevel=3,
+            )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
@@ -212,7 +234,8 @@ class Excitation(torch.optim.Optimizer):
         self.optimizer.load_state_dict(state_dict)
         if own is not None:
             self.strategy, self.gamma = own["strategy"], float(own["gamma"])
-            self.generator.set_state(own["generator"])
+            # a CPU ByteTensor, whatever moved the state dict (Accelerate moves every tensor to the device)
+            self.generator.set_state(torch.as_tensor(own["generator"]).to("cpu", torch.uint8).contiguous())
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
