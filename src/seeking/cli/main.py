@@ -149,12 +149,6 @@ def _resumed_values(args: argparse.Namespace, config_type: type, extra: dict[str
     return read_run_config(args.resume, args.command)
 
 
-def _warn_unused(config: TrainConfig | ExciteConfig) -> None:
-    """Say what the user set that the run will not use (the run goes on)."""
-    for sentence in config.unused_options():
-        warnings.warn(sentence, SeekingWarning, stacklevel=2)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..training import train
 
@@ -165,7 +159,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     else:
         config, out = config_from_args(args), args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
-        _warn_unused(config)
     result = train(config, out, resume=bool(args.resume), progress=not args.quiet, log=_logger(args))
     s = result.summary
     for name, m in s["models"].items():
@@ -197,7 +190,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         config, out = TrainConfig.from_dict(values), args.resume
     else:
         config, out = config_from_args(args), args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
-        _warn_unused(config)
     result = compare(
         config,
         out,
@@ -267,7 +259,6 @@ def _cmd_excite(args: argparse.Namespace) -> int:
     else:
         config = ExciteConfig(**_config_values(args, ExciteConfig)).validate()
         out = args.out or f"runs/excite-{time.strftime('%Y%m%d-%H%M%S')}"
-        _warn_unused(config)
     result = compare_excitation(config, out, log=_logger(args), resume=bool(args.resume), progress=not args.quiet)
     print(result["table"])
     print(f"results: {out}/{EXCITATION_MD}, {EXCITATION_CSV}, {EXCITATION_JSON}; report: {out}/{REPORT}/report.html")

@@ -73,6 +73,8 @@ def compare(
     log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
     dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress and sys.stderr.isatty())
     check_run(config, dataset, device)
+    if not resume:
+        config.warn_unused()  # once, for the comparison: each arm's own condition leaves some options to the others
     out = Path(out_dir)
     continue_with = resume_command("compare", out)  # every arm's too: resuming one arm finishes only that one
     record = run_config("compare", {**config.to_dict(), "random_control": random_control})
@@ -94,6 +96,7 @@ def compare(
                 log=log,
                 dataset=dataset,
                 continue_with=continue_with,
+                warn_unused=False,
             )
         except RunInterrupted as exc:
             raise RunInterrupted(f"{exc.event} of arm {arm}", exc.command) from None

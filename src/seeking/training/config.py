@@ -13,13 +13,14 @@ import copy
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from ..errors import ConfigError, unknown_choice
+from ..errors import ConfigError, SeekingWarning, unknown_choice
 from ..excitation import list_strategies
 from ..models.registry import model_exists, unknown_model_message
 from ..motivation import BATCHNORM_POLICIES, CONDITIONS, OPTIMIZER_STATE_POLICIES, SYNC_MODES
@@ -203,6 +204,12 @@ class RunConfig:
         if self.changed("momentum") and self.momentum and self.optimizer not in with_momentum():
             return [f"--momentum does nothing with --optimizer {self.optimizer}, which takes none"]
         return []
+
+    def warn_unused(self) -> None:
+        """A :class:`~seeking.errors.SeekingWarning` for each of :meth:`unused_options` (the trainers
+        call it once their checks pass, before anything is written)."""
+        for sentence in self.unused_options():
+            warnings.warn(sentence, SeekingWarning, stacklevel=3)
 
     @classmethod
     def from_dict(cls: type[C], values: Any) -> C:

@@ -245,6 +245,8 @@ def compare_excitation(
     data = excite_data(config, device, bar)
     probe(config, data, device)  # a model that cannot run (or has no MoE layer) fails here, before anything is written
     LearningRate(config.lr, config.schedule, config.steps)  # and a schedule that gives no finite rates
+    if not resume:
+        config.warn_unused()
     out = Path(out)
     command = resume_command("excite", out)
     open_run_dir("excite", out, run_config("excite", dataclasses.asdict(config)), command, resume=resume, ranks=ranks)

@@ -291,13 +291,15 @@ def train(
     log: Callable[[str], None] | None = None,
     dataset: ImageDataset | None = None,
     continue_with: str | None = None,
+    warn_unused: bool = True,
 ) -> RunResult:
     """Run one training as configured and write the run folder (see the module docstring).
 
     ``resume=True`` continues the unfinished run in ``run_dir`` (whose config must be ``config``).
     ``dataset``: the image data set, already loaded (a comparison loads it once for its arms).
     ``continue_with`` is the command that continues an interrupted run, for ``INCOMPLETE`` and the
-    interrupt's message (default: ``seeking train --resume RUN_DIR``; a comparison names itself)."""
+    interrupt's message (default: ``seeking train --resume RUN_DIR``; a comparison names itself).
+    ``warn_unused``: warn of options set that the run will not use (a comparison warns for all its arms)."""
     config.validate()
     ranks, device = join(config.device, config.batch_size)
     log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
@@ -309,6 +311,8 @@ def train(
     total = data.steps_per_epoch() * config.epochs
     optimizers = build_optimizers(config, models)
     plan = build_plan(config, models, optimizers, data, total)  # checks the pair and its start
+    if warn_unused and not resume:
+        config.warn_unused()
     run_dir = Path(run_dir)
     continue_with = continue_with or resume_command("train", run_dir)
     task = MotivationTask(config, data, models, optimizers, plan, step_flops, run_dir, ranks, log)
