@@ -667,3 +667,38 @@ def test_a_step_after_which_no_layer_counted_anything_is_warned_once():
     said = [str(w.message) for w in caught if issubclass(w.category, SeekingWarning)]
     assert len(said) == 1 and said[0].startswith("no expert layer counted a routed token since the last step")
     assert torch.equal(ex.last_factors[0], torch.ones(4))  # and the step was the plain optimizer's
+
+
+@pytest.mark.parametrize("strategy", ["zero_sum", "random"])
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
+def test_attached_as_hooks_it_steps_the_optimizer_bit_identically_to_the_wrapper(optimizer, strategy):
+    def make():
+        torch.manual_seed(0)
+        model = ToyModel()
+        return model, OPTIMIZERS[optimizer](model.parameters())
+
+    wrapped_model, base = make()
+    wrapper = Excitation(base, wrapped_model, strategy, 0.5, seed=3)
+    train(wrapper, wrapped_model, range(3))
+    model, opt = make()
+    attached = Excitation.attach(opt, model, strategy, 0.5, seed=3)
+    train(opt, model, range(2))  # the optimizer itself, as a framework would call it
+    state = opt.state_dict()
+    assert state["excitation"]["strategy"] == strategy
+    resumed_model, resumed_opt = make()
+    resumed_model.load_state_dict(model.state_dict())
+    resumed = Excitation.attach(resumed_opt, resumed_model, "zero_sum", 1.0)
+    resumed_opt.load_state_dict(state)  # the settings and the generator come with it
+    assert (resumed.strategy, resumed.gamma) == (strategy, 0.5)
+    train(resumed_opt, resumed_model, [2])
+    for p, q in zip(wrapped_model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert all(torch.equal(a, b) for a, b in zip(wrapper.last_factors, resumed.last_factors, strict=True))
+    with pytest.raises(ConfigError, match="attached to its optimizer"):
+        attached.step()
+    resumed.detach()  # the optimizer steps plainly again
+    twin, plain = plain_twin(resumed_model, resumed_opt)
+    train(resumed_opt, resumed_model, [3])
+    train(plain, twin, [3])
+    for p, q in zip(resumed_model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)

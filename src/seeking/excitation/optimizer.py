@@ -36,6 +36,7 @@ _PROTOCOL = (
 
 
 _PICKLED = ("optimizer", "strategy", "gamma", "generator", "layers", "_scaled", "last_factors", "_unchecked")
+# not pickled: _before (empty between steps) and _handles (hooks are not copied: a copy is a wrapper)
 # Steps at whose start the counts are checked (one host sync each): a layer that counts nothing (a wrong
 # adapter, a counter that something else zeroes) shows from the first step; later steps stay sync-free.
 CHECKED_STEPS = 8
@@ -129,6 +130,8 @@ class Excitation(torch.optim.Optimizer):
         self._scaled = scaled
         self.last_factors: list[Tensor] = []
         self._unchecked = CHECKED_STEPS
+        self._before: list[Tensor] = []  # the scaled parameters' values before the base step
+        self._handles: list[Any] = []  # the hooks of attach()
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
@@ -145,21 +148,69 @@ class Excitation(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Base optimizer step, then each expert's change scaled by its factor; zeroes the counts."""
+        if self._handles:
+            raise ConfigError(
+                "this Excitation is attached to its optimizer (Excitation.attach): call the optimizer's own "
+                "step(), which scales the experts' changes"
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        factors = self._factors()
-        before = [s.param.clone() for s in self._scaled]
+        self._snapshot()
         self.optimizer.step()
-        for s, old in zip(self._scaled, before, strict=True):
+        self._scale()
+        return loss
+
+    @classmethod
+    def attach(
+        cls,
+        optimizer: torch.optim.Optimizer,
+        model_or_layers: nn.Module | Sequence[nn.Module],
+        strategy: str = "zero_sum",
+        gamma: float = 1.0,
+        *,
+        seed: int = 0,
+        include: Iterable[tuple[Tensor, nn.Module, int | None]] = (),
+    ) -> Excitation:
+        """Excitation as hooks on ``optimizer`` itself, for code that must keep its optimizer object
+        (a framework's, an optimizer container): ``optimizer.step()`` then scales the experts' changes
+        exactly as the wrapper's :meth:`step` does (bit-identical), and ``optimizer.state_dict()``
+        carries the wrapper's settings under ``"excitation"``. Arguments as for the constructor.
+
+        Returns the Excitation, for :meth:`discard_counts`, ``last_factors`` and :meth:`detach`; its own
+        :meth:`step` is refused. The hooks are a step pre hook (the experts' values before the step), a
+        step post hook (factors from the counts, then the scaling) and the state dict hooks."""
+        self = cls(optimizer, model_or_layers, strategy, gamma, seed=seed, include=include)
+        self._handles = [
+            optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._snapshot()),
+            optimizer.register_step_post_hook(lambda opt, args, kwargs: self._scale()),
+            optimizer.register_state_dict_post_hook(lambda opt, state: self._with_own(state)),
+            optimizer.register_load_state_dict_pre_hook(lambda opt, state: self._load_own(state)),
+        ]
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks of :meth:`attach`: the optimizer steps plainly again."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @torch.no_grad()
+    def _snapshot(self) -> None:
+        self._before = [s.param.clone() for s in self._scaled]
+
+    @torch.no_grad()
+    def _scale(self) -> None:
+        factors = self._factors()
+        for s, old in zip(self._scaled, self._before, strict=True):
             phi = factors[s.layer].to(s.param.dtype)
             weight = phi.view(-1, *[1] * (s.param.dim() - 1)) if s.expert is None else phi[s.expert]
             # old + weight * (new - old), exact at both ends: factor 0 keeps the old value, 1 the new one.
             torch.lerp(old, s.param, weight, out=s.param)
+        self._before = []
         self.discard_counts()
         self.last_factors = factors
-        return loss
 
     @torch.no_grad()
     def discard_counts(self) -> None:
@@ -213,8 +264,7 @@ class Excitation(torch.optim.Optimizer):
         The wrapper's own state dict hooks run around it (the wrapped optimizer's run inside)."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
-        state = self.optimizer.state_dict()
-        state["excitation"] = {"strategy": self.strategy, "gamma": self.gamma, "generator": self.generator.get_state()}
+        state = self._with_own(self.optimizer.state_dict())
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             returned = post_hook(self, state)
             state = state if returned is None else returned
@@ -228,16 +278,24 @@ class Excitation(torch.optim.Optimizer):
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             returned = pre_hook(self, state_dict)
             state_dict = state_dict if returned is None else dict(returned)
-        own = state_dict.pop("excitation", None)
+        self.optimizer.load_state_dict(self._load_own(state_dict))
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _with_own(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` (an optimizer's state dict) with the wrapper's settings and generator added."""
+        state["excitation"] = {"strategy": self.strategy, "gamma": self.gamma, "generator": self.generator.get_state()}
+        return state
+
+    def _load_own(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Take the wrapper's settings from ``state`` (if it has them); returns the rest, for the optimizer."""
+        own = state.get("excitation")
         if own is not None:
             _check_settings(own["strategy"], own["gamma"])
-        self.optimizer.load_state_dict(state_dict)
-        if own is not None:
             self.strategy, self.gamma = own["strategy"], float(own["gamma"])
             # a CPU ByteTensor, whatever moved the state dict (Accelerate moves every tensor to the device)
             self.generator.set_state(torch.as_tensor(own["generator"]).to("cpu", torch.uint8).contiguous())
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
+        return {k: v for k, v in state.items() if k != "excitation"}
 
     def __getstate__(self) -> dict[str, Any]:
         # Like Optimizer's, the wrapper's own state only: no hooks (a copy starts without them) and no
@@ -247,6 +305,8 @@ class Excitation(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Optimizer's: adds empty hook registries and wraps ``step`` (once per class) to run the step hooks.
         super().__setstate__(state)
+        self.__dict__.setdefault("_before", [])
+        self.__dict__.setdefault("_handles", [])
 
     def __repr__(self) -> str:
         return (
