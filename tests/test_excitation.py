@@ -546,20 +546,31 @@ def _distributed_worker(rank, init_file, out_dir):
         ex.step()
         assert model.stacked.expert_counts.sum() == 0 and model.listed.expert_counts.sum() == 0
         torch.save(ex.last_factors, f"{out_dir}/rank{rank}.pt")
+        # a group of its own (every rank creates every group, in one order): its counts alone
+        alone = [dist.new_group([r]) for r in range(2)][rank]
+        ex = Excitation(torch.optim.SGD(model.parameters(), lr=0.1), model, process_group=alone)
+        model.stacked.expert_counts.copy_(torch.tensor(local[0]))
+        model.listed.expert_counts.copy_(torch.tensor(local[1]))
+        ex.step()
+        torch.save(ex.last_factors, f"{out_dir}/rank{rank}-alone.pt")
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs the gloo backend")
-def test_distributed_counts_are_summed_across_processes(tmp_path):
+def test_distributed_counts_are_summed_across_the_process_group(tmp_path):
     # fork starts in milliseconds; spawn would re-import torch in each process (seconds on a small machine)
     start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     mp.start_processes(
         _distributed_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method=start_method
     )
     expected = [reference_factors(torch.tensor(c), "zero_sum").float() for c in ([4, 2, 2, 0], [1, 0, 2])]
+    local = {0: ([3, 0, 1, 0], [0, 0, 1]), 1: ([1, 2, 1, 0], [1, 0, 1])}
     for rank in range(2):
         for phi, want in zip(torch.load(tmp_path / f"rank{rank}.pt"), expected, strict=True):
+            torch.testing.assert_close(phi, want)
+        alone = [reference_factors(torch.tensor(c), "zero_sum").float() for c in local[rank]]
+        for phi, want in zip(torch.load(tmp_path / f"rank{rank}-alone.pt"), alone, strict=True):
             torch.testing.assert_close(phi, want)
 
 

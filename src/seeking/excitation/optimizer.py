@@ -76,6 +76,9 @@ class Excitation(torch.optim.Optimizer):
             the wrapper's layers): like expert ``expert``, or slice by slice along dim 0 when ``expert``
             is None. By default only the layers' expert parameters are scaled; the router and all
             other parameters move exactly as the base optimizer says.
+        process_group: the processes over which the counts are summed when ``torch.distributed`` is
+            initialised (default: the default group, all processes): under pipeline or expert
+            parallelism, the group of the processes that hold the same experts and see different data.
 
     Phi is computed per layer over that layer's experts; a layer that routed no token since the last
     step gets factors of 1. A loop that skips a step (a non-finite loss, a ``GradScaler`` skip) calls
@@ -94,6 +97,7 @@ class Excitation(torch.optim.Optimizer):
         *,
         seed: int = 0,
         include: Iterable[tuple[Tensor, nn.Module, int | None]] = (),
+        process_group: dist.ProcessGroup | None = None,
     ) -> None:
         # Optimizer.__init__ is deliberately not called: param_groups, state and defaults are the
         # wrapped optimizer's (properties below). __setstate__ sets up Optimizer's hooks instead.
@@ -130,6 +134,7 @@ class Excitation(torch.optim.Optimizer):
         self._scaled = scaled
         self.last_factors: list[Tensor] = []
         self._unchecked = CHECKED_STEPS
+        self.process_group = process_group
         self._before: list[Tensor] = []  # the scaled parameters' values before the base step
         self._handles: list[Any] = []  # the hooks of attach()
 
@@ -172,6 +177,7 @@ class Excitation(torch.optim.Optimizer):
         *,
         seed: int = 0,
         include: Iterable[tuple[Tensor, nn.Module, int | None]] = (),
+        process_group: dist.ProcessGroup | None = None,
     ) -> Excitation:
         """Excitation as hooks on ``optimizer`` itself, for code that must keep its optimizer object
         (a framework's, an optimizer container): ``optimizer.step()`` then scales the experts' changes
@@ -181,7 +187,7 @@ class Excitation(torch.optim.Optimizer):
         Returns the Excitation, for :meth:`discard_counts`, ``last_factors`` and :meth:`detach`; its own
         :meth:`step` is refused. The hooks are a step pre hook (the experts' values before the step), a
         step post hook (factors from the counts, then the scaling) and the state dict hooks."""
-        self = cls(optimizer, model_or_layers, strategy, gamma, seed=seed, include=include)
+        self = cls(optimizer, model_or_layers, strategy, gamma, seed=seed, include=include, process_group=process_group)
         self._handles = [
             optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._snapshot()),
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self._scale()),
@@ -225,7 +231,7 @@ class Excitation(torch.optim.Optimizer):
         counts = [layer.expert_counts.detach().float() for layer in self.layers]
         if dist.is_available() and dist.is_initialized():
             flat = torch.cat(counts)
-            dist.all_reduce(flat)
+            dist.all_reduce(flat, group=self.process_group)
             counts = list(flat.split([c.numel() for c in counts]))
         if self._unchecked > 0:
             self._warn_if_nothing_counted(counts)
@@ -307,6 +313,7 @@ class Excitation(torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_before", [])
         self.__dict__.setdefault("_handles", [])
+        self.__dict__.setdefault("process_group", None)  # a process group is not copied: a copy sums over the default
 
     def __repr__(self) -> str:
         return (
