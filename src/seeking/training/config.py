@@ -26,7 +26,7 @@ from ..models.registry import model_exists, unknown_model_message
 from ..motivation import BATCHNORM_POLICIES, CONDITIONS, OPTIMIZER_STATE_POLICIES, SYNC_MODES
 from ..reporting.excitation import BASELINE
 from ..reporting.tensorboard import require_tensorboard
-from .optim import OPTIMIZERS, SCHEDULES, with_momentum
+from .optim import OPTIMIZERS, SCHEDULES, build_optimizer, with_momentum
 
 # the argument groups of the command line, in the order --help shows them
 GROUPS = ("data and models", "motivation", "excitation", "optimisation", "run")
@@ -191,6 +191,12 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def build_optimizer(self, params: Iterable[Any]) -> torch.optim.Optimizer:
+        """The configured optimizer (``optimizer``, ``lr``, ``momentum``, ``weight_decay``) over ``params``."""
+        return build_optimizer(
+            self.optimizer, params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
 
     def changed(self, name: str) -> bool:
         """Whether field ``name`` differs from its default (the user set it)."""

@@ -55,7 +55,6 @@ from .checkpoint import Checkpoints, StopRequests
 from .config import ExciteConfig
 from .distributed import Ranks, join, wrap
 from .engine import Counters, Engine, LearningRate, Parts, Record
-from .optim import build_optimizer
 from .preflight import probing, reports_storage_errors
 from .tasks import DataTask, check_model_kind, data_kind, load_data_task
 
@@ -118,8 +117,7 @@ class ExcitationTask:
         self.config, self.data, self.arm, self.seed, self.ranks, self.log = config, data, arm, seed, ranks, log
         self.name = f"{arm} seed {seed}"
         self.model = model = build_model(config, data, seed, data.device)
-        options = {"lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay}
-        optimizer = build_optimizer(config.optimizer, model.parameters(), **options)
+        optimizer = config.build_optimizer(model.parameters())
         if arm != BASELINE:
             optimizer = Excitation(optimizer, model, arm, config.gamma, seed=seed)
         self.optimizer = optimizer

@@ -60,7 +60,6 @@ from .checkpoint import Checkpoints
 from .config import TrainConfig
 from .distributed import Ranks, join, wrap
 from .engine import Counters, Engine, JsonLog, LearningRate, Parts, Record
-from .optim import build_optimizer
 from .preflight import probing, reports_storage_errors
 from .tasks import ImageClassification
 
@@ -137,11 +136,6 @@ def check_run(config: TrainConfig, dataset: ImageDataset, device: torch.device) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Motivator(*models.values(), Never(), *unused, example_input=start_probe(data))
-
-
-def build_optimizers(config: TrainConfig, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-    options = {"lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay}
-    return {role: build_optimizer(config.optimizer, m.parameters(), **options) for role, m in models.items()}
 
 
 def build_plan(
@@ -309,7 +303,7 @@ def train(
     models = {role: m.to(device, memory_format=memory_format) for role, m in build_models(config, data).items()}
     step_flops = probe_models(config, data, models)  # also the probe that the models take the data
     total = data.steps_per_epoch() * config.epochs
-    optimizers = build_optimizers(config, models)
+    optimizers = {role: config.build_optimizer(m.parameters()) for role, m in models.items()}
     plan = build_plan(config, models, optimizers, data, total)  # checks the pair and its start
     if warn_unused and not resume:
         config.warn_unused()
