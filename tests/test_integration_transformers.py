@@ -10,7 +10,7 @@ import transformers
 
 import seeking
 from seeking.errors import ConfigError, SeekingWarning
-from seeking.integrations.transformers import HF_FAMILIES, excitable, is_experts_module, tiny_config
+from seeking.integrations.transformers import HF_FAMILIES, causal_lm, excitable, is_experts_module, tiny_config
 from seeking.moe import expert_layers, routing_metrics
 
 FAMILIES = sorted(HF_FAMILIES)
@@ -20,8 +20,7 @@ VOCAB, LENGTHS = 50, (8, 5, 3)  # right padding: sequence b has LENGTHS[b] real 
 
 def build(family, implementation="eager", seed=0, **overrides):
     torch.manual_seed(seed)
-    config = tiny_config(family, VOCAB, 64, **overrides)
-    return transformers.AutoModelForCausalLM.from_config(config, experts_implementation=implementation).train()
+    return causal_lm(tiny_config(family, VOCAB, 64, **overrides), experts_implementation=implementation).train()
 
 
 def batch(seed=0, lengths=LENGTHS):
@@ -85,7 +84,7 @@ def test_left_padding_and_a_kv_cache_count_the_valid_tokens_only():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     ids = torch.randint(0, VOCAB, (2, 5))
     with torch.no_grad():
-        past = model(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+        past = model(ids, mask, use_cache=True).past_key_values  # the mask given positionally
         assert torch.equal(counter.last_counts, valid_counts(calls[0], mask, 4))
         # one new token each, with the cache: the mask is (B, past + 1), the experts get B rows
         step_mask = torch.cat([mask, torch.tensor([[0], [1]])], dim=1)
@@ -201,6 +200,11 @@ def test_state_dict_and_save_pretrained_are_unchanged(tmp_path):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     model.save_pretrained(tmp_path / "after")
     assert (tmp_path / "before/model.safetensors").read_bytes() == (tmp_path / "after/model.safetensors").read_bytes()
+    loaded = causal_lm(tmp_path / "after", experts_implementation="grouped_mm")  # offline, from the folder
+    assert loaded.config._experts_implementation == "grouped_mm"
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())
+    with pytest.raises(ConfigError, match="not a local transformers model folder"):
+        causal_lm(tmp_path / "missing")
     # GPT-OSS's expert biases are experts' too
     experts = counters[0]._experts
     stacked = [experts.gate_up_proj, experts.gate_up_proj_bias, experts.down_proj, experts.down_proj_bias]
@@ -244,11 +248,18 @@ def test_expert_parallel_sentinels_and_wrong_indices():
             experts(hidden, indices, weights)
 
 
-def test_a_mask_that_cannot_be_matched_is_warned_once():
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"attention_mask": torch.ones(2, 1, 3, 3)},  # a 4-D mask
+        {"input_ids": torch.zeros(1, 6, dtype=torch.long), "attention_mask": torch.ones(2, 3)},  # other batch
+        {"input_ids": torch.zeros(2, 2, dtype=torch.long), "attention_mask": torch.ones(2, 2)},  # not B * S rows
+    ],
+)
+def test_a_mask_that_cannot_be_matched_is_warned_once(given):
     model = build("mixtral")
     counter = excitable(model)[0]
-    call = counter._call
-    call.before(model, (), {"attention_mask": torch.ones(2, 1, 3, 3)})
+    counter._call.before(model, (), given)  # as a call of the model would
     hidden, indices, weights = torch.randn(6, 32), torch.zeros(6, 2, dtype=torch.long), torch.full((6, 2), 0.5)
     with pytest.warns(SeekingWarning, match="every row is counted"):
         counter._experts(hidden, indices, weights)

@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -102,13 +105,12 @@ class _Call:
         mask = given.get("attention_mask")
         self.mask = mask if isinstance(mask, Tensor) else None
         ids, embeds = given.get("input_ids"), given.get("inputs_embeds")
-        self.shape = (
-            tuple(ids.shape)
-            if isinstance(ids, Tensor)
-            else tuple(embeds.shape[:-1])
-            if isinstance(embeds, Tensor)
-            else None
-        )
+        if isinstance(ids, Tensor):
+            self.shape = tuple(ids.shape)
+        elif isinstance(embeds, Tensor):
+            self.shape = tuple(embeds.shape[:-1])
+        else:
+            self.shape = None
 
     def after(self, model: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         self.active, self.mask, self.shape = False, None, None
@@ -116,37 +118,26 @@ class _Call:
     def tokens(self, rows: int) -> tuple[tuple[int, ...], Tensor | None]:
         """The token shape of ``rows`` flattened token rows ((B, S) when known, else (rows,)) and the
         valid tokens in that shape (None: all valid)."""
-        shape = self.shape if self.shape is not None and _prod(self.shape) == rows else None
-        mask = self.mask
+        shape, mask = self.shape, self.mask
+        if shape is None and mask is not None and mask.dim() == 2 and mask.shape[0] and rows % mask.shape[0] == 0:
+            shape = (mask.shape[0], rows // mask.shape[0])  # inputs given neither as ids nor as embeddings
+        if shape is None or math.prod(shape) != rows:
+            shape = (rows,)
         if mask is None:
-            return shape or (rows,), None
-        if shape is None and mask.dim() == 2 and rows % mask.shape[0] == 0:
-            shape = (mask.shape[0], rows // mask.shape[0])
+            return shape, None
         # with a KV cache the mask (B, past + S) also covers the cached positions: these tokens are its last S
-        if (
-            shape is not None
-            and len(shape) == mask.dim() == 2
-            and shape[0] == mask.shape[0]
-            and shape[1] <= mask.shape[1]
-        ):
+        if len(shape) == mask.dim() == 2 and shape[0] == mask.shape[0] and shape[1] <= mask.shape[1]:
             return shape, mask[:, mask.shape[1] - shape[1] :] != 0
         if not self.warned:
             self.warned = True
             warnings.warn(
                 f"the attention_mask {tuple(mask.shape)} does not match the {rows} token rows the experts got: "
                 "every row is counted, padding included. Pass a 2-D (batch, sequence) attention_mask to the model "
-                "given to excitable()",
+                "given to excitable(), whose experts get its batch * sequence tokens",
                 SeekingWarning,
                 stacklevel=2,
             )
-        return shape or (rows,), None
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    out = 1
-    for n in shape:
-        out *= n
-    return out
+        return shape, None
 
 
 class ExpertCounter(RoutedLayer):
@@ -258,6 +249,27 @@ def excitable(model: nn.Module) -> list[ExpertCounter]:
         m.register_forward_pre_hook(counter.observe, with_kwargs=True)
         counters.append(counter)
     return counters
+
+
+def causal_lm(
+    config_or_path: PretrainedConfig | str | os.PathLike, *, experts_implementation: str | None = None
+) -> Any:
+    """A transformers causal language model: random-init from a config, or loaded from a local model folder
+    (``save_pretrained`` output) offline, never downloaded. ``experts_implementation``: ``"eager"``,
+    ``"grouped_mm"``, ``"batched_mm"``..., None for transformers' default. Not yet excitable (:func:`excitable`).
+
+    Raises ``ConfigError`` for a path that is not a folder with a ``config.json``."""
+    transformers = _transformers()
+    options = {} if experts_implementation is None else {"experts_implementation": experts_implementation}
+    if isinstance(config_or_path, transformers.PretrainedConfig):
+        return transformers.AutoModelForCausalLM.from_config(config_or_path, **options)
+    path = Path(config_or_path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"{path} is not a local transformers model folder (no config.json): give a folder written by "
+            "save_pretrained (models are never downloaded)"
+        )
+    return transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **options)
 
 
 def _tiny(family: str, vocab_size: int, max_positions: int, **fields: Any) -> PretrainedConfig:
