@@ -77,6 +77,19 @@ def test_counts_are_the_valid_tokens_routing(family, implementation):
     assert 0 <= metrics["specialization"] <= 1
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_configs_and_no_mask(family):
+    model = build(family, num_hidden_layers=3)  # overrides are config fields
+    counters = excitable(model)
+    assert model.config.num_hidden_layers == 3 and model.config.hidden_size == 32
+    assert len(counters) == (2 if family == "deepseek_v3" else 3)  # DeepSeek-V3: the first layer is dense
+    assert {c.num_experts for c in counters} == {8 if family == "deepseek_v3" else 4}
+    out = model(input_ids=batch()["input_ids"], labels=batch()["input_ids"])  # no mask: every token is valid
+    assert getattr(out, "aux_loss", None) is None  # no router auxiliary loss
+    out.loss.backward()
+    assert all(c.expert_counts.sum() == 2 * len(LENGTHS) * max(LENGTHS) for c in counters)  # top-2
+
+
 def test_left_padding_and_a_kv_cache_count_the_valid_tokens_only():
     model = build("olmoe").eval()
     (counter,) = excitable(model)[1:]
