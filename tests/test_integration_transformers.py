@@ -177,7 +177,8 @@ def test_gradient_accumulation_sums_the_micro_batches():
     counters = excitable(model)
     calls = record_routing(model)
     expected = [torch.zeros(4) for _ in counters]
-    for seed, lengths in ((0, LENGTHS), (1, (2, 6))):
+    for seed, lengths, implementation in ((0, LENGTHS, "eager"), (1, (2, 6), "grouped_mm")):
+        model.set_experts_implementation(implementation)  # switched after excitable: counted the same
         data = batch(seed, lengths)
         model(**data).loss.backward()
         for e, routed in zip(expected, calls, strict=True):
@@ -280,6 +281,49 @@ def test_a_mask_that_cannot_be_matched_is_warned_once(given):
         warnings.simplefilter("error")
         counter._experts(hidden, indices, weights)
     assert counter.expert_counts[0] == 24
+
+
+def make_experts(extra_parameter=False):
+    """A user's own experts class decorated by ``use_experts_implementation`` (3 experts, hidden 4)."""
+
+    @transformers.integrations.moe.use_experts_implementation
+    class Experts(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.num_experts = 3
+            self.gate_up_proj = torch.nn.Parameter(torch.randn(3, 8, 4))
+            self.down_proj = torch.nn.Parameter(torch.randn(3, 4, 4))
+            self.act_fn = torch.nn.functional.silu
+            if extra_parameter:
+                self.scale = torch.nn.Parameter(torch.ones(4))  # shared by all experts
+
+        def forward(self, hidden_states, top_k_index, top_k_weights): ...  # batched_mm runs instead
+
+    return Experts(transformers.PretrainedConfig(experts_implementation="batched_mm"))
+
+
+class OwnModel(torch.nn.Module):
+    def __init__(self, extra_parameter=False):
+        super().__init__()
+        self.embed, self.router = torch.nn.Embedding(VOCAB, 4), torch.nn.Linear(4, 3)
+        self.experts = make_experts(extra_parameter)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.embed(input_ids).view(-1, 4)
+        weights, indices = self.router(h).softmax(-1).topk(2)
+        self.indices = indices
+        return self.experts(h, indices, weights).view(*input_ids.shape, 4)
+
+
+def test_any_experts_module_of_use_experts_implementation():
+    model = OwnModel()
+    (counter,) = excitable(model)
+    data = batch()
+    model(data["input_ids"], data["attention_mask"]).sum().backward()
+    assert torch.equal(counter.expert_counts, valid_counts(model.indices, data["attention_mask"], 3))
+    assert [p for p, _ in counter.expert_parameters()] == [model.experts.gate_up_proj, model.experts.down_proj]
+    with pytest.raises(ConfigError, match=r"scale has shape \(4,\), not stacked by expert"):
+        excitable(OwnModel(extra_parameter=True))
 
 
 def test_refusals(monkeypatch):
