@@ -18,6 +18,15 @@ IMPLEMENTATIONS = ["eager", "grouped_mm", "batched_mm"]
 VOCAB, LENGTHS = 50, (8, 5, 3)  # right padding: sequence b has LENGTHS[b] real tokens
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster, and far faster on a busy machine (no spinning threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def build(family, implementation="eager", seed=0, **overrides):
     torch.manual_seed(seed)
     return causal_lm(tiny_config(family, VOCAB, 64, **overrides), experts_implementation=implementation).train()
