@@ -54,8 +54,13 @@ class RoutedLayer(nn.Module):
         )
         self.last_counts.copy_(counts)
         self.last_indices = indices
-        if self.training and torch.is_grad_enabled():
+        if self.counting():
             self.expert_counts += counts
+
+    def counting(self) -> bool:
+        """Whether :meth:`record` adds to ``expert_counts`` now: in training with autograd on (a subclass
+        that knows more about the call, e.g. activation checkpointing, refines it)."""
+        return self.training and torch.is_grad_enabled()
 
 
 class MoEFeedForward(RoutedLayer):
