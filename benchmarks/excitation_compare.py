@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import scipy.stats
 import torch
 from common import DEFAULT_DATA
 
@@ -56,6 +57,18 @@ EXPERIMENTS = {
         eval_every_steps=50,
         arms=["none", "zero_sum", "positive_sum"],
     ),
+    # a Hugging Face transformers OLMoE (tiny random-init configuration), made excitable in place
+    "hf_olmoe": dict(
+        model="hf_olmoe_tiny",
+        data=str(TEXT),
+        optimizer="adamw",
+        lr=1e-3,
+        batch_size=32,
+        block_size=64,
+        steps=300,
+        eval_every_steps=100,
+        arms=["none", "zero_sum", "positive_sum"],
+    ),
 }
 
 
@@ -67,6 +80,23 @@ def curves(result: dict, metric: str) -> str:
     for i, step in enumerate(steps):
         cells = [statistics.fmean(r["curve"][i][metric] for r in result if r["arm"] == a) for a in arms]
         lines.append(f"| {step} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_intervals(runs: list[dict], metric: str) -> str:
+    """Per Excitation arm: the mean over seeds of (arm - plain) at the same seed, with its 95% t interval."""
+    plain = {r["seed"]: r[metric] for r in runs if r["arm"] == "none"}
+    lines = []
+    for arm in dict.fromkeys(r["arm"] for r in runs if r["arm"] != "none"):
+        diffs = [r[metric] - plain[r["seed"]] for r in runs if r["arm"] == arm and r["seed"] in plain]
+        mean = statistics.fmean(diffs)
+        half = (
+            scipy.stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+            if len(diffs) > 1
+            else float("nan")
+        )
+        interval = f"95% CI [{mean - half:+.4f}, {mean + half:+.4f}]"
+        lines.append(f"{arm} - plain ({metric}, {len(diffs)} seeds): {mean:+.4f}, {interval}")
     return "\n".join(lines)
 
 
@@ -89,6 +119,7 @@ def main() -> None:
         start = time.perf_counter()
         result = compare_excitation(config, Path(args.out) / name, log=lambda line: print(line, flush=True))
         print(result["table"])
+        print(paired_intervals(result["runs"], result["metric"]))
         print(f"\ncurves ({result['metric']}, mean over seeds):\n{curves(result['runs'], result['metric'])}")
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
 

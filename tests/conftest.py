@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules."""
 
 import pytest
+import torch
 
 from seeking.training.engine import register_step_hook
 
@@ -21,3 +22,13 @@ def inject():
     injector = Injector()
     yield injector
     injector.undo()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster, and far faster on a busy machine (no spinning threads).
+    A module takes it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

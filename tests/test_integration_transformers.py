@@ -13,18 +13,10 @@ from seeking.errors import ConfigError, SeekingWarning
 from seeking.integrations.transformers import HF_FAMILIES, causal_lm, excitable, is_experts_module, tiny_config
 from seeking.moe import expert_layers, routing_metrics
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 FAMILIES = sorted(HF_FAMILIES)
 IMPLEMENTATIONS = ["eager", "grouped_mm", "batched_mm"]
 VOCAB, LENGTHS = 50, (8, 5, 3)  # right padding: sequence b has LENGTHS[b] real tokens
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a busy machine (no spinning threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(family, implementation="eager", seed=0, **overrides):

@@ -369,7 +369,15 @@ class ExciteConfig(RunConfig):
     )
     model: str = option(
         "micro_moe",
-        help="an MoE model: micro_moe, sparse_mlp_deep10, sparse_mlp_deep20, vit_moe_tiny, gpt_moe_tiny, gpt_moe_small",
+        help="an MoE model: micro_moe, sparse_mlp_deep10, sparse_mlp_deep20, vit_moe_tiny (images); gpt_moe_tiny, "
+        "gpt_moe_small, hf_<family>_tiny (text; families: mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss, "
+        "deepseek_v3; see seeking models)",
+        group="data and models",
+    )
+    hf_model: str | None = option(
+        None,
+        help="a local Hugging Face MoE causal LM folder (save_pretrained's output; loaded offline, weights "
+        "included) to train on a .txt file instead of --model",
         group="data and models",
     )
     block_size: int = option(
@@ -407,6 +415,8 @@ class ExciteConfig(RunConfig):
         for name in ("train_subset", "test_subset") if text else ("block_size",):
             if self.changed(name):
                 unused.append(f"--{name.replace('_', '-')} does nothing with {'text' if text else 'image'} data")
+        if self.hf_model is not None and self.model_kwargs:
+            unused.append("--model-kwargs does nothing with --hf-model: the folder's config.json sets the model")
         if self.changed("gamma") and self.arms == [BASELINE]:
             unused.append("--gamma does nothing without an Excitation arm (--arms none alone)")
         return unused
@@ -415,6 +425,13 @@ class ExciteConfig(RunConfig):
         super().validate()
         if not model_exists(self.model):
             raise ConfigError(unknown_model_message(self.model))
+        if self.hf_model is not None:
+            from .tasks import data_kind  # the data task's registry says what the data is
+
+            if self.changed("model"):
+                raise ConfigError("give --model or --hf-model, not both: --hf-model replaces --model")
+            if data_kind(self.data) != "text":
+                raise ConfigError("--hf-model trains a causal language model: give a .txt file as --data")
         if not self.arms or len(set(self.arms)) != len(self.arms):
             raise ConfigError(f"arms must name each arm once and at least one, got {self.arms}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

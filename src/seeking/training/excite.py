@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from ..excitation import Excitation
 from ..io import atomic_write_text, write_json
 from ..models import create_model
+from ..models.hf_moe import HFCausalLM
 from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metrics
 from ..motivation import SingleModel
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
@@ -65,7 +66,10 @@ def build_model(config: ExciteConfig, data: DataTask, seed: int, device: torch.d
     """The MoE model of one run, seeded with ``seed``; a model without expert layers is refused."""
     torch.manual_seed(seed)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
-    model = create_model(config.model, **data.model_kwargs(), **config.model_kwargs)
+    if config.hf_model is not None:  # the folder's weights, the same for every seed
+        model = HFCausalLM.from_folder(config.hf_model, **data.model_kwargs())
+    else:
+        model = create_model(config.model, **data.model_kwargs(), **config.model_kwargs)
     model = model.to(device, memory_format=memory_format)
     if not expert_layers(model):
         raise ConfigError(
@@ -78,7 +82,8 @@ def build_model(config: ExciteConfig, data: DataTask, seed: int, device: torch.d
 def excite_data(config: ExciteConfig, device: torch.device | str, progress: bool = False) -> DataTask:
     """The experiment's data: image classification (batches not augmented) or a text file."""
     data = load_data_task(config, torch.device(device), progress=progress)
-    check_model_kind(config.model, data_kind(config.data))
+    if config.hf_model is None:  # a folder is a language model: validate() checked the data is text
+        check_model_kind(config.model, data_kind(config.data))
     return data
 
 
@@ -87,7 +92,7 @@ def probe(config: ExciteConfig, data: DataTask, device: torch.device) -> None:
     cannot take the data is a ``ConfigError`` naming the fix, before anything is written."""
     model = build_model(config, data, config.seeds[0], device)
     x, y = data.probe_batch()
-    with probing(config.model, model, tuple(x.shape), data.describe):
+    with probing(config.hf_model or config.model, model, tuple(x.shape), data.describe):
         (data.loss(model(x), y) + moe_aux_loss(model)).backward()
 
 
@@ -249,8 +254,9 @@ def compare_excitation(
     command = resume_command("excite", out)
     open_run_dir("excite", out, run_config("excite", dataclasses.asdict(config)), command, resume=resume, ranks=ranks)
     log(
-        f"{config.model} on {data.name}, {config.optimizer} lr {config.lr}, {counted(config.steps, 'step')} of "
-        f"{config.batch_size}, arms {', '.join(config.arms)}, seeds {config.seeds}; results in {out}"
+        f"{config.hf_model or config.model} on {data.name}, {config.optimizer} lr {config.lr}, "
+        f"{counted(config.steps, 'step')} of {config.batch_size}, arms {', '.join(config.arms)}, "
+        f"seeds {config.seeds}; results in {out}"
     )
     runs = []
     board = out / TENSORBOARD if config.tensorboard and ranks.main else None  # rank 0 writes

@@ -1,0 +1,101 @@
+"""Hugging Face transformers MoE causal language models as ``seeking`` models (``pip install 'seeking[transformers]'``).
+
+``hf_<family>_tiny`` builds a random-init model of each family that
+:data:`seeking.integrations.transformers.HF_FAMILIES` names (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
+GPT-OSS, DeepSeek-V3) from a tiny configuration, sized for the data's character vocabulary; nothing
+is ever downloaded. :meth:`HFCausalLM.from_folder` loads a local model folder (``save_pretrained``'s
+output) offline. Either way the transformers model is made excitable in place
+(:func:`seeking.integrations.transformers.excitable`), so :class:`seeking.Excitation` and the
+routing metrics see its MoE layers.
+
+``forward(idx, mask=None)`` maps token ids (B, T), ``T <= block_size``, to logits (B, T, vocab_size)
+as :class:`~seeking.models.GPTMoE` does; ``mask`` (B, T) bool marks real tokens and is passed on as
+the attention mask, so padding is neither attended to nor counted. The router's load-balancing loss
+is not added (``output_router_logits`` is off): the arms of an experiment differ only in the
+optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..integrations import require
+from ..integrations.transformers import HF_FAMILIES, causal_lm, excitable, tiny_config
+from .registry import register_model
+
+
+class HFCausalLM(nn.Module):
+    """A transformers causal LM (``hf``, made excitable) behind seeking's language-model interface."""
+
+    def __init__(self, hf: nn.Module, block_size: int, family: str) -> None:
+        super().__init__()
+        vocab_size = hf.config.vocab_size
+        positions = getattr(hf.config, "max_position_embeddings", None)
+        if positions is not None and block_size > positions:
+            raise ConfigError(
+                f"block_size {block_size} exceeds the model's max_position_embeddings {positions}: "
+                f"use --block-size {positions} or less"
+            )
+        self.hf = hf
+        excitable(hf)
+        self.cfg = {"family": family, "vocab_size": vocab_size, "block_size": block_size}
+
+    @classmethod
+    def from_folder(cls, path: str | Path, vocab_size: int, block_size: int) -> HFCausalLM:
+        """The causal LM saved in the local folder ``path`` (loaded offline, with its weights), for
+        data of ``vocab_size`` token ids; ``ConfigError`` if the folder is no model, is not an MoE, or
+        has fewer token ids than the data."""
+        try:
+            with _no_progress_bar():  # loading takes a moment; its bar would break the run's own output
+                hf = causal_lm(path)
+        except ConfigError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:  # a folder transformers cannot read
+            raise ConfigError(f"cannot load the causal LM in {str(path)!r}: {exc}") from None
+        if hf.config.vocab_size < vocab_size:
+            raise ConfigError(
+                f"the model in {str(path)!r} has {hf.config.vocab_size} token ids but the text has {vocab_size} "
+                "characters: use a model with a vocabulary at least that large"
+            )
+        return cls(hf, block_size, family=f"hf:{hf.config.model_type}")
+
+    def forward(self, idx: Tensor, mask: Tensor | None = None) -> Tensor:
+        if idx.shape[1] > self.cfg["block_size"]:
+            raise ConfigError(f"sequence length {idx.shape[1]} exceeds block_size {self.cfg['block_size']}")
+        attention_mask = None if mask is None else mask.long()
+        return self.hf(input_ids=idx, attention_mask=attention_mask, use_cache=False).logits
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    logging = require("transformers.utils.logging", "transformers")
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
+
+
+def _tiny_family(family: str):
+    def build(vocab_size: int, block_size: int = 128, config: dict[str, Any] | None = None) -> HFCausalLM:
+        hf_config = tiny_config(family, vocab_size=vocab_size, max_positions=block_size, **(config or {}))
+        return HFCausalLM(causal_lm(hf_config), block_size, family=family)
+
+    build.__name__ = f"hf_{family}_tiny"
+    build.__doc__ = (
+        f"A tiny random-init {family} MoE causal LM; ``config``: overrides of the transformers configuration "
+        "(e.g. ``{'hidden_size': 64}``)."
+    )
+    return build
+
+
+for _family in HF_FAMILIES:
+    register_model(_tiny_family(_family))

@@ -1,0 +1,96 @@
+"""`seeking excite` on Hugging Face MoE language models: the tiny registered families and a local folder."""
+
+import json
+import math
+
+import pytest
+import torch
+import transformers
+
+from seeking.cli.main import main
+from seeking.integrations.transformers import HF_FAMILIES, tiny_config
+from seeking.models import HFCausalLM, create_model
+from seeking.moe import expert_layers
+from seeking.training.excite import ExciteConfig, build_model, excite_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
+FAST = ["--steps", "4", "--eval-every-steps", "2", "--batch-size", "8", "--block-size", "16", "--seeds", "0"]
+FAST += ["--optimizer", "adamw", "--lr", "0.003", "--quiet"]
+
+
+@pytest.fixture
+def text(tmp_path):
+    path = tmp_path / "poem.txt"
+    path.write_text("to be or not to be, that is the question.\n" * 40, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("family", sorted(HF_FAMILIES))
+def test_every_tiny_family_is_a_registered_excitable_language_model(family):
+    model = create_model(f"hf_{family}_tiny", vocab_size=20, block_size=16)
+    assert isinstance(model, HFCausalLM) and expert_layers(model)
+    idx = torch.randint(0, 20, (2, 16))
+    assert model(idx).shape == (2, 16, 20)
+    model.train()
+    model(idx, torch.ones(2, 16, dtype=torch.bool)).sum().backward()
+    # each layer counted each token's top-k experts once
+    for layer in expert_layers(model):
+        top_k = int(layer.expert_counts.sum()) // 32
+        assert int(layer.expert_counts.sum()) == 32 * top_k and top_k >= 1
+
+
+def test_excite_trains_a_tiny_hf_family_on_a_text_file(text, tmp_path):
+    out = tmp_path / "run"
+    argv = ["excite", "--model", "hf_olmoe_tiny", "--data", str(text), "--arms", "none", "zero_sum", "global"]
+    assert main([*argv, *FAST, "--out", str(out)]) == 0
+    runs = {r["arm"]: r for r in json.loads((out / "excitation.json").read_text())["runs"]}
+    # the global control scales every expert by 1: the plain optimizer's run, exactly
+    assert [c["train_loss"] for c in runs["global"]["curve"]] == [c["train_loss"] for c in runs["none"]["curve"]]
+    assert runs["zero_sum"]["train_loss"] != runs["none"]["train_loss"]
+    for r in runs.values():
+        assert math.isfinite(r["val loss"]) and 0 <= r["dead_fraction"] <= 1
+
+
+def test_a_local_folder_trains_from_its_own_weights(text, tmp_path):
+    folder = tmp_path / "olmoe"
+    config = tiny_config("olmoe", vocab_size=30, max_positions=32)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    config = ExciteConfig(data=str(text), hf_model=str(folder), block_size=16, seeds=[0]).validate()
+    model = build_model(config, excite_data(config, "cpu"), 0, torch.device("cpu"))
+    saved = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    assert model.hf.state_dict().keys() == saved.state_dict().keys()
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in model.hf.state_dict().items())
+    out = tmp_path / "run"
+    argv = ["excite", "--hf-model", str(folder), "--data", str(text), "--arms", "zero_sum", *FAST]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["hf_model"] == str(folder)
+
+
+@pytest.mark.parametrize(
+    "make,argv,message",
+    [
+        (None, ["--hf-model", "/nonexistent/model"], "is not a local transformers model folder (no config.json)"),
+        ("olmoe", ["--model", "gpt_moe_tiny"], "give --model or --hf-model, not both"),
+        ("olmoe", ["--data", "digits"], "--hf-model trains a causal language model: give a .txt file"),
+        ("small_vocab", [], "has 8 token ids but the text has"),
+        ("dense", [], "LlamaForCausalLM has no routed experts module"),
+    ],
+)
+def test_bad_hf_folders_exit_2_and_write_nothing(make, argv, message, text, tmp_path, capsys):
+    folder = tmp_path / "model"
+    if make == "dense":  # a causal LM without MoE layers
+        config = transformers.LlamaConfig(
+            vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+        )
+        transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    elif make is not None:
+        vocab = 8 if make == "small_vocab" else 30
+        model = transformers.AutoModelForCausalLM.from_config(tiny_config("olmoe", vocab_size=vocab, max_positions=32))
+        model.save_pretrained(folder)
+    capsys.readouterr()  # save_pretrained's progress bar
+    out = tmp_path / "run"
+    given = ["--hf-model", str(folder)] if make is not None else []
+    assert main(["excite", "--data", str(text), *given, *FAST, *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seeking: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
