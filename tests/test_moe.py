@@ -252,6 +252,17 @@ def test_counts_accumulate_only_in_training_with_grad():
     torch.testing.assert_close(moe.last_counts, first)  # the record follows every forward
 
 
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_counts_each_token_once(reentrant):
+    """The recomputation in backward routes the same tokens again: they were counted in the forward."""
+    moe = layer()
+    x = torch.randn(10, DIM, requires_grad=True)
+    torch.utils.checkpoint.checkpoint(moe, x, use_reentrant=reentrant).sum().backward()
+    once = torch.bincount(moe.last_indices.flatten(), minlength=E).float()
+    assert x.grad is not None and once.sum() == 10 * moe.router.top_k
+    torch.testing.assert_close(moe.expert_counts, once)
+
+
 def test_expert_parameters_and_aux_loss_sum():
     stacked, listed = layer(aux_loss_coef=0.1), layer("list", z_loss_coef=0.1)
     shapes = [(p.shape, k) for p, k in stacked.expert_parameters()]

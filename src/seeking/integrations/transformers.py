@@ -168,10 +168,8 @@ class ExpertCounter(RoutedLayer):
             yield p, None
 
     def counting(self) -> bool:
-        if torch._C._current_graph_task_id() != -1:  # a recomputation in backward: counted in the forward
-            return False
-        if self._call.active:
-            return self.training and self._call.grad
+        if self._call.active:  # autograd as it was at the model's call (a reentrant checkpoint turns it off)
+            return self.training and self._call.grad and torch._C._current_graph_task_id() == -1
         return super().counting()
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ExpertCounter:

@@ -43,6 +43,7 @@ class RoutedLayer(nn.Module):
         self.register_buffer("expert_counts", torch.zeros(num_experts), persistent=False)
         self.register_buffer("last_counts", torch.zeros(num_experts), persistent=False)
         self.last_indices: Tensor | None = None
+        self._owed = 0  # forwards in training without autograd since the last counted one (see counting)
 
     def record(self, indices: Tensor, valid: Tensor | None = None) -> None:
         """Count one forward's hard assignments ``indices`` (..., k); ``valid`` (...) bool marks real tokens."""
@@ -58,9 +59,23 @@ class RoutedLayer(nn.Module):
             self.expert_counts += counts
 
     def counting(self) -> bool:
-        """Whether :meth:`record` adds to ``expert_counts`` now: in training with autograd on (a subclass
-        that knows more about the call, e.g. activation checkpointing, refines it)."""
-        return self.training and torch.is_grad_enabled()
+        """Whether :meth:`record` adds to ``expert_counts`` now (a subclass that knows more about the call
+        refines it): in training, for a forward with autograd on, once. Under activation checkpointing
+        the forward runs again in autograd's backward: a non-reentrant checkpoint counted the first
+        forward (autograd on), so the recomputation is not counted; a reentrant checkpoint's first
+        forward runs without autograd, so each such forward is owed a count, paid at its recomputation."""
+        if not self.training:
+            return False
+        if not torch.is_grad_enabled():
+            self._owed += 1
+            return False
+        if torch._C._current_graph_task_id() == -1:  # not in backward: an ordinary forward
+            self._owed = 0
+            return True
+        if self._owed:  # a reentrant checkpoint's recomputation
+            self._owed -= 1
+            return True
+        return False
 
 
 class MoEFeedForward(RoutedLayer):
