@@ -1,0 +1,143 @@
+"""Excitation under Hugging Face's Trainer (seeking.integrations.hf_trainer): CPU, no download."""
+
+import pytest
+import torch
+import transformers
+from toy_moe import ToyMoE, examples
+
+from seeking.errors import ConfigError
+from seeking.excitation import get_strategy
+from seeking.integrations.hf_trainer import ExcitationCallback, excite_trainer
+
+
+def arguments(tmp_path, **overrides) -> transformers.TrainingArguments:
+    settings = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+    )
+    return transformers.TrainingArguments(**{**settings, **overrides})
+
+
+class FactorRecorder(transformers.TrainerCallback):
+    """Every optimizer step's factors, read from the Excitation after the step."""
+
+    def __init__(self, excitation_callback: ExcitationCallback) -> None:
+        self.source = excitation_callback
+        self.factors: list[torch.Tensor] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.factors.append(self.source.excitation.last_factors[0].clone())
+
+
+def excited(model, args, strategy="zero_sum", **options):
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=examples(32))
+    callback = excite_trainer(trainer, strategy, **options)
+    recorder = FactorRecorder(callback)
+    trainer.add_callback(recorder)
+    return trainer, callback, recorder
+
+
+def zero_sum(counts: torch.Tensor) -> torch.Tensor:
+    return get_strategy("zero_sum")(counts / counts.sum(), 1.0, torch.Generator())
+
+
+def test_accumulation_counts_both_micro_batches(tmp_path):
+    model = ToyMoE()
+    trainer, _, recorder = excited(model, arguments(tmp_path, gradient_accumulation_steps=2, max_steps=3))
+    trainer.train()
+    assert len(model.routed) == 6 and len(recorder.factors) == 3
+    for step, factors in enumerate(recorder.factors):
+        first, second = model.routed[2 * step], model.routed[2 * step + 1]
+        torch.testing.assert_close(factors, zero_sum(first + second), rtol=0, atol=0)
+    # the check can tell: one micro-batch's counts alone give other factors
+    assert any(not torch.equal(f, zero_sum(model.routed[2 * s + 1])) for s, f in enumerate(recorder.factors))
+    # the logs carry the routing metrics of the latest forward and the last factors
+    log = trainer.state.log_history[0]
+    assert log["excitation/layer0/factor_min"] == pytest.approx(float(recorder.factors[0].min()))
+    assert log["excitation/skipped_steps"] == 0
+    assert 0 <= log["routing/dead_fraction"] <= 1 and "routing/layer0/load_entropy" in log
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "adamw_torch_fused"])  # the scaler skips step(); the fused step
+def test_a_step_the_grad_scaler_skips_discards_its_counts(tmp_path, optim):
+    model = ToyMoE()
+    model.poison_at = 1  # the second step's only forward: a non-finite gradient
+    trainer, callback, recorder = excited(model, arguments(tmp_path, max_steps=3, max_grad_norm=0, optim=optim))
+    # Accelerate's GradScaler (fp16 AMP on a GPU), here on the CPU: it skips the step, as on a GPU
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    trainer.train()
+    assert callback._guard.skipped == 1
+    assert [log["excitation/skipped_steps"] for log in trainer.state.log_history[:3]] == [0, 1, 1]
+    # the step after the skip scales by its own batch alone, not by the skipped one's too
+    torch.testing.assert_close(recorder.factors[2], zero_sum(model.routed[2]), rtol=0, atol=0)
+    assert not torch.equal(recorder.factors[2], zero_sum(model.routed[1] + model.routed[2]))
+
+
+def test_the_weight_decay_groups_and_optimizer_are_trainers_own(tmp_path):
+    args = arguments(tmp_path, weight_decay=0.1, adam_beta1=0.8, optim="adamw_torch")
+
+    def groups(trainer):
+        optimizer = trainer.create_optimizer()
+        names = {id(p): n for n, p in trainer.model.named_parameters()}
+        settings = [
+            ({names[id(p)] for p in g["params"]}, {k: v for k, v in g.items() if k != "params"})
+            for g in optimizer.param_groups
+        ]
+        return optimizer, settings
+
+    plain, plain_groups = groups(transformers.Trainer(model=ToyMoE(), args=args))
+    trainer = transformers.Trainer(model=ToyMoE(), args=args)
+    callback = excite_trainer(trainer)
+    optimizer, excited_groups = groups(trainer)
+    assert callback.excitation.optimizer is optimizer and type(optimizer) is type(plain)
+    assert excited_groups == plain_groups
+    assert plain_groups[1][0] == {"embed.bias", "norm.weight", "norm.bias", "head.bias"}
+    assert [s["weight_decay"] for _, s in plain_groups] == [0.1, 0.0] and plain_groups[0][1]["betas"] == (0.8, 0.999)
+
+
+def test_a_checkpoint_resumes_the_same_run(tmp_path):
+    def run(output_dir, resume=None):
+        args = arguments(output_dir, max_steps=4, save_strategy="steps", save_steps=2)
+        trainer, callback, _ = excited(ToyMoE(), args, strategy="random", seed=3)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.model, callback.excitation
+
+    whole, whole_excitation = run(tmp_path / "whole")
+    resumed, resumed_excitation = run(tmp_path / "resumed", resume=str(tmp_path / "whole" / "checkpoint-2"))
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(whole_excitation.generator.get_state(), resumed_excitation.generator.get_state())
+    saved = torch.load(tmp_path / "whole" / "checkpoint-2" / "optimizer.pt", weights_only=True)
+    assert saved["excitation"]["strategy"] == "random"
+
+
+def test_refusals(tmp_path):
+    trainer = transformers.Trainer(model=ToyMoE(), args=arguments(tmp_path))
+    with pytest.raises(ConfigError, match="strategy"):
+        excite_trainer(trainer, "no_such_strategy")
+    excite_trainer(trainer)
+    with pytest.raises(ConfigError, match="already called"):
+        excite_trainer(trainer)
+    plain = transformers.Trainer(model=torch.nn.Linear(2, 2), args=arguments(tmp_path))
+    excite_trainer(plain)
+    with pytest.raises(ConfigError, match="no MoE layer"):
+        plain.create_optimizer()
+
+
+def test_an_optimizer_given_to_trainer_is_the_one_excited(tmp_path):
+    model = ToyMoE()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = transformers.Trainer(
+        model=model, args=arguments(tmp_path, max_steps=1), train_dataset=examples(8), optimizers=(sgd, None)
+    )
+    callback = excite_trainer(trainer)
+    trainer.train()
+    assert callback.excitation.optimizer is sgd
+    torch.testing.assert_close(callback.excitation.last_factors[0], zero_sum(model.routed[0]), rtol=0, atol=0)
