@@ -1,5 +1,8 @@
 """Excitation under Hugging Face's Trainer (seeking.integrations.hf_trainer): CPU, no download."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
@@ -8,6 +11,8 @@ from toy_moe import ToyMoE, examples
 from seeking.errors import ConfigError
 from seeking.excitation import get_strategy
 from seeking.integrations.hf_trainer import ExcitationCallback, excite_trainer
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "integrations" / "hf_trainer.md"
 
 
 def arguments(tmp_path, **overrides) -> transformers.TrainingArguments:
@@ -98,6 +103,10 @@ def test_the_weight_decay_groups_and_optimizer_are_trainers_own(tmp_path):
     optimizer, excited_groups = groups(trainer)
     assert callback.excitation.optimizer is optimizer and type(optimizer) is type(plain)
     assert excited_groups == plain_groups
+    # a new optimizer (as model_init's trials make) is excited in place of the old one, which steps plainly
+    trainer.optimizer = None
+    again = trainer.create_optimizer()
+    assert callback.excitation.optimizer is again and not optimizer._optimizer_step_post_hooks
     assert plain_groups[1][0] == {"embed.bias", "norm.weight", "norm.bias", "head.bias"}
     assert [s["weight_decay"] for _, s in plain_groups] == [0.1, 0.0] and plain_groups[0][1]["betas"] == (0.8, 0.999)
 
@@ -125,6 +134,14 @@ def test_refusals(tmp_path):
     excite_trainer(trainer)
     with pytest.raises(ConfigError, match="already called"):
         excite_trainer(trainer)
+    # an optimizer that Trainer's create_optimizer did not build (as under DeepSpeed) is refused at train()
+    elsewhere = transformers.Trainer(model=ToyMoE(), args=arguments(tmp_path, max_steps=1), train_dataset=examples(4))
+    excite_trainer(elsewhere)
+    elsewhere.create_optimizer = lambda model=None: setattr(
+        elsewhere, "optimizer", torch.optim.SGD(elsewhere.model.parameters())
+    )
+    with pytest.raises(ConfigError, match="not built by its create_optimizer"):
+        elsewhere.train()
     plain = transformers.Trainer(model=torch.nn.Linear(2, 2), args=arguments(tmp_path))
     excite_trainer(plain)
     with pytest.raises(ConfigError, match="no MoE layer"):
@@ -141,3 +158,14 @@ def test_an_optimizer_given_to_trainer_is_the_one_excited(tmp_path):
     trainer.train()
     assert callback.excitation.optimizer is sgd
     torch.testing.assert_close(callback.excitation.last_factors[0], zero_sum(model.routed[0]), rtol=0, atol=0)
+
+
+def test_the_docs_lines_run_as_written(tmp_path):
+    block = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)[0]
+    model = ToyMoE()
+    namespace = {"Trainer": transformers.Trainer, "model": model, "train_dataset": examples(8)}
+    namespace["args"] = arguments(tmp_path, max_steps=2)
+    exec(compile(block, str(DOC), "exec"), namespace)
+    (callback,) = [c for c in namespace["trainer"].callback_handler.callbacks if isinstance(c, ExcitationCallback)]
+    assert callback.excitation.strategy == "zero_sum" and len(model.routed) == 2
+    torch.testing.assert_close(callback.excitation.last_factors[0], zero_sum(model.routed[1]), rtol=0, atol=0)
