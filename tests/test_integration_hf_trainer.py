@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import accelerate.optimizer
 import pytest
 import torch
 import transformers
@@ -111,7 +112,18 @@ def test_the_weight_decay_groups_and_optimizer_are_trainers_own(tmp_path):
     assert [s["weight_decay"] for _, s in plain_groups] == [0.1, 0.0] and plain_groups[0][1]["betas"] == (0.8, 0.999)
 
 
-def test_a_checkpoint_resumes_the_same_run(tmp_path):
+def test_a_checkpoint_resumes_the_same_run(tmp_path, monkeypatch):
+    # On a GPU, Accelerate moves the optimizer's state dict to the device when it wraps the optimizer, and
+    # Trainer loads a checkpoint's with map_location=device: the generator state then is no CPU ByteTensor.
+    # Here another dtype stands for the move (torch's set_state refuses both).
+    moves = []
+
+    def move_to_device(state, device):
+        moves.append(device)
+        return {**state, "excitation": {**state["excitation"], "generator": state["excitation"]["generator"].long()}}
+
+    monkeypatch.setattr(accelerate.optimizer, "move_to_device", move_to_device)
+
     def run(output_dir, resume=None):
         args = arguments(output_dir, max_steps=4, save_strategy="steps", save_steps=2)
         trainer, callback, _ = excited(ToyMoE(), args, strategy="random", seed=3)
@@ -119,12 +131,16 @@ def test_a_checkpoint_resumes_the_same_run(tmp_path):
         return trainer.model, callback.excitation
 
     whole, whole_excitation = run(tmp_path / "whole")
-    resumed, resumed_excitation = run(tmp_path / "resumed", resume=str(tmp_path / "whole" / "checkpoint-2"))
+    checkpoint = tmp_path / "whole" / "checkpoint-2"
+    saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    assert saved["excitation"]["strategy"] == "random"
+    saved["excitation"]["generator"] = saved["excitation"]["generator"].long()
+    torch.save(saved, checkpoint / "optimizer.pt")
+    resumed, resumed_excitation = run(tmp_path / "resumed", resume=str(checkpoint))
+    assert len(moves) == 2
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert torch.equal(whole_excitation.generator.get_state(), resumed_excitation.generator.get_state())
-    saved = torch.load(tmp_path / "whole" / "checkpoint-2" / "optimizer.pt", weights_only=True)
-    assert saved["excitation"]["strategy"] == "random"
 
 
 def test_refusals(tmp_path):
