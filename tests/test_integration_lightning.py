@@ -91,7 +91,14 @@ class AttachedModule(MoEModule):
         return optimizer
 
 
-@pytest.mark.parametrize("module", [MoEModule, AttachedModule])
+class FusedModule(MoEModule):
+    """A fused optimizer: the scaler calls its step with ``found_inf``, and the step changes nothing."""
+
+    def configure_optimizers(self):
+        return Excitation(torch.optim.AdamW(self.parameters(), lr=1e-2, fused=True), self.model)
+
+
+@pytest.mark.parametrize("module", [MoEModule, AttachedModule, FusedModule])
 def test_a_step_the_amp_scaler_skips_discards_its_counts(module):
     model = ToyMoE()
     model.poison_at = 1  # the second step's forward: a non-finite gradient, which the GradScaler skips
