@@ -9,7 +9,7 @@ import torch
 import transformers
 from toy_moe import ToyMoE, examples
 
-from seeking.errors import ConfigError
+from seeking.errors import ConfigError, SeekingWarning
 from seeking.excitation import get_strategy
 from seeking.integrations.hf_trainer import ExcitationCallback, excite_trainer
 
@@ -185,3 +185,29 @@ def test_the_docs_lines_run_as_written(tmp_path):
     (callback,) = [c for c in namespace["trainer"].callback_handler.callbacks if isinstance(c, ExcitationCallback)]
     assert callback.excitation.strategy == "zero_sum" and len(model.routed) == 2
     torch.testing.assert_close(callback.excitation.last_factors[0], zero_sum(model.routed[1]), rtol=0, atol=0)
+
+
+def test_a_layer_without_last_counts_logs_its_factors_only():
+    class Counted(torch.nn.Module):  # the Excitation protocol alone: no last_counts for the metrics
+        num_experts = 2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2, 3))
+            self.register_buffer("expert_counts", torch.zeros(2))
+
+        def expert_parameters(self):
+            yield self.w, None
+
+    layer = Counted()
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    callback = ExcitationCallback()
+    with pytest.warns(SeekingWarning, match="routing metrics are not logged"):
+        callback.attach(optimizer, layer)
+    layer.expert_counts += torch.tensor([3.0, 1.0])
+    layer.w.sum().backward()
+    optimizer.step()
+    # zero_sum: u = (3/4, 1/4), factors u_k / mean(u) = (1.5, 0.5) (docs/EXCITATION.md, Strategies)
+    assert callback.metrics(layer) == pytest.approx(
+        {"excitation/layer0/factor_min": 0.5, "excitation/layer0/factor_max": 1.5, "excitation/skipped_steps": 0.0}
+    )
