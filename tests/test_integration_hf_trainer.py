@@ -164,15 +164,19 @@ def test_refusals(tmp_path):
         plain.create_optimizer()
 
 
-def test_an_optimizer_given_to_trainer_is_the_one_excited(tmp_path):
+@pytest.mark.parametrize("given", ["optimizers", "optimizer_cls_and_kwargs"])
+def test_an_optimizer_given_to_trainer_is_the_one_excited(tmp_path, given):
     model = ToyMoE()
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    way = {"optimizers": (sgd, None), "optimizer_cls_and_kwargs": (torch.optim.SGD, {"lr": 0.1})}[given]
     trainer = transformers.Trainer(
-        model=model, args=arguments(tmp_path, max_steps=1), train_dataset=examples(8), optimizers=(sgd, None)
+        model=model, args=arguments(tmp_path, max_steps=1), train_dataset=examples(8), **{given: way}
     )
     callback = excite_trainer(trainer)
     trainer.train()
-    assert callback.excitation.optimizer is sgd
+    optimizer = callback.excitation.optimizer
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["lr"] == 0.1
+    assert optimizer is sgd or given == "optimizer_cls_and_kwargs"
     torch.testing.assert_close(callback.excitation.last_factors[0], zero_sum(model.routed[0]), rtol=0, atol=0)
 
 
