@@ -103,6 +103,7 @@ def test_a_step_the_amp_scaler_skips_discards_its_counts(module):
     model = ToyMoE()
     model.poison_at = 1  # the second step's forward: a non-finite gradient, which the GradScaler skips
     recorder = FactorRecorder()
+    # what precision="16-mixed" makes on a GPU; on the CPU Lightning's own has no GradScaler
     run = trainer([recorder], max_steps=3, plugins=[MixedPrecision("16-mixed", "cpu")])
     run.fit(module(model), loader())
     callback = next(c for c in run.callbacks if isinstance(c, ExcitationCallback))
