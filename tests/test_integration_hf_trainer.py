@@ -215,3 +215,50 @@ def test_a_layer_without_last_counts_logs_its_factors_only():
     assert callback.metrics(layer) == pytest.approx(
         {"excitation/layer0/factor_min": 0.5, "excitation/layer0/factor_max": 1.5, "excitation/skipped_steps": 0.0}
     )
+
+
+class CountsBeforeStep(transformers.TrainerCallback):
+    """Each layer's accumulated counts just before each optimizer step."""
+
+    def __init__(self, layers) -> None:
+        self.layers, self.counts = layers, []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.counts.append([layer.expert_counts.clone() for layer in self.layers])
+
+
+def test_a_tiny_hugging_face_moe_model_end_to_end(tmp_path):
+    # needs seeking.integrations.transformers (the "hf" helper's, on main since 53a554b)
+    from seeking.integrations.transformers import causal_lm, excitable, tiny_config
+
+    torch.manual_seed(0)
+    model = causal_lm(tiny_config("olmoe", vocab_size=32, max_positions=16))
+    layers = excitable(model)
+    lengths = [8, 5, 3, 6, 8, 2, 7, 4]  # right padding to 8 tokens
+    g = torch.Generator().manual_seed(0)
+    data = []
+    for n in lengths:
+        ids = torch.randint(0, 32, (8,), generator=g)
+        mask = (torch.arange(8) < n).long()
+        data.append({"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)})
+    valid = []  # the valid tokens of each training forward, from the mask the model is called with
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: valid.append(int(kwargs["attention_mask"].sum())) if m.training else None,
+        with_kwargs=True,
+    )
+    args = arguments(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+    callback = excite_trainer(trainer)
+    before = CountsBeforeStep(layers)
+    trainer.add_callback(before)
+    trainer.train()
+    k = model.config.num_experts_per_tok
+    assert len(valid) == 4 and len(before.counts) == 2
+    for step, counts in enumerate(before.counts):
+        for layer_counts in counts:  # both micro-batches' valid tokens, k assignments each; no padding
+            assert float(layer_counts.sum()) == k * (valid[2 * step] + valid[2 * step + 1])
+    # the last step's factors are those of its counts, per layer
+    for counts, factors in zip(before.counts[-1], callback.excitation.last_factors, strict=True):
+        torch.testing.assert_close(factors, zero_sum(counts), rtol=0, atol=0)
+    log = trainer.state.log_history[-2]  # the last step's log (the last is train()'s summary)
+    assert {"routing/layer1/load_entropy", "excitation/layer1/factor_max"} <= log.keys()
