@@ -110,7 +110,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {sys.platform}, seeds {args.seeds}")
     for name in args.only:
-        defaults = {"data": args.data, "seeds": args.seeds, "eval_every_steps": 250, "test_subset": 2000}
+        defaults = {"data": args.data, "seeds": args.seeds, "eval_every_steps": 250}
+        if "data" not in EXPERIMENTS[name]:  # the image experiments: a test subset (text has no such option)
+            defaults["test_subset"] = 2000
         fields = {**defaults, "arms": ["none", "zero_sum"], **EXPERIMENTS[name]}
         fields["steps"] = max(1, round(fields["steps"] * args.scale))
         fields["eval_every_steps"] = max(1, min(fields["eval_every_steps"], fields["steps"]))
