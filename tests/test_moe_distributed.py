@@ -115,3 +115,72 @@ def test_keep_counts_local_names_the_counting_buffers_only():
     assert names == [f"0.blocks.{i}.moe.{b}" for i in range(2) for b in ("expert_counts", "last_counts")]
     assert sorted(model._ddp_params_and_buffers_to_ignore) == sorted([*names, "1.running_mean"])
     assert keep_counts_local(torch.nn.Linear(2, 2)) == []
+
+
+MICRO = {"depth": 2, "width": 7, "sparsity": 0.5, "num_classes": 3, "in_channels": 1, "image_size": 3}
+
+
+def _micro():
+    torch.manual_seed(0)
+    return create_model("micro_moe", **MICRO)
+
+
+def _micro_batches_images(steps):
+    gen = torch.Generator().manual_seed(2)
+    return [(torch.randn(4, 1, 3, 3, generator=gen), torch.randint(0, 3, (4,), generator=gen)) for _ in range(steps)]
+
+
+# (model, its loss, its batches of 4 rows): 7 neurons (micro_moe's experts, dim 0 of its weight and bias) and
+# 5 stacked experts (gpt_moe_tiny) are each split unevenly over 2 processes
+CASES = {
+    "gpt_moe_tiny": (_gpt, lm_loss, lambda: [b for (b,) in _micro_batches(3, 1)]),
+    "micro_moe": (_micro, torch.nn.functional.cross_entropy, lambda: _micro_batches_images(3)),
+}
+FSDP_RUNS = [(name, strategy, attach) for name in CASES for strategy in ("zero_sum", "global") for attach in (0, 1)]
+
+
+def _train(model, case, strategy, attach, rows=lambda batch: batch):
+    _, loss_fn, batches = CASES[case]
+    # SGD: Adam would turn the rounding noise of a zero gradient (an attention key's bias) into full steps
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    excitation = (Excitation.attach if attach else Excitation)(optimizer, model, strategy)
+    stepper = optimizer if attach else excitation
+    for batch in batches():
+        x, y = rows(batch)
+        stepper.zero_grad()
+        loss_fn(model(x), y).backward()
+        stepper.step()
+    return excitation
+
+
+def _fsdp_worker(rank, init_file, out_dir):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    _join(rank, init_file)
+    try:
+        mesh = init_device_mesh("cpu", (WORLD,))
+        for case, strategy, attach in FSDP_RUNS:
+            model = CASES[case][0]()
+            for layer in expert_layers(model):
+                fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            _train(model, case, strategy, attach, rows=lambda batch: _rows(batch, rank))
+            state = {name: value.full_tensor() for name, value in model.state_dict().items()}
+            if rank == 0:
+                torch.save(state, f"{out_dir}/{case}-{strategy}-{attach}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_sharded_experts_step_like_one_process(tmp_path):
+    run_processes(_fsdp_worker, str(tmp_path / "init"), str(tmp_path))
+    for case, strategy, attach in FSDP_RUNS:
+        model = CASES[case][0]()
+        excitation = _train(model, case, strategy, attach)
+        if strategy == "zero_sum":  # the factors are not all 1, so the scaling itself was compared
+            assert any(not torch.equal(phi, torch.ones_like(phi)) for phi in excitation.last_factors)
+        sharded = torch.load(tmp_path / f"{case}-{strategy}-{attach}.pt")
+        for name, value in model.state_dict().items():
+            where = f"{case} {strategy} attach={attach} {name}"
+            torch.testing.assert_close(sharded[name], value, rtol=0, atol=1e-6, msg=lambda m, w=where: f"{w}: {m}")

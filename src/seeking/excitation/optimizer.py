@@ -17,6 +17,7 @@ them; the wrapper keeps no per-parameter state and has no learnable parameters.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
@@ -85,7 +86,8 @@ class Excitation(torch.optim.Optimizer):
     :meth:`discard_counts` instead of :meth:`step`, so the next step's factors use its own batch only.
     ``last_factors`` holds the factors of the last step, one tensor per layer (in the order of
     ``layers``), for logging. ``step(closure)`` evaluates the closure once, with
-    autograd on, before reading the counts, and returns its loss.
+    autograd on, before reading the counts, and returns its loss. Expert parameters may be DTensors
+    (FSDP2's ``fully_shard``): each process scales the experts of its own shard (docs/integrations/fsdp2.md).
     """
 
     def __init__(
@@ -212,6 +214,7 @@ class Excitation(torch.optim.Optimizer):
         for s, old in zip(self._scaled, self._before, strict=True):
             phi = factors[s.layer].to(s.param.dtype)
             weight = phi.view(-1, *[1] * (s.param.dim() - 1)) if s.expert is None else phi[s.expert]
+            weight = _on_mesh_of(s.param, weight)
             # old + weight * (new - old), exact at both ends: factor 0 keeps the old value, 1 the new one.
             torch.lerp(old, s.param, weight, out=s.param)
         self._before = []
@@ -320,6 +323,18 @@ class Excitation(torch.optim.Optimizer):
             f"Excitation(strategy={self.strategy!r}, gamma={self.gamma}, layers={len(self.layers)}, "
             f"optimizer={self.optimizer!r})"
         )
+
+
+def _on_mesh_of(param: Tensor, weight: Tensor) -> Tensor:
+    """``weight`` as ``param`` needs it in ``lerp``: itself, or for a DTensor parameter (FSDP2's
+    ``fully_shard``, tensor parallelism) the same factors replicated on its device mesh, so that DTensor
+    gives each process the rows of its own shard (uneven shards included) without communication."""
+    # Whoever made a DTensor imported its module; importing it here would add ~0.5 s to every start.
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    if dtensor is None or not isinstance(param, dtensor.DTensor):
+        return weight
+    mesh = param.device_mesh
+    return dtensor.DTensor.from_local(weight, mesh, [dtensor.Replicate()] * mesh.ndim, run_check=False)
 
 
 def _check_settings(strategy: str, gamma: float) -> None:
