@@ -33,9 +33,9 @@ def _join(rank, init_file):
     )
 
 
-def _gpt():
+def _gpt(storage="stacked"):
     torch.manual_seed(0)
-    return create_model("gpt_moe_tiny", aux_loss_coef=0.0, **GPT)
+    return create_model("gpt_moe_tiny", aux_loss_coef=0.0, storage=storage, **GPT)
 
 
 def _micro_batches(steps, micro):
@@ -131,12 +131,17 @@ def _micro_batches_images(steps):
 
 
 # (model, its loss, its batches of 4 rows): 7 neurons (micro_moe's experts, dim 0 of its weight and bias) and
-# 5 stacked experts (gpt_moe_tiny) are each split unevenly over 2 processes
+# 5 stacked experts (gpt_moe_tiny) are each split unevenly over 2 processes; with list storage each expert's
+# own weights are sharded (by rows, not by expert) and scaled by one factor
 CASES = {
     "gpt_moe_tiny": (_gpt, lm_loss, lambda: [b for (b,) in _micro_batches(3, 1)]),
     "micro_moe": (_micro, torch.nn.functional.cross_entropy, lambda: _micro_batches_images(3)),
+    "gpt_moe_tiny_list": (lambda: _gpt("list"), lm_loss, lambda: [b for (b,) in _micro_batches(3, 1)]),
 }
-FSDP_RUNS = [(name, strategy, attach) for name in CASES for strategy in ("zero_sum", "global") for attach in (0, 1)]
+FSDP_RUNS = [
+    *[(name, strategy, attach) for name in list(CASES)[:2] for strategy in ("zero_sum", "global") for attach in (0, 1)],
+    ("gpt_moe_tiny_list", "zero_sum", 0),
+]
 
 
 def _train(model, case, strategy, attach, rows=lambda batch: batch):
