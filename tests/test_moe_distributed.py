@@ -2,6 +2,7 @@
 parameters), each against a single process on the same global batch; 2 gloo processes on CPU."""
 
 import datetime
+import warnings
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch.distributed as dist
 from helpers import run_processes
 from torch.nn.parallel import DistributedDataParallel
 
-from seeking.errors import ConfigError
+from seeking.errors import ConfigError, SeekingWarning
 from seeking.excitation import Excitation
 from seeking.models import create_model
 from seeking.models.gpt_moe import lm_loss
@@ -57,7 +58,11 @@ def _ddp_worker(rank, init_file, out_dir):
             model = _gpt()
             # wrap() keeps the counts local; plain DDP shows what the broadcast does to them
             net = wrap(model, Ranks(rank, WORLD), torch.device("cpu")) if kept else DistributedDataParallel(model)
-            optimizer = Excitation(torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9), model, "zero_sum")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                optimizer = Excitation(torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9), net, "zero_sum")
+            said = [str(w.message) for w in caught if issubclass(w.category, SeekingWarning)]
+            assert (said == []) if kept else ("keep_counts_local(model) before" in said[0] and len(said) == 1), said
             for batch in batches:  # accumulation of 2 micro-batches, without no_sync()
                 x, y = _rows(batch, rank)
                 (lm_loss(net(x), y) / len(batches)).backward()

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..errors import ConfigError, SeekingWarning
+from ..moe.distributed import broadcast_counts
 from ..moe.protocol import ExpertLayer, expert_layers
 from .strategies import get_strategy
 
@@ -137,6 +138,15 @@ class Excitation(torch.optim.Optimizer):
         self.last_factors: list[Tensor] = []
         self._unchecked = CHECKED_STEPS
         self.process_group = process_group
+        if broadcast := broadcast_counts(model_or_layers):
+            warnings.warn(
+                f"the model is in DistributedDataParallel, which broadcasts rank 0's {broadcast[0]} (and "
+                f"{len(broadcast) - 1} more counting buffers) at each forward after a synchronised backward: with "
+                "gradient accumulation without no_sync() the other ranks' counts are lost. Call "
+                "seeking.moe.keep_counts_local(model) before DistributedDataParallel(model)",
+                SeekingWarning,
+                stacklevel=2,
+            )
         self._before: list[Tensor] = []  # the scaled parameters' values before the base step
         self._handles: list[Any] = []  # the hooks of attach()
 

@@ -40,14 +40,28 @@ def keep_counts_local(model: nn.Module) -> list[str]:
             "keep_counts_local got a model already wrapped in DistributedDataParallel: call "
             "keep_counts_local(model) before DistributedDataParallel(model)"
         )
+    names = _counting_buffers(model)
+    if names:
+        ignored = set(getattr(model, "_ddp_params_and_buffers_to_ignore", ()))
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sorted(ignored | set(names)))
+    return names
+
+
+def broadcast_counts(model: nn.Module) -> list[str]:
+    """The counting buffers that ``model``, a ``DistributedDataParallel``, broadcasts from rank 0 at its
+    forwards (those :func:`keep_counts_local` was not called for); ``[]`` for any other module."""
+    # broadcast_buffers: forward_sync_buffers since torch 2.13, read under its older name that every version has
+    if not isinstance(model, DistributedDataParallel) or not model.broadcast_buffers:
+        return []
+    return [name for name in _counting_buffers(model.module) if name not in model.parameters_to_ignore]
+
+
+def _counting_buffers(model: nn.Module) -> list[str]:
+    """The names (as in ``model.named_buffers()``) of its expert layers' counting buffers."""
     counting = {
         id(buffer)
         for layer in expert_layers(model)
         for name in COUNTING_BUFFERS
         if isinstance(buffer := getattr(layer, name, None), Tensor)
     }
-    names = [name for name, buffer in model.named_buffers() if id(buffer) in counting]
-    if names:
-        ignored = set(getattr(model, "_ddp_params_and_buffers_to_ignore", ()))
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sorted(ignored | set(names)))
-    return names
+    return [name for name, buffer in model.named_buffers() if id(buffer) in counting]
