@@ -4,11 +4,13 @@ import json
 import math
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import safetensors
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from seeking import ConsecutiveDecrease, Motivator
@@ -128,3 +130,22 @@ def run_differences(expected: str | os.PathLike, actual: str | os.PathLike) -> l
         elif without_timings(_read_json(path)) != without_timings(_read_json(other)):
             differences.append(f"{name}: the content differs")
     return differences
+
+
+def run_processes(worker, *args, nprocs=2, timeout=120.0):
+    """Run ``worker(rank, *args)`` in ``nprocs`` processes; a worker's error is raised here, and a run
+    that outlives ``timeout`` seconds (a hung collective) is killed and raised as ``TimeoutError``,
+    so that a test never hangs. Workers join their group by a file (``file://``), never by a port."""
+    # fork starts in milliseconds; spawn would re-import torch in each process (seconds on a small machine)
+    start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    context = mp.start_processes(worker, args=args, nprocs=nprocs, join=False, start_method=start_method)
+    deadline = time.monotonic() + timeout
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{nprocs} processes still running after {timeout:.0f} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+                process.join()

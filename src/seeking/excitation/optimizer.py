@@ -17,6 +17,7 @@ them; the wrapper keeps no per-parameter state and has no learnable parameters.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..errors import ConfigError, SeekingWarning
+from ..moe.distributed import broadcast_counts
 from ..moe.protocol import ExpertLayer, expert_layers
 from .strategies import get_strategy
 
@@ -85,7 +87,8 @@ class Excitation(torch.optim.Optimizer):
     :meth:`discard_counts` instead of :meth:`step`, so the next step's factors use its own batch only.
     ``last_factors`` holds the factors of the last step, one tensor per layer (in the order of
     ``layers``), for logging. ``step(closure)`` evaluates the closure once, with
-    autograd on, before reading the counts, and returns its loss.
+    autograd on, before reading the counts, and returns its loss. Expert parameters may be DTensors
+    (FSDP2's ``fully_shard``): each process scales the experts of its own shard (docs/integrations/fsdp2.md).
     """
 
     def __init__(
@@ -135,6 +138,15 @@ class Excitation(torch.optim.Optimizer):
         self.last_factors: list[Tensor] = []
         self._unchecked = CHECKED_STEPS
         self.process_group = process_group
+        if broadcast := broadcast_counts(model_or_layers):
+            warnings.warn(
+                f"the model is in DistributedDataParallel, which broadcasts rank 0's {broadcast[0]} (and "
+                f"{len(broadcast) - 1} more counting buffers) at each forward after a synchronised backward: with "
+                "gradient accumulation without no_sync() the other ranks' counts are lost. Call "
+                "seeking.moe.keep_counts_local(model) before DistributedDataParallel(model)",
+                SeekingWarning,
+                stacklevel=2,
+            )
         self._before: list[Tensor] = []  # the scaled parameters' values before the base step
         self._handles: list[Any] = []  # the hooks of attach()
 
@@ -212,6 +224,7 @@ class Excitation(torch.optim.Optimizer):
         for s, old in zip(self._scaled, self._before, strict=True):
             phi = factors[s.layer].to(s.param.dtype)
             weight = phi.view(-1, *[1] * (s.param.dim() - 1)) if s.expert is None else phi[s.expert]
+            weight = _on_mesh_of(s.param, weight)
             # old + weight * (new - old), exact at both ends: factor 0 keeps the old value, 1 the new one.
             torch.lerp(old, s.param, weight, out=s.param)
         self._before = []
@@ -320,6 +333,18 @@ class Excitation(torch.optim.Optimizer):
             f"Excitation(strategy={self.strategy!r}, gamma={self.gamma}, layers={len(self.layers)}, "
             f"optimizer={self.optimizer!r})"
         )
+
+
+def _on_mesh_of(param: Tensor, weight: Tensor) -> Tensor:
+    """``weight`` as ``param`` needs it in ``lerp``: itself, or for a DTensor parameter (FSDP2's
+    ``fully_shard``, tensor parallelism) the same factors replicated on its device mesh, so that DTensor
+    gives each process the rows of its own shard (uneven shards included) without communication."""
+    # Whoever made a DTensor imported its module; importing it here would add ~0.5 s to every start.
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    if dtensor is None or not isinstance(param, dtensor.DTensor):
+        return weight
+    mesh = param.device_mesh
+    return dtensor.DTensor.from_local(weight, mesh, [dtensor.Replicate()] * mesh.ndim, run_check=False)
 
 
 def _check_settings(strategy: str, gamma: float) -> None:

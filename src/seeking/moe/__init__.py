@@ -2,6 +2,7 @@
 
 from .block import MoEBlock, SelfAttention
 from .dispatch import group_by_expert, run_experts
+from .distributed import keep_counts_local
 from .layer import MoEFeedForward, RoutedLayer, moe_aux_loss
 from .metrics import (
     class_specialization,
@@ -30,6 +31,7 @@ __all__ = [
     "dead_fraction",
     "expert_layers",
     "group_by_expert",
+    "keep_counts_local",
     "layer_metrics",
     "layer_utilization",
     "load_balancing_loss",

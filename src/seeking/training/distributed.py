@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError
+from ..moe.distributed import keep_counts_local
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,11 @@ def join(device: str, batch_size: int) -> tuple[Ranks, torch.device]:
 
 
 def wrap(model: nn.Module, ranks: Ranks, device: torch.device, *, find_unused: bool = False) -> nn.Module:
-    """``model`` in DistributedDataParallel when there are several processes, else itself."""
+    """``model`` in DistributedDataParallel when there are several processes, else itself; the MoE
+    layers' routing counts stay each process's own (:func:`seeking.moe.keep_counts_local`)."""
     if ranks.world == 1:
         return model
+    keep_counts_local(model)
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 
