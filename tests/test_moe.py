@@ -252,6 +252,16 @@ def test_counts_accumulate_only_in_training_with_grad():
     torch.testing.assert_close(moe.last_counts, first)  # the record follows every forward
 
 
+def test_counts_stay_exact_float32_when_the_model_is_cast_to_half_precision():
+    """bfloat16 holds integers exactly only up to 256: the counting buffers keep float32 through .to()."""
+    moe = layer().to(torch.bfloat16)
+    assert moe.router.gate.weight.dtype == torch.bfloat16
+    assert moe.expert_counts.dtype == moe.last_counts.dtype == torch.float32
+    for _ in range(200):
+        moe(torch.randn(3, DIM, dtype=torch.bfloat16))
+    assert moe.expert_counts.sum() == 200 * 3 * moe.router.top_k  # exact; bfloat16 would have stalled
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_activation_checkpointing_counts_each_token_once(reentrant):
     """The recomputation in backward routes the same tokens again: they were counted in the forward."""

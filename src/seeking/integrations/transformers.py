@@ -172,16 +172,6 @@ class ExpertCounter(RoutedLayer):
             return self.training and self._call.grad and torch._C._current_graph_task_id() == -1
         return super().counting()
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ExpertCounter:
-        from_meta = self.expert_counts.is_meta
-        super()._apply(fn, recurse)
-        for name in ("expert_counts", "last_counts"):
-            # counts are exact integers only in float32: undo a cast of the model to half precision;
-            # counts materialised from the meta device (to_empty) start at zero, not at uninitialised memory
-            counts = getattr(self, name).float()
-            setattr(self, name, counts.zero_() if from_meta and not counts.is_meta else counts)
-        return self
-
     def observe(self, experts: nn.Module, args: tuple, kwargs: dict) -> None:
         """The forward pre hook on the experts module (a wrong call is refused before it runs): counts its
         ``top_k_index``."""

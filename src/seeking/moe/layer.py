@@ -58,6 +58,16 @@ class RoutedLayer(nn.Module):
         if self.counting():
             self.expert_counts += counts
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RoutedLayer:
+        from_meta = self.expert_counts.is_meta
+        super()._apply(fn, recurse)
+        for name in ("expert_counts", "last_counts"):
+            # counts are exact integers only in float32: undo a cast of the model to half precision;
+            # counts materialised from the meta device (to_empty) start at zero, not at uninitialised memory
+            counts = getattr(self, name).float()
+            setattr(self, name, counts.zero_() if from_meta and not counts.is_meta else counts)
+        return self
+
     def counting(self) -> bool:
         """Whether :meth:`record` adds to ``expert_counts`` now (a subclass that knows more about the call
         refines it): in training, for a forward with autograd on, once. Under activation checkpointing
