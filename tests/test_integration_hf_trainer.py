@@ -112,6 +112,15 @@ def test_the_weight_decay_groups_and_optimizer_are_trainers_own(tmp_path):
     assert [s["weight_decay"] for _, s in plain_groups] == [0.1, 0.0] and plain_groups[0][1]["betas"] == (0.8, 0.999)
 
 
+def test_the_counts_are_kept_out_of_ddp_buffer_broadcast(tmp_path):
+    """Accelerate wraps the model in DDP at train() on several processes: its per-forward broadcast of
+    rank 0's buffers must not reach the counts, which Excitation sums over the processes itself."""
+    trainer = transformers.Trainer(model=ToyMoE(), args=arguments(tmp_path))
+    excite_trainer(trainer)
+    counting = {n for n, _ in trainer.model.named_buffers() if n.endswith(("expert_counts", "last_counts"))}
+    assert counting and counting <= set(trainer.model._ddp_params_and_buffers_to_ignore)
+
+
 def test_a_checkpoint_resumes_the_same_run(tmp_path, monkeypatch):
     # On a GPU, Accelerate moves the optimizer's state dict to the device when it wraps the optimizer, and
     # Trainer loads a checkpoint's with map_location=device: the generator state then is no CPU ByteTensor.

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError, SeekingWarning
 from ..excitation import Excitation, get_strategy
-from ..moe import MeteredLayer, layer_utilization, routing_metrics
+from ..moe import MeteredLayer, keep_counts_local, layer_utilization, routing_metrics
 from . import require
 from ._skips import SkipGuard
 
@@ -144,6 +144,9 @@ def excite_trainer(
     if any(isinstance(cb, ExcitationCallback) for cb in trainer.callback_handler.callbacks):
         raise ConfigError("excite_trainer was already called on this trainer: call it once")
     callback = ExcitationCallback(strategy, per_expert=per_expert, **options)
+    # Accelerate wraps the model in DDP at train() on several processes: its buffer broadcast must not
+    # overwrite the other processes' counts (the model is still unwrapped here)
+    keep_counts_local(trainer.model)
     build = trainer.create_optimizer
 
     def create_optimizer(model: nn.Module | None = None) -> torch.optim.Optimizer:
