@@ -2,12 +2,15 @@
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
 import transformers
 
 from seeking.cli.main import main
+from seeking.errors import ConfigError, SeekingWarning
+from seeking.excitation import Excitation
 from seeking.integrations.transformers import HF_FAMILIES, tiny_config
 from seeking.models import HFCausalLM, create_model
 from seeking.moe import expert_layers
@@ -62,8 +65,21 @@ def test_a_local_folder_trains_from_its_own_weights(text, tmp_path):
     assert all(torch.equal(v, saved.state_dict()[k]) for k, v in model.hf.state_dict().items())
     out = tmp_path / "run"
     argv = ["excite", "--hf-model", str(folder), "--data", str(text), "--arms", "zero_sum", *FAST]
-    assert main([*argv, "--out", str(out)]) == 0
+    argv[argv.index("--eval-every-steps") + 1] = "1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SeekingWarning)  # e.g. "no expert layer counted a routed token"
+        assert main([*argv, "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["hf_model"] == str(folder)
+    # from_pretrained gives a model in eval mode: trained as loaded, nothing would be counted at the first
+    # step, and Excitation's factors would all be 1
+    first = json.loads((out / "excitation.json").read_text())["runs"][0]["curve"][0]
+    assert first["step"] == 1 and any(phi != 1.0 for layer in first["phi"] for phi in layer)
+
+
+def test_excitation_on_a_transformers_model_not_made_excitable_names_the_fix():
+    hf = transformers.AutoModelForCausalLM.from_config(tiny_config("olmoe", vocab_size=20, max_positions=16))
+    with pytest.raises(ConfigError, match=r"excitable\(model\) in seeking.integrations.transformers"):
+        Excitation(torch.optim.AdamW(hf.parameters()), hf)
 
 
 @pytest.mark.parametrize(
@@ -74,6 +90,11 @@ def test_a_local_folder_trains_from_its_own_weights(text, tmp_path):
         ("olmoe", ["--data", "digits"], "--hf-model trains a causal language model: give a .txt file"),
         ("small_vocab", [], "has 8 token ids but the text has"),
         ("dense", [], "LlamaForCausalLM has no routed experts module"),
+        (
+            None,
+            ["--model", "hf_qwen3_moe_tiny", "--model-kwargs", '{"config": {"num_expertz": 8}}'],
+            "has no field 'num_expertz' (did you mean 'num_experts'?)",
+        ),
     ],
 )
 def test_bad_hf_folders_exit_2_and_write_nothing(make, argv, message, text, tmp_path, capsys):

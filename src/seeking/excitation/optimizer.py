@@ -32,8 +32,9 @@ from ..moe.protocol import ExpertLayer, expert_layers
 from .strategies import get_strategy
 
 _PROTOCOL = (
-    "Excitation needs at least one module with num_experts, expert_counts and expert_parameters(); "
-    "see seeking.moe.protocol"
+    "Excitation needs at least one module with num_experts, expert_counts and expert_parameters() "
+    "(seeking.moe.protocol); a Hugging Face transformers or torchtitan MoE model gets them from "
+    "excitable(model) in seeking.integrations.transformers or seeking.integrations.torchtitan"
 )
 
 

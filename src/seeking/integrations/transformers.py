@@ -26,6 +26,7 @@ not counted again.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import math
@@ -251,10 +252,10 @@ def causal_lm(
     options = {} if experts_implementation is None else {"experts_implementation": experts_implementation}
     if isinstance(config_or_path, transformers.PretrainedConfig):
         return transformers.AutoModelForCausalLM.from_config(config_or_path, **options)
-    path = Path(config_or_path)
-    if not (path / "config.json").is_file():
+    path, config_name = Path(config_or_path), transformers.utils.CONFIG_NAME  # transformers names its files
+    if not (path / config_name).is_file():
         raise ConfigError(
-            f"{path} is not a local transformers model folder (no config.json): give a folder written by "
+            f"{path} is not a local transformers model folder (no {config_name}): give a folder written by "
             "save_pretrained (models are never downloaded)"
         )
     return transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **options)
@@ -341,4 +342,14 @@ def tiny_config(family: str, vocab_size: int, max_positions: int, **overrides: A
     dropout; ``overrides`` are config fields. Nothing is downloaded. Unknown family: ``ConfigError``."""
     if family not in HF_FAMILIES:
         raise ConfigError(f"unknown transformers family {family!r}: choose one of {', '.join(HF_FAMILIES)}")
+    base = HF_FAMILIES[family](vocab_size, max_positions)
+    # a config takes any keyword as an attribute: a misspelt field would be ignored without a word
+    known = set(base.to_dict()) | set(getattr(base, "attribute_map", {}))
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        close = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+        hints = ", ".join(
+            f"{name!r}" + (f" (did you mean {close[name][0]!r}?)" if close[name] else "") for name in unknown
+        )
+        raise ConfigError(f"{type(base).__name__} has no field {hints}: give fields of the {family} configuration")
     return HF_FAMILIES[family](vocab_size, max_positions, **overrides)

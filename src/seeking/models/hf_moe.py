@@ -57,13 +57,15 @@ class HFCausalLM(nn.Module):
         except ConfigError:
             raise
         except (OSError, ValueError, KeyError) as exc:  # a folder transformers cannot read
-            raise ConfigError(f"cannot load the causal LM in {str(path)!r}: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"cannot load the causal LM in {str(path)!r}: {first}") from None
         if hf.config.vocab_size < vocab_size:
             raise ConfigError(
                 f"the model in {str(path)!r} has {hf.config.vocab_size} token ids but the text has {vocab_size} "
                 "characters: use a model with a vocabulary at least that large"
             )
-        return cls(hf, block_size, family=f"hf:{hf.config.model_type}")
+        # from_pretrained returns the model in eval mode, where nothing is counted and dropout is off
+        return cls(hf.train(), block_size, family=f"hf:{hf.config.model_type}")
 
     def forward(self, idx: Tensor, mask: Tensor | None = None) -> Tensor:
         if idx.shape[1] > self.cfg["block_size"]:
