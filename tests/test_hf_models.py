@@ -11,7 +11,7 @@ import transformers
 from seeking.cli.main import main
 from seeking.errors import ConfigError, SeekingWarning
 from seeking.excitation import Excitation
-from seeking.integrations.transformers import HF_FAMILIES, tiny_config
+from seeking.integrations.transformers import HF_FAMILIES, TINY_CONFIGS, tiny_config
 from seeking.models import HFCausalLM, create_model
 from seeking.moe import expert_layers
 from seeking.training.excite import ExciteConfig, build_model, excite_data
@@ -40,6 +40,19 @@ def test_every_tiny_family_is_a_registered_excitable_language_model(family):
     for layer in expert_layers(model):
         top_k = int(layer.expert_counts.sum()) // 32
         assert int(layer.expert_counts.sum()) == 32 * top_k and top_k >= 1
+
+
+@pytest.mark.parametrize("family", sorted(set(TINY_CONFIGS) - set(HF_FAMILIES)))
+def test_the_dense_families_build_at_both_depths_and_are_no_moe(family, text, tmp_path, capsys):
+    shallow, deep = (create_model(f"hf_{family}_{s}", vocab_size=20, block_size=16) for s in ("tiny", "tiny_4l"))
+    assert (shallow.hf.config.num_hidden_layers, deep.hf.config.num_hidden_layers) == (2, 4)
+    assert shallow(torch.randint(0, 20, (2, 16))).shape == (2, 16, 20) and not expert_layers(shallow)
+    # the deep model is the shallow one with two more blocks: every tensor of the shallow one has its place
+    deep_shapes = {k: v.shape for k, v in deep.state_dict().items()}
+    assert all(deep_shapes.get(k) == v.shape for k, v in shallow.state_dict().items())
+    out = tmp_path / "run"
+    assert main(["excite", "--model", f"hf_{family}_tiny", "--data", str(text), *FAST, "--out", str(out)]) == 2
+    assert "has no MoE layer" in capsys.readouterr().err and not out.exists()
 
 
 def test_excite_trains_a_tiny_hf_family_on_a_text_file(text, tmp_path):
@@ -89,7 +102,7 @@ def test_excitation_on_a_transformers_model_not_made_excitable_names_the_fix():
         ("olmoe", ["--model", "gpt_moe_tiny"], "give --model or --hf-model, not both"),
         ("olmoe", ["--data", "digits"], "--hf-model trains a causal language model: give a .txt file"),
         ("small_vocab", [], "has 8 token ids but the text has"),
-        ("dense", [], "LlamaForCausalLM has no routed experts module"),
+        ("dense", [], "has no MoE layer: Excitation needs a model with expert layers"),
         (
             None,
             ["--model", "hf_qwen3_moe_tiny", "--model-kwargs", '{"config": {"num_expertz": 8}}'],

@@ -26,6 +26,7 @@ not counted again.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -262,9 +263,10 @@ def causal_lm(
 
 
 def _tiny(family: str, vocab_size: int, max_positions: int, **fields: Any) -> PretrainedConfig:
-    """The tiny config of ``family``: the fields every tiny config shares, the family's own, then ``fields``."""
+    """The tiny config of ``family``: the shared fields that its configuration has, the family's own,
+    then ``fields``."""
     transformers = _transformers()
-    common = {
+    shared = {
         "vocab_size": vocab_size,
         "max_position_embeddings": max_positions,
         "hidden_size": 32,
@@ -281,11 +283,17 @@ def _tiny(family: str, vocab_size: int, max_positions: int, **fields: Any) -> Pr
         "eos_token_id": None,
     }
     config_class, own = _FAMILIES[family]
-    return getattr(transformers, config_class)(**{**common, **own, **fields})
+    cls = getattr(transformers, config_class)
+    has = {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "attribute_map", {}))
+    return cls(**{**{k: v for k, v in shared.items() if k in has}, **own, **fields})
 
 
-# family: (its config class in transformers, the fields of its tiny config beyond the common ones)
+# family: (its config class in transformers, the fields of its tiny config beyond the shared ones)
 _FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
+    # dense causal LMs (Motivation's pairs grow them in depth: num_hidden_layers)
+    "llama": ("LlamaConfig", {}),
+    "gpt2": ("GPT2Config", {"n_inner": 64, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}),
+    # MoE causal LMs
     "mixtral": ("MixtralConfig", {"num_local_experts": 4, "router_jitter_noise": 0.0}),
     "qwen2_moe": (
         "Qwen2MoeConfig",
@@ -331,18 +339,24 @@ _FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
-HF_FAMILIES: dict[str, Callable[..., PretrainedConfig]] = {
+TINY_CONFIGS: dict[str, Callable[..., PretrainedConfig]] = {
     family: functools.partial(_tiny, family) for family in _FAMILIES
+}
+DENSE_FAMILIES = ("llama", "gpt2")
+# the MoE families, which excitable() and the tests of Excitation cover
+HF_FAMILIES: dict[str, Callable[..., PretrainedConfig]] = {
+    family: build for family, build in TINY_CONFIGS.items() if family not in DENSE_FAMILIES
 }
 
 
 def tiny_config(family: str, vocab_size: int, max_positions: int, **overrides: Any) -> PretrainedConfig:
-    """A tiny random-init config of ``family`` (a name of :data:`HF_FAMILIES`): hidden size 32, 2 layers,
-    4 experts (DeepSeek-V3: 8 in 2 groups, layer 0 dense), top-2 routing, no router auxiliary loss, no
-    dropout; ``overrides`` are config fields. Nothing is downloaded. Unknown family: ``ConfigError``."""
-    if family not in HF_FAMILIES:
-        raise ConfigError(f"unknown transformers family {family!r}: choose one of {', '.join(HF_FAMILIES)}")
-    base = HF_FAMILIES[family](vocab_size, max_positions)
+    """A tiny random-init config of ``family`` (a name of :data:`TINY_CONFIGS`): hidden size 32, 2 layers,
+    no dropout; the MoE families (:data:`HF_FAMILIES`) 4 experts (DeepSeek-V3: 8 in 2 groups, layer 0
+    dense), top-2 routing, no router auxiliary loss; ``overrides`` are config fields (e.g.
+    ``num_hidden_layers=4``). Nothing is downloaded. An unknown family or field: ``ConfigError``."""
+    if family not in TINY_CONFIGS:
+        raise ConfigError(f"unknown transformers family {family!r}: choose one of {', '.join(TINY_CONFIGS)}")
+    base = TINY_CONFIGS[family](vocab_size, max_positions)
     # a config takes any keyword as an attribute: a misspelt field would be ignored without a word
     known = set(base.to_dict()) | set(getattr(base, "attribute_map", {}))
     unknown = sorted(set(overrides) - known)
@@ -352,4 +366,4 @@ def tiny_config(family: str, vocab_size: int, max_positions: int, **overrides: A
             f"{name!r}" + (f" (did you mean {close[name][0]!r}?)" if close[name] else "") for name in unknown
         )
         raise ConfigError(f"{type(base).__name__} has no field {hints}: give fields of the {family} configuration")
-    return HF_FAMILIES[family](vocab_size, max_positions, **overrides)
+    return TINY_CONFIGS[family](vocab_size, max_positions, **overrides)

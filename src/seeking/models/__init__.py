@@ -2,7 +2,7 @@
 
 from .cifar_resnet import BasicBlock, CifarResNet
 from .gpt_moe import GPTMoE, lm_loss
-from .hf_moe import HFCausalLM
+from .hf import HFCausalLM
 from .micro_moe import MicroMoE, TopKLinear
 from .registry import create_model, list_models, register_model
 from .vit_moe import ViTMoE

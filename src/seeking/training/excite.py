@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from ..excitation import Excitation
 from ..io import atomic_write_text, write_json
 from ..models import create_model
-from ..models.hf_moe import HFCausalLM
+from ..models.hf import HFCausalLM
 from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metrics
 from ..motivation import SingleModel
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows

@@ -1,10 +1,12 @@
-"""Hugging Face transformers MoE causal language models as ``seeking`` models (``pip install 'seeking[transformers]'``).
+"""Hugging Face transformers causal language models as ``seeking`` models (``pip install 'seeking[transformers]'``).
 
-``hf_<family>_tiny`` builds a random-init model of each family that
-:data:`seeking.integrations.transformers.HF_FAMILIES` names (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
-GPT-OSS, DeepSeek-V3) from a tiny configuration, sized for the data's character vocabulary; nothing
-is ever downloaded. :meth:`HFCausalLM.from_folder` loads a local model folder (``save_pretrained``'s
-output) offline. Either way the transformers model is made excitable in place
+``hf_<family>_tiny`` builds a random-init model of each family of
+:data:`seeking.integrations.transformers.TINY_CONFIGS` from its tiny configuration (2 layers), sized
+for the data's character vocabulary, and ``hf_<family>_tiny_4l`` the same with 4 layers: the deeper
+model of a Motivation pair (``seeking compare --pair hf_llama_tiny:hf_llama_tiny_4l``). The families
+are dense (Llama, GPT-2) or MoE (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS, DeepSeek-V3); nothing is
+ever downloaded. :meth:`HFCausalLM.from_folder` loads a local model folder (``save_pretrained``'s
+output) offline. An MoE model is made excitable in place
 (:func:`seeking.integrations.transformers.excitable`), so :class:`seeking.Excitation` and the
 routing metrics see its MoE layers.
 
@@ -26,12 +28,13 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..integrations import require
-from ..integrations.transformers import HF_FAMILIES, causal_lm, excitable, tiny_config
+from ..integrations.transformers import HF_FAMILIES, TINY_CONFIGS, causal_lm, excitable, is_experts_module, tiny_config
 from .registry import register_model
 
 
 class HFCausalLM(nn.Module):
-    """A transformers causal LM (``hf``, made excitable) behind seeking's language-model interface."""
+    """A transformers causal LM (``hf``) behind seeking's language-model interface; an MoE one is made
+    excitable."""
 
     def __init__(self, hf: nn.Module, block_size: int, family: str) -> None:
         super().__init__()
@@ -43,7 +46,8 @@ class HFCausalLM(nn.Module):
                 f"use --block-size {positions} or less"
             )
         self.hf = hf
-        excitable(hf)
+        if any(is_experts_module(m) for m in hf.modules()):
+            excitable(hf)
         self.cfg = {"family": family, "vocab_size": vocab_size, "block_size": block_size}
 
     @classmethod
@@ -86,18 +90,21 @@ def _no_progress_bar() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def _tiny_family(family: str):
+def _tiny_family(family: str, layers: int, suffix: str):
     def build(vocab_size: int, block_size: int = 128, config: dict[str, Any] | None = None) -> HFCausalLM:
-        hf_config = tiny_config(family, vocab_size=vocab_size, max_positions=block_size, **(config or {}))
+        fields = {"num_hidden_layers": layers, **(config or {})}
+        hf_config = tiny_config(family, vocab_size=vocab_size, max_positions=block_size, **fields)
         return HFCausalLM(causal_lm(hf_config), block_size, family=family)
 
-    build.__name__ = f"hf_{family}_tiny"
+    build.__name__ = f"hf_{family}_{suffix}"
+    kind = "MoE" if family in HF_FAMILIES else "dense"
     build.__doc__ = (
-        f"A tiny random-init {family} MoE causal LM; ``config``: overrides of the transformers configuration "
-        "(e.g. ``{'hidden_size': 64}``)."
+        f"A tiny random-init {family} ({kind}) causal LM with {layers} layers; ``config``: overrides of the "
+        "transformers configuration (e.g. ``{'hidden_size': 64}``)."
     )
     return build
 
 
-for _family in HF_FAMILIES:
-    register_model(_tiny_family(_family))
+for _family in TINY_CONFIGS:
+    for _layers, _suffix in ((2, "tiny"), (4, "tiny_4l")):
+        register_model(_tiny_family(_family, _layers, _suffix))
