@@ -170,6 +170,32 @@ def test_a_fused_projection_no_layout_splits_is_refused_naming_it():
         WeightMap.infer(Attention(8), Attention(16))
 
 
+def test_a_nanogpt_like_linear_c_attn_is_split_on_dim_0():
+    class Attention(nn.Module):  # nanoGPT's names: nn.Linear c_attn (3 * width, width), n_head
+        def __init__(self, width, n_head):
+            super().__init__()
+            self.n_head, self.c_attn, self.c_proj = n_head, nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+    base, large = Attention(8, 2), Attention(16, 2)
+    WeightMap.infer(base, large).copy(base, large, "to_motivated", buffers=True)
+    for part in range(3):
+        for h in range(2):  # head h of part p: rows 16 p + 8 h (large), 8 p + 4 h (base)
+            rows = slice(16 * part + 8 * h, 16 * part + 8 * h + 4)
+            assert torch.equal(large.c_attn.weight[rows, :8], base.c_attn.weight[8 * part + 4 * h :][:4])
+            assert torch.equal(large.c_attn.bias[rows], base.c_attn.bias[8 * part + 4 * h :][:4])
+    assert torch.equal(large.c_proj.weight[:8, 8:12], base.c_proj.weight[:, 4:8])  # base head 1's inputs
+
+
+def test_deepseek_latent_attention_growth_is_refused_where_it_would_mix_parts():
+    # kv_a_proj_with_mqa holds [latent (kv_lora_rank) | rotary key] rows: a larger latent would mix them
+    with pytest.raises(ConfigError, match=r"'model\.layers\.0\.self_attn\.kv_a_proj_with_mqa\.weight'"):
+        WeightMap.infer(*pair("deepseek_v3", motivated_fields={"kv_lora_rank": 32}, layers=(2, 2))[:2])
+    # a wider hidden size leaves the fused rows as they are: mapped
+    wmap = WeightMap.infer(*pair("deepseek_v3", motivated_fields={"hidden_size": 64}, layers=(2, 2))[:2])
+    entry = next(e for e in wmap.entries if e.base.endswith("0.self_attn.kv_a_proj_with_mqa.weight"))
+    assert entry.index == (slice(0, 24), slice(0, 32))
+
+
 @pytest.mark.parametrize("family", ["mixtral", "gpt_oss"])
 def test_stacked_expert_gate_and_up_projections_map_onto_their_own(family):
     base, large, _ = pair(family, motivated_fields={"intermediate_size": 128}, layers=(2, 2))

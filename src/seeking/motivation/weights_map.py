@@ -9,13 +9,13 @@ head: both tensors are first viewed with the heads as a dimension of their own (
 not onto a naive leading slice of the whole. The layouts of :data:`LAYOUTS` know which modules to
 view so (timm's and this project's ``qkv``, GPT-2's ``c_attn`` fused on dim 1, transformers'
 ``q_proj``/``k_proj``/``v_proj``/``o_proj``, stacked MoE experts' ``gate_up_proj``); another tensor
-named as fused (:data:`FUSED_NAMES`) that changes shape is refused. Non-persistent buffers (rotary
-frequencies, position ids) are derived from each model's configuration and never mapped. Added
-blocks are made to start as the identity by the rules of :mod:`seeking.motivation.identity`. Motivated tensors that no entry reaches are the
-*extra capacity*. Where names are positions rather than roles (an ``nn.Sequential`` with an inserted
-layer), layers are paired by structure instead (:func:`_pair_by_role`), and
-:meth:`WeightMap.check_start` checks on a probe batch that the motivated model starts as the
-base's function.
+named as fused (:data:`FUSED_NAMES`) whose fused dim grows is refused. Non-persistent buffers
+(rotary frequencies, position ids) are derived from each model's configuration and never mapped.
+Motivated tensors that no entry reaches are the *extra capacity*; added blocks among them are made
+to start as the identity by the rules of :mod:`seeking.motivation.identity`. Where names are
+positions rather than roles (an ``nn.Sequential`` with an inserted layer), layers are paired by
+structure instead (:func:`_pair_by_role`), and :meth:`WeightMap.check_start` checks on a probe
+batch that the motivated model starts as the base's function.
 """
 
 from __future__ import annotations
@@ -118,26 +118,33 @@ def _fused_qkv(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return views
 
 
-@_layout("conv1d_c_attn")
+@_layout("c_attn")
 def _c_attn(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    """GPT-2's attention (``num_heads``, ``head_dim``): its ``Conv1D`` layers store weights as
-    ``(in, out)``, so ``c_attn`` fuses queries, keys and values on dim 1 (weight ``(in, 3 * heads *
-    head_dim)``; ``(in, 2 * ...)``, keys and values, in cross-attention, whose queries are ``q_attn``)."""
-    heads, head_dim = getattr(module, "num_heads", None), getattr(module, "head_dim", None)
-    weight = getattr(getattr(module, "c_attn", None), "weight", None)
-    if not isinstance(heads, int) or not isinstance(head_dim, int) or not isinstance(weight, torch.Tensor):
+    """GPT-2's attention and nanoGPT-like ones (heads in ``num_heads`` or ``n_head``): ``c_attn`` fuses
+    queries, keys and values, and ``c_proj`` takes the heads' concatenated outputs. transformers'
+    ``Conv1D`` stores weights as ``(in, out)``, so there ``c_attn`` is fused on dim 1 (``(in, 3 * width)``;
+    ``(in, 2 * width)``, keys and values, in cross-attention, whose queries are ``q_attn``);
+    ``nn.Linear`` stores ``(out, in)``: fused on dim 0."""
+    heads = getattr(module, "num_heads", getattr(module, "n_head", None))
+    c_attn, c_proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
+    weight, out = getattr(c_attn, "weight", None), getattr(c_proj, "weight", None)
+    if not isinstance(heads, int) or not isinstance(weight, torch.Tensor) or not isinstance(out, torch.Tensor):
         return {}
-    width = heads * head_dim
-    if weight.dim() != 2 or weight.shape[1] % width:
+    if weight.dim() != 2 or out.dim() != 2:
         return {}
-    chunks = weight.shape[1] // width
-    views = {"c_attn.weight": (weight.shape[0], chunks, heads, head_dim), "c_attn.bias": (chunks, heads, head_dim)}
-    q_attn = getattr(getattr(module, "q_attn", None), "weight", None)
-    if isinstance(q_attn, torch.Tensor):
-        views |= {"q_attn.weight": (q_attn.shape[0], heads, head_dim), "q_attn.bias": (heads, head_dim)}
-    c_proj = getattr(getattr(module, "c_proj", None), "weight", None)
-    if isinstance(c_proj, torch.Tensor) and c_proj.shape[0] == width:
-        views["c_proj.weight"] = (heads, head_dim, c_proj.shape[1])
+    linear = isinstance(c_attn, nn.Linear)  # else Conv1D-like: (in, out)
+    width, fused = (out.shape[1], weight.shape[0]) if linear else (out.shape[0], weight.shape[1])
+    if width % heads or fused % width:
+        return {}
+    chunks, head = fused // width, (heads, width // heads)
+    if linear:
+        views = {"c_attn.weight": (chunks, *head, weight.shape[1]), "c_proj.weight": (out.shape[0], *head)}
+    else:
+        views = {"c_attn.weight": (weight.shape[0], chunks, *head), "c_proj.weight": (*head, out.shape[1])}
+        q_attn = getattr(getattr(module, "q_attn", None), "weight", None)
+        if isinstance(q_attn, torch.Tensor):
+            views |= {"q_attn.weight": (q_attn.shape[0], *head), "q_attn.bias": head}
+    views["c_attn.bias"] = (chunks, *head)
     return {n: v for n, v in views.items() if _has_tensor(module, n)}
 
 
@@ -200,13 +207,31 @@ def _head_views(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 # Names of tensors that hold several projections side by side (queries, keys and values; an MLP's gate
-# and up projections) in the model families known to fuse them. Under width growth a leading slice would
-# mix the parts (the base's keys in the motivated model's queries), so they map through a layout only.
-FUSED_NAMES = frozenset({"qkv", "c_attn", "query_key_value", "Wqkv", "W_pack", "qkv_proj", "gate_up_proj"})
+# and up projections; DeepSeek's latent attention: [latent | rotary key] rows, per head [no-rope | rope]
+# and [key | value] rows) in the model families known to fuse them, with the dim that holds the parts
+# (None: it depends on the layer's layout). Where that dim grows, a leading slice would mix the parts
+# (the base's keys in the motivated model's queries), so such a tensor maps through a layout only.
+FUSED_NAMES: dict[str, int | None] = {
+    "qkv": 0,
+    "query_key_value": 0,
+    "Wqkv": 0,
+    "W_pack": 0,
+    "qkv_proj": 0,
+    "c_attn": None,  # dim 1 in GPT-2's Conv1D, dim 0 in an nn.Linear
+    "gate_up_proj": None,  # dim 0 in an nn.Linear, 1 or 2 in stacked experts
+    "kv_a_proj_with_mqa": 0,
+    "q_b_proj": 0,
+    "kv_b_proj": 0,
+}
 
 
-def _fused_name(name: str) -> bool:
-    return any(part.removesuffix("_bias") in FUSED_NAMES for part in name.split("."))
+def _mixes_fused_parts(name: str, small: tuple[int, ...], large: tuple[int, ...]) -> bool:
+    """Whether a leading slice of ``small`` in ``large`` would mix the parts of a fused tensor."""
+    for part in name.split("."):
+        if (key := part.removesuffix("_bias")) in FUSED_NAMES:
+            dim = FUSED_NAMES[key]
+            return small != large if dim is None else small[dim] != large[dim]
+    return False
 
 
 def _chunk_view(shape: torch.Size, chunks: int) -> tuple[int, ...]:
@@ -236,7 +261,7 @@ def _entry(
         base_view, motivated_view = (), ()
     small, large = base_view or tuple(tensor.shape), motivated_view or tuple(big.shape)
     fits = len(small) == len(large) and all(b <= m for b, m in zip(small, large, strict=True))
-    if chunks == 1 and not base_view and _fused_name(name):
+    if chunks == 1 and not base_view and _mixes_fused_parts(name, tuple(tensor.shape), tuple(big.shape)):
         raise ConfigError(
             f"cannot map the base tensor {name!r} {tuple(tensor.shape)} onto {counterpart!r} "
             f"{tuple(big.shape)}: it holds several projections side by side (queries, keys and values, or "
@@ -354,7 +379,7 @@ class WeightMap:
         them (see the module docstring). Other tensors whose name ends with a key of ``fused``
         (default ``{"qkv.weight": 3, "qkv.bias": 3}``, for attention modules without ``num_heads``)
         are split into that many chunks on dimension 0 first; any other tensor named as fused
-        (:data:`FUSED_NAMES`) that changes shape is refused (ConfigError naming it), as is a pair of
+        (:data:`FUSED_NAMES`) whose fused dim grows is refused (ConfigError naming it), as is a pair of
         Hugging Face models whose configurations disagree on what the models compute (vocabulary,
         labels: :data:`MUST_MATCH`). ``overrides`` maps base names to entries
         of the user's own, used as given. Where the names of the output layers differ, names are
