@@ -139,6 +139,20 @@ def test_rotary_frequencies_stay_the_motivated_models_own_when_the_head_grows():
         assert torch.equal(mq[16 * h : 16 * h + 8, :32], bq[8 * h : 8 * (h + 1)])
 
 
+def test_grouped_query_heads_keep_their_key_value_head():
+    # 4 -> 8 query heads of 8 features, 2 key/value heads: 2 -> 4 query heads per key/value head
+    base, large, _ = pair("llama", motivated_fields={"hidden_size": 64, "num_attention_heads": 8}, layers=(2, 2))
+    WeightMap.infer(base, large).copy(base, large, "to_motivated", buffers=True)
+    attention = base.model.layers[0].self_attn, large.model.layers[0].self_attn
+    for h in range(4):  # base query head h reads key/value head h // 2: it lands in large head 4 (h // 2) + h % 2
+        m = 4 * (h // 2) + h % 2
+        assert torch.equal(attention[1].q_proj.weight[8 * m : 8 * m + 8, :32], attention[0].q_proj.weight[8 * h :][:8])
+        assert torch.equal(
+            attention[1].o_proj.weight[:32, 8 * m : 8 * m + 8], attention[0].o_proj.weight[:, 8 * h :][:, :8]
+        )
+    assert torch.equal(attention[1].k_proj.weight[:16, :32], attention[0].k_proj.weight)  # same 2 heads of 8
+
+
 @pytest.mark.parametrize("heads", [4, 8])
 def test_gpt2_fused_c_attn_maps_queries_keys_and_values_onto_their_own(heads):
     base, large, probe = pair("gpt2", motivated_fields={"n_embd": 64, "n_head": heads}, layers=(2, 2))

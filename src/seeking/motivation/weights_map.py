@@ -151,22 +151,28 @@ def _c_attn(module: nn.Module) -> dict[str, tuple[int, ...]]:
 @_layout("q_k_v_o")
 def _q_k_v_o(module: nn.Module) -> dict[str, tuple[int, ...]]:
     """transformers' attention modules (Llama and its kin, ViT): ``head_dim`` and linear ``q_proj``,
-    ``k_proj``, ``v_proj`` (``(heads * head_dim, in)``; fewer key/value heads with grouped queries)
-    and ``o_proj`` (``(out, heads * head_dim)``)."""
+    ``k_proj``, ``v_proj`` (``(heads * head_dim, in)``) and ``o_proj`` (``(out, heads * head_dim)``).
+    With grouped queries (fewer key/value heads) query heads are viewed by the key/value head they
+    read, ``(kv_heads, groups, head_dim, ...)``, so a base query head keeps its key/value head."""
     head_dim = getattr(module, "head_dim", None)
     layers = [getattr(module, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
     if not isinstance(head_dim, int) or not all(isinstance(layer, nn.Linear) for layer in layers):
         return {}
-    *qkv, o_proj = layers
-    if any(layer.out_features % head_dim for layer in qkv) or o_proj.in_features != qkv[0].out_features:
+    q, k, v, o = layers
+    if q.out_features % head_dim or k.out_features % head_dim or v.out_features != k.out_features:
         return {}
-    views = {"o_proj.weight": (o_proj.out_features, o_proj.in_features // head_dim, head_dim)}
-    for name, layer in zip(("q_proj", "k_proj", "v_proj"), qkv, strict=True):
-        heads = layer.out_features // head_dim
-        views[f"{name}.weight"] = (heads, head_dim, layer.in_features)
-        if layer.bias is not None:
-            views[f"{name}.bias"] = (heads, head_dim)
-    return views
+    heads, kv_heads = q.out_features // head_dim, k.out_features // head_dim
+    if heads % kv_heads or o.in_features != q.out_features:
+        return {}
+    grouped = (kv_heads, heads // kv_heads, head_dim)
+    views = {
+        "q_proj.weight": (*grouped, q.in_features),
+        "q_proj.bias": grouped,
+        "o_proj.weight": (o.out_features, *grouped),
+    }
+    for name, layer in (("k_proj", k), ("v_proj", v)):
+        views |= {f"{name}.weight": (kv_heads, head_dim, layer.in_features), f"{name}.bias": (kv_heads, head_dim)}
+    return {n: view for n, view in views.items() if _has_tensor(module, n)}
 
 
 @_layout("stacked_experts")
@@ -379,10 +385,10 @@ class WeightMap:
         them (see the module docstring). Other tensors whose name ends with a key of ``fused``
         (default ``{"qkv.weight": 3, "qkv.bias": 3}``, for attention modules without ``num_heads``)
         are split into that many chunks on dimension 0 first; any other tensor named as fused
-        (:data:`FUSED_NAMES`) whose fused dim grows is refused (ConfigError naming it), as is a pair of
-        Hugging Face models whose configurations disagree on what the models compute (vocabulary,
-        labels: :data:`MUST_MATCH`). ``overrides`` maps base names to entries
-        of the user's own, used as given. Where the names of the output layers differ, names are
+        (:data:`FUSED_NAMES`) whose fused dim grows is refused (ConfigError naming it), as is a
+        pair of Hugging Face models whose configurations disagree on what the models compute
+        (vocabulary, labels: :data:`MUST_MATCH`). ``overrides`` maps base names to entries of the
+        user's own, used as given. Where the names of the output layers differ, names are
         positions, not roles: layers are paired by structure instead (see :func:`_pair_by_role`).
         """
         _check_pair(base, motivated)
