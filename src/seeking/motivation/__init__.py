@@ -14,6 +14,7 @@ from .conditions import (
     make_condition,
     register_condition,
 )
+from .identity import IDENTITY_RULES, make_identity, register_identity_rule
 from .motivator import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES, Motivator
 from .plan import SingleModel, TrainingPlan
 from .weights_map import MapEntry, WeightMap
@@ -21,6 +22,7 @@ from .weights_map import MapEntry, WeightMap
 __all__ = [
     "BATCHNORM_POLICIES",
     "CONDITIONS",
+    "IDENTITY_RULES",
     "OPTIMIZER_STATE_POLICIES",
     "ROLES",
     "SYNC_MODES",
@@ -37,5 +39,7 @@ __all__ = [
     "WeightMap",
     "classical_condition",
     "make_condition",
+    "make_identity",
     "register_condition",
+    "register_identity_rule",
 ]

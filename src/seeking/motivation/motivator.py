@@ -146,11 +146,13 @@ class Motivator:
         self._pending_check = []
         if preserve_function and probe is None:
 
-            def check_on_first_batch(module: nn.Module, args: tuple[Any, ...]) -> None:
+            def check_on_first_batch(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                 self._cancel_pending_check()
-                self.start_difference = self.map.check_start(base, motivated, args, reasons)
+                self.start_difference = self.map.check_start(base, motivated, args, reasons, kwargs)
 
-            self._pending_check = [m.register_forward_pre_hook(check_on_first_batch) for m in (base, motivated)]
+            self._pending_check = [
+                m.register_forward_pre_hook(check_on_first_batch, with_kwargs=True) for m in (base, motivated)
+            ]
         if sync == "share":
             self.map.alias(base, motivated, buffers=batchnorm == "shared")
         self.active = "motivated" if condition.motivated else "base"

@@ -6,11 +6,16 @@ tensor onto the leading slice of every dimension that grew. Attention projection
 head: both tensors are first viewed with the heads as a dimension of their own (``qkv`` as
 ``(3, heads, head_dim, in)``, the output projection as ``(out, heads, head_dim)``), so base head
 ``h`` maps onto motivated head ``h`` (its leading ``head_dim`` features) and queries onto queries,
-not onto a naive leading slice of the whole. Motivated tensors that no entry reaches are the
-*extra capacity*. Where names are positions rather than roles (an ``nn.Sequential`` with an inserted
-layer), layers are paired by structure instead (:func:`_pair_by_role`), and
-:meth:`WeightMap.check_start` checks on a probe batch that the motivated model starts as the
-base's function.
+not onto a naive leading slice of the whole. The layouts of :data:`LAYOUTS` know which modules to
+view so (timm's and this project's ``qkv``, GPT-2's ``c_attn`` fused on dim 1, transformers'
+``q_proj``/``k_proj``/``v_proj``/``o_proj``, stacked MoE experts' ``gate_up_proj``); another tensor
+named as fused (:data:`FUSED_NAMES`) whose fused dim grows is refused. Non-persistent buffers
+(rotary frequencies, position ids) are derived from each model's configuration and never mapped.
+Motivated tensors that no entry reaches are the *extra capacity*; added blocks among them are made
+to start as the identity by the rules of :mod:`seeking.motivation.identity`. Where names are
+positions rather than roles (an ``nn.Sequential`` with an inserted layer), layers are paired by
+structure instead (:func:`_pair_by_role`), and :meth:`WeightMap.check_start` checks on a probe
+batch that the motivated model starts as the base's function.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from ..errors import ConfigError, SeekingWarning
+from .identity import make_identity
 
 Direction = Literal["to_motivated", "to_base"]
+Probe = tuple[tuple[Any, ...], dict[str, Any]]  # positional and keyword arguments of both models' forward
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,22 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
+def _derived_buffers(model: nn.Module) -> set[str]:
+    """The names of the non-persistent buffers of ``model``: values derived from its configuration
+    (rotary frequencies, position ids), neither learned nor measured. Never mapped: each model keeps
+    its own (a wider head has other rotary frequencies than the base's)."""
+    return {
+        f"{name}.{buffer}" if name else buffer
+        for name, module in model.named_modules()
+        for buffer in module._non_persistent_buffers_set
+    }
+
+
+def _mappable(model: nn.Module) -> dict[str, torch.Tensor]:
+    derived = _derived_buffers(model)
+    return {name: tensor for name, tensor in _tensors(model).items() if name not in derived}
+
+
 def _format_region(entry: MapEntry) -> str:
     if not entry.index:
         return "all"
@@ -63,25 +86,158 @@ def _format_region(entry: MapEntry) -> str:
     return f"{region} of view {entry.motivated_view}" if entry.motivated_view else region
 
 
-def _head_views(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Per-head views of the attention projections of ``model``, by tensor name.
+# A layout views the tensors of one kind of module with the heads (or the fused parts) as dimensions
+# of their own, so that width growth maps head onto head and part onto part; it returns
+# {tensor name within the module: view shape}, {} for modules it does not know.
+Layout = Callable[[nn.Module], dict[str, tuple[int, ...]]]
+LAYOUTS: dict[str, Layout] = {}
 
-    An attention module is one with ``num_heads`` and a fused ``qkv`` linear layer (timm's, this
-    project's); its output projection ``proj`` (if any) takes the heads' concatenated outputs."""
+
+def _layout(name: str) -> Callable[[Layout], Layout]:
+    def register(layout: Layout) -> Layout:
+        LAYOUTS[name] = layout
+        return layout
+
+    return register
+
+
+@_layout("fused_qkv")
+def _fused_qkv(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """timm's and this project's attention: ``num_heads`` and a fused ``qkv`` linear layer (weight
+    ``(3 * heads * head_dim, in)``); the output projection ``proj`` takes the heads' concatenated outputs."""
+    qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
+    if not isinstance(qkv, nn.Linear) or not isinstance(heads, int) or qkv.out_features % (3 * heads):
+        return {}
+    head_dim = qkv.out_features // (3 * heads)
+    views = {"qkv.weight": (3, heads, head_dim, qkv.in_features)}
+    if qkv.bias is not None:
+        views["qkv.bias"] = (3, heads, head_dim)
+    proj = getattr(module, "proj", None)
+    if isinstance(proj, nn.Linear) and proj.in_features == heads * head_dim:
+        views["proj.weight"] = (proj.out_features, heads, head_dim)
+    return views
+
+
+@_layout("c_attn")
+def _c_attn(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """GPT-2's attention and nanoGPT-like ones (heads in ``num_heads`` or ``n_head``): ``c_attn`` fuses
+    queries, keys and values, and ``c_proj`` takes the heads' concatenated outputs. transformers'
+    ``Conv1D`` stores weights as ``(in, out)``, so there ``c_attn`` is fused on dim 1 (``(in, 3 * width)``;
+    ``(in, 2 * width)``, keys and values, in cross-attention, whose queries are ``q_attn``);
+    ``nn.Linear`` stores ``(out, in)``: fused on dim 0."""
+    heads = getattr(module, "num_heads", getattr(module, "n_head", None))
+    c_attn, c_proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
+    weight, out = getattr(c_attn, "weight", None), getattr(c_proj, "weight", None)
+    if not isinstance(heads, int) or not isinstance(weight, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return {}
+    if weight.dim() != 2 or out.dim() != 2:
+        return {}
+    linear = isinstance(c_attn, nn.Linear)  # else Conv1D-like: (in, out)
+    width, fused = (out.shape[1], weight.shape[0]) if linear else (out.shape[0], weight.shape[1])
+    if width % heads or fused % width:
+        return {}
+    chunks, head = fused // width, (heads, width // heads)
+    if linear:
+        views = {"c_attn.weight": (chunks, *head, weight.shape[1]), "c_proj.weight": (out.shape[0], *head)}
+    else:
+        views = {"c_attn.weight": (weight.shape[0], chunks, *head), "c_proj.weight": (*head, out.shape[1])}
+        q_attn = getattr(getattr(module, "q_attn", None), "weight", None)
+        if isinstance(q_attn, torch.Tensor):
+            views |= {"q_attn.weight": (q_attn.shape[0], *head), "q_attn.bias": head}
+    views["c_attn.bias"] = (chunks, *head)
+    return {n: v for n, v in views.items() if _has_tensor(module, n)}
+
+
+@_layout("q_k_v_o")
+def _q_k_v_o(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """transformers' attention modules (Llama and its kin, ViT): ``head_dim`` and linear ``q_proj``,
+    ``k_proj``, ``v_proj`` (``(heads * head_dim, in)``) and ``o_proj`` (``(out, heads * head_dim)``).
+    With grouped queries (fewer key/value heads) query heads are viewed by the key/value head they
+    read, ``(kv_heads, groups, head_dim, ...)``, so a base query head keeps its key/value head."""
+    head_dim = getattr(module, "head_dim", None)
+    layers = [getattr(module, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    if not isinstance(head_dim, int) or not all(isinstance(layer, nn.Linear) for layer in layers):
+        return {}
+    q, k, v, o = layers
+    if q.out_features % head_dim or k.out_features % head_dim or v.out_features != k.out_features:
+        return {}
+    heads, kv_heads = q.out_features // head_dim, k.out_features // head_dim
+    if heads % kv_heads or o.in_features != q.out_features:
+        return {}
+    grouped = (kv_heads, heads // kv_heads, head_dim)
+    views = {
+        "q_proj.weight": (*grouped, q.in_features),
+        "q_proj.bias": grouped,
+        "o_proj.weight": (o.out_features, *grouped),
+    }
+    for name, layer in (("k_proj", k), ("v_proj", v)):
+        views |= {f"{name}.weight": (kv_heads, head_dim, layer.in_features), f"{name}.bias": (kv_heads, head_dim)}
+    return {n: view for n, view in views.items() if _has_tensor(module, n)}
+
+
+@_layout("stacked_experts")
+def _stacked_experts(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """transformers 5's MoE experts (``use_experts_implementation``): stacked ``gate_up_proj`` holds
+    both projections on its output dim (``(experts, 2 * inner, hidden)``, or ``(experts, hidden, 2 *
+    inner)`` where ``is_transposed``), one after the other (``is_concatenated``) or interleaved (GPT-OSS);
+    ``gate_up_proj_bias`` ``(experts, 2 * inner)`` the same way."""
+    gate_up = getattr(module, "gate_up_proj", None)
+    transposed, concatenated = getattr(module, "is_transposed", None), getattr(module, "is_concatenated", None)
+    if not isinstance(gate_up, torch.Tensor) or gate_up.dim() != 3 or not isinstance(transposed, bool):
+        return {}
+    dim = 2 if transposed else 1
+    if not isinstance(concatenated, bool) or gate_up.shape[dim] % 2:
+        return {}
+    inner = gate_up.shape[dim] // 2
+    split = (2, inner) if concatenated else (inner, 2)
+    views = {"gate_up_proj": (*gate_up.shape[:dim], *split, *gate_up.shape[dim + 1 :])}
+    bias = getattr(module, "gate_up_proj_bias", None)
+    if isinstance(bias, torch.Tensor) and bias.dim() == 2:
+        views["gate_up_proj_bias"] = (bias.shape[0], *split)
+    return views
+
+
+def _has_tensor(module: nn.Module, name: str) -> bool:
+    owner, _, attribute = name.rpartition(".")
+    return isinstance(getattr(module.get_submodule(owner) if owner else module, attribute, None), torch.Tensor)
+
+
+def _head_views(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Per-head (per-part) views of the tensors of ``model`` that a layout of :data:`LAYOUTS` knows,
+    by tensor name; the first layout that knows a module gives its views."""
     views = {}
     for name, module in model.named_modules():
-        qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
-        if not isinstance(qkv, nn.Linear) or not isinstance(heads, int) or qkv.out_features % (3 * heads):
-            continue
-        prefix = f"{name}." if name else ""
-        head_dim = qkv.out_features // (3 * heads)
-        views[f"{prefix}qkv.weight"] = (3, heads, head_dim, qkv.in_features)
-        if qkv.bias is not None:
-            views[f"{prefix}qkv.bias"] = (3, heads, head_dim)
-        proj = getattr(module, "proj", None)
-        if isinstance(proj, nn.Linear) and proj.in_features == heads * head_dim:
-            views[f"{prefix}proj.weight"] = (proj.out_features, heads, head_dim)
+        found = next((v for layout in LAYOUTS.values() if (v := layout(module))), {})
+        views |= {f"{name}.{n}" if name else n: view for n, view in found.items()}
     return views
+
+
+# Names of tensors that hold several projections side by side (queries, keys and values; an MLP's gate
+# and up projections; DeepSeek's latent attention: [latent | rotary key] rows, per head [no-rope | rope]
+# and [key | value] rows) in the model families known to fuse them, with the dim that holds the parts
+# (None: it depends on the layer's layout). Where that dim grows, a leading slice would mix the parts
+# (the base's keys in the motivated model's queries), so such a tensor maps through a layout only.
+FUSED_NAMES: dict[str, int | None] = {
+    "qkv": 0,
+    "query_key_value": 0,
+    "Wqkv": 0,
+    "W_pack": 0,
+    "qkv_proj": 0,
+    "c_attn": None,  # dim 1 in GPT-2's Conv1D, dim 0 in an nn.Linear
+    "gate_up_proj": None,  # dim 0 in an nn.Linear, 1 or 2 in stacked experts
+    "kv_a_proj_with_mqa": 0,
+    "q_b_proj": 0,
+    "kv_b_proj": 0,
+}
+
+
+def _mixes_fused_parts(name: str, small: tuple[int, ...], large: tuple[int, ...]) -> bool:
+    """Whether a leading slice of ``small`` in ``large`` would mix the parts of a fused tensor."""
+    for part in name.split("."):
+        if (key := part.removesuffix("_bias")) in FUSED_NAMES:
+            dim = FUSED_NAMES[key]
+            return small != large if dim is None else small[dim] != large[dim]
+    return False
 
 
 def _chunk_view(shape: torch.Size, chunks: int) -> tuple[int, ...]:
@@ -111,6 +267,14 @@ def _entry(
         base_view, motivated_view = (), ()
     small, large = base_view or tuple(tensor.shape), motivated_view or tuple(big.shape)
     fits = len(small) == len(large) and all(b <= m for b, m in zip(small, large, strict=True))
+    if chunks == 1 and not base_view and _mixes_fused_parts(name, tuple(tensor.shape), tuple(big.shape)):
+        raise ConfigError(
+            f"cannot map the base tensor {name!r} {tuple(tensor.shape)} onto {counterpart!r} "
+            f"{tuple(big.shape)}: it holds several projections side by side (queries, keys and values, or "
+            "gate and up), and no known layout splits it here, so a leading slice would put one part "
+            "into another (the base's keys into the motivated model's queries). Grow depth only, or map "
+            "it yourself (overrides=, or fused= for parts stacked on dim 0)"
+        )
     if not fits or (chunks > 1 and not base_view):
         raise ConfigError(
             f"cannot map the base tensor {name!r}: shape {tuple(tensor.shape)} in the base, "
@@ -128,7 +292,8 @@ def _layers(model: nn.Module) -> list[tuple[str, list[str]]]:
     for name, module in model.named_modules():
         own = [n for n, _ in module.named_parameters(recurse=False)]
         if name and own:
-            layers.append((name, own + [n for n, _ in module.named_buffers(recurse=False)]))
+            buffers = [n for n, _ in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set]
+            layers.append((name, own + buffers))
     return layers
 
 
@@ -199,6 +364,8 @@ class WeightMap:
     entries: list[MapEntry]
     extra: list[str] = field(default_factory=list)
     aliased: set[str] = field(default_factory=set)  # base names whose data is a view of the motivated tensor
+    # added blocks that cannot start as the identity, with the reason (filled by init_extra_capacity)
+    not_identity: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def infer(
@@ -210,19 +377,24 @@ class WeightMap:
     ) -> WeightMap:
         """Align two models of one family by name and shape.
 
-        Every base tensor maps to the motivated tensor of the same name: whole if the shapes are
-        equal (depth growth keeps the first blocks of each stage), else onto the leading slice of
-        every dimension that grew (width growth). Attention projections are viewed per head first
-        (see the module docstring). Other tensors whose name ends with a key of ``fused`` (default
-        ``{"qkv.weight": 3, "qkv.bias": 3}``, for attention modules without ``num_heads``) are
-        split into that many chunks on dimension 0 first. ``overrides`` maps base names to entries
-        of the user's own, used as given. Where the names of the output layers differ, names are
+        Every base tensor (parameter or persistent buffer: non-persistent buffers are derived from
+        each model's configuration and never mapped) maps to the motivated tensor of the same name:
+        whole if the shapes are equal (depth growth keeps the first blocks of each stage), else onto
+        the leading slice of every dimension that grew (width growth). Attention projections and
+        fused tensors are viewed per head and per part first where a layout of :data:`LAYOUTS` knows
+        them (see the module docstring). Other tensors whose name ends with a key of ``fused``
+        (default ``{"qkv.weight": 3, "qkv.bias": 3}``, for attention modules without ``num_heads``)
+        are split into that many chunks on dimension 0 first; any other tensor named as fused
+        (:data:`FUSED_NAMES`) whose fused dim grows is refused (ConfigError naming it), as is a
+        pair of Hugging Face models whose configurations disagree on what the models compute
+        (vocabulary, labels: :data:`MUST_MATCH`). ``overrides`` maps base names to entries of the
+        user's own, used as given. Where the names of the output layers differ, names are
         positions, not roles: layers are paired by structure instead (see :func:`_pair_by_role`).
         """
         _check_pair(base, motivated)
         overrides = overrides or {}
         fused = {"qkv.weight": 3, "qkv.bias": 3} if fused is None else fused
-        target = _tensors(motivated)
+        target = _mappable(motivated)
         buffers = {name for name, _ in base.named_buffers()}
         heads = (_head_views(base), _head_views(motivated))
 
@@ -231,7 +403,7 @@ class WeightMap:
 
         roles = _pair_by_role(base, motivated, entry)
         entries = []
-        for name, tensor in _tensors(base).items():
+        for name, tensor in _mappable(base).items():
             if name in overrides:
                 entries.append(overrides[name])
                 continue
@@ -330,46 +502,71 @@ class WeightMap:
     def init_extra_capacity(self, motivated: nn.Module) -> list[str]:
         """Make every added residual block start as the identity, so that the motivated model
         computes the base's function. A block counts as added when none of its parameters is
-        mapped; see :func:`make_identity` for the blocks it knows. Returns the names of the blocks
-        it initialised."""
+        mapped; the rules of :data:`~seeking.motivation.identity.IDENTITY_RULES` say how (and
+        :func:`~seeking.motivation.identity.register_identity_rule` adds one). Returns the names of
+        the blocks it initialised; the blocks a rule knows cannot be the identity go to
+        :attr:`not_identity`, with the reason, for :meth:`inexact_reasons`."""
         mapped = {e.motivated for e in self.entries}
         done: list[str] = []
+        self.not_identity = {}
         for name, module in motivated.named_modules():
-            if any(name.startswith(d + ".") for d in done):
+            if any(name.startswith(d + ".") for d in [*done, *self.not_identity]):
                 continue
             names = [f"{name}.{n}" for n, _ in module.named_parameters()]
-            if names and not any(n in mapped for n in names) and make_identity(module):
+            if not names or any(n in mapped for n in names):
+                continue
+            verdict = make_identity(module)
+            if verdict is True:
                 done.append(name)
+            elif verdict:
+                self.not_identity[name] = verdict
         return done
 
     def inexact_reasons(self, identity_blocks: list[str]) -> list[str]:
         """Why the motivated model cannot be expected to compute the base's function exactly at the
         start ([] when it can): width growth (the extra channels feed the next layer, norms see more
-        features), or extra capacity outside the blocks made identity (``identity_blocks``)."""
+        features), added blocks that cannot be the identity (:attr:`not_identity`: post-norm blocks),
+        or other extra capacity outside the blocks made identity (``identity_blocks``)."""
         reasons = []
         sliced = [e.base for e in self.entries if e.index]
         if sliced:
             reasons.append(f"{len(sliced)} base tensors map onto a leading slice (width growth), e.g. {sliced[0]!r}")
-        loose = [n for n in self.extra if not any(n.startswith(f"{block}.") for block in identity_blocks)]
+        by_reason: dict[str, list[str]] = {}
+        for block, why in self.not_identity.items():
+            by_reason.setdefault(why, []).append(block)
+        for why, blocks in by_reason.items():
+            more = f" and {len(blocks) - 4} more" if len(blocks) > 4 else ""
+            reasons.append(f"added blocks {', '.join(map(repr, blocks[:4]))}{more} cannot start as the identity: {why}")
+        covered = [*identity_blocks, *self.not_identity]
+        loose = [n for n in self.extra if not any(n.startswith(f"{block}.") for block in covered)]
         if loose:
             more = f" and {len(loose) - 4} more" if len(loose) > 4 else ""
-            reasons.append(f"extra capacity not initialised as the identity: {', '.join(loose[:4])}{more}")
+            reasons.append(
+                f"extra capacity not initialised as the identity: {', '.join(loose[:4])}{more} "
+                "(seeking.motivation.register_identity_rule teaches it a block of yours)"
+            )
         return reasons
 
     @torch.no_grad()
     def check_start(
-        self, base: nn.Module, motivated: nn.Module, probe: tuple[Any, ...] | None, reasons: list[str]
+        self,
+        base: nn.Module,
+        motivated: nn.Module,
+        probe: tuple[Any, ...] | None,
+        reasons: list[str],
+        probe_kwargs: dict[str, Any] | None = None,
     ) -> float | None:
         """Check, right after the motivated model received the base's tensors, that the map holds.
 
         Both directions: every mapped region of the motivated model reads back equal to its base
         tensor (else ConfigError: two entries overlap), and on ``probe`` (positional arguments of
-        both models' forward; None skips this half) the motivated model computes the base's
-        function in eval mode: outputs within ``max(1e-4, sqrt(eps)) * max(1, max |base output|)``
-        of the base's (eps of the output dtype). Beyond that, it raises ConfigError with the map
-        printed, or warns where ``reasons`` say why it cannot be exact (:meth:`inexact_reasons`);
-        both name the first mapped layer whose output differs. Returns the largest absolute
-        difference of the outputs (None without a probe); restores both models' train/eval modes.
+        both models' forward, ``probe_kwargs`` its keyword arguments; None skips this half) the
+        motivated model computes the base's function in eval mode: outputs within
+        ``max(1e-4, sqrt(eps)) * max(1, max |base output|)`` of the base's (eps of the output
+        dtype). Beyond that, it raises ConfigError with the map printed, or warns where
+        ``reasons`` say why it cannot be exact (:meth:`inexact_reasons`); both name the first
+        mapped layer whose output differs. Returns the largest absolute difference of the outputs
+        (None without a probe); restores both models' train/eval modes.
         """
         b, m = _tensors(base), _tensors(motivated)
         unreadable = [e.base for e in self.entries if not torch.equal(e.region(m[e.motivated]), e.source(b[e.base]))]
@@ -380,7 +577,8 @@ class WeightMap:
             )
         if probe is None:
             return None
-        outputs, tol = _eval_outputs((base, motivated), probe)
+        call = (probe, probe_kwargs or {})
+        outputs, tol = _eval_outputs((base, motivated), call)
         shapes = [[tuple(t.shape) if torch.is_tensor(t) else type(t).__name__ for t in out] for out in outputs]
         if shapes[0] != shapes[1]:  # no map can make one function of the other: not a pair at all
             raise ConfigError(
@@ -394,7 +592,7 @@ class WeightMap:
         message = (
             f"the motivated model does not start as the base's function: on the probe batch (eval mode) "
             f"their outputs differ by up to {diff:.3g} (tolerance {tol:.2g}); "
-            + self._first_divergence(base, motivated, probe)
+            + self._first_divergence(base, motivated, call)
         )
         if not reasons:
             raise ConfigError(
@@ -408,7 +606,7 @@ class WeightMap:
         )
         return diff
 
-    def _first_divergence(self, base: nn.Module, motivated: nn.Module, probe: tuple[Any, ...]) -> str:
+    def _first_divergence(self, base: nn.Module, motivated: nn.Module, probe: Probe) -> str:
         """Names the first mapped layer (in the base's execution order) whose output differs on the
         probe, with its entries; one more forward pass of each model, run only after a failed check."""
         pairs: dict[str, str] = {}
@@ -463,17 +661,24 @@ class WeightMap:
         return "\n".join(lines)
 
 
-def _eval_outputs(models: tuple[nn.Module, nn.Module], probe: tuple[Any, ...]) -> tuple[list, float]:
+def _eval_outputs(models: tuple[nn.Module, nn.Module], probe: Probe) -> tuple[list, float]:
     """Both models' output tensors on ``probe`` in eval mode, without autocast, and the tolerance for
-    their difference (see :meth:`WeightMap.check_start`); train/eval modes are restored."""
+    their difference (see :meth:`WeightMap.check_start`); train/eval modes are restored. A Hugging
+    Face model runs without its key/value cache (one entry per layer: not part of the function)."""
     modes = [[(m, m.training) for m in model.modules()] for model in models]
+    configs = [c for c in map(_hf_config, models) if c is not None and getattr(c, "use_cache", None) is not None]
+    caches = [(c, c.use_cache) for c in configs]
     device = next(iter(models[0].parameters())).device.type
     try:
+        for config in configs:
+            config.use_cache = False
         with torch.no_grad(), torch.autocast(device, enabled=False):
-            outputs = [tree_leaves(model.eval()(*probe)) for model in models]
+            outputs = [tree_leaves(model.eval()(*probe[0], **probe[1])) for model in models]
     finally:
         for module, training in itertools.chain(*modes):
             module.training = training
+        for config, use_cache in caches:
+            config.use_cache = use_cache
     return outputs, _tolerance(outputs[0])
 
 
@@ -508,45 +713,49 @@ def _recorder(name: str, record: dict[str, torch.Tensor]) -> Callable[..., None]
     return hook
 
 
-@torch.no_grad()
-def make_identity(block: nn.Module) -> bool:
-    """Zero the last layer of a residual block's branch, so the block computes the identity.
+# Fields of a Hugging Face configuration (``model.config``) that fix what a model computes from its
+# input rather than its capacity: two models that disagree on one are not a base and its growth.
+MUST_MATCH = (
+    "model_type",
+    "vocab_size",
+    "num_labels",
+    "problem_type",
+    "num_channels",
+    "image_size",
+    "patch_size",
+    "hidden_act",
+    "activation_function",  # GPT-2's name for it
+    "tie_word_embeddings",
+    "position_embedding_type",
+    "rope_parameters",
+)
 
-    Knows blocks with a ``zero_init_last()`` method (this project's and timm's ResNet blocks; the
-    shift of the BatchNorm it zeroes is zeroed too),
-    pre-norm transformer blocks (``attn.proj`` and ``mlp.fc2`` are zeroed: timm's ViT blocks) and
-    blocks with an active ``has_skip`` (timm's EfficientNet and MobileNet blocks: the last
-    BatchNorm's scale and shift are zeroed). Returns False, changing nothing, for anything else.
-    """
-    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
-    if callable(getattr(block, "zero_init_last", None)):
-        block.zero_init_last()
-        for norm in norms:  # timm zeroes the scale only, which is the identity only while the shift is zero
-            if not norm.weight.any():
-                norm.bias.zero_()
-        return True
-    last_layers = [getattr(getattr(block, a, None), b, None) for a, b in (("attn", "proj"), ("mlp", "fc2"))]
-    if all(isinstance(layer, nn.Linear) for layer in last_layers):
-        for layer in last_layers:
-            layer.weight.zero_()
-            if layer.bias is not None:
-                layer.bias.zero_()
-        return True
-    if getattr(block, "has_skip", False) is True and norms:
-        norms[-1].weight.zero_()
-        norms[-1].bias.zero_()
-        return True
-    return False
+
+def _hf_config(model: nn.Module) -> Any:
+    """The configuration of the outermost Hugging Face model in ``model`` (itself, or one it wraps):
+    by duck typing, a ``config`` attribute with ``to_dict``; None if there is none."""
+    configs = (getattr(m, "config", None) for m in model.modules())
+    return next((c for c in configs if callable(getattr(c, "to_dict", None))), None)
 
 
 def _check_pair(base: nn.Module, motivated: nn.Module) -> None:
     base_cfg, mot_cfg = getattr(base, "cfg", {}), getattr(motivated, "cfg", {})
-    for key in ("num_classes", "in_channels"):
+    for key in ("num_classes", "in_channels", "vocab_size"):
         if key in base_cfg and key in mot_cfg and base_cfg[key] != mot_cfg[key]:
             raise ConfigError(
                 f"the two models disagree on {key}: base {base_cfg[key]}, motivated {mot_cfg[key]}; "
                 "build both for the same data"
             )
+    configs = _hf_config(base), _hf_config(motivated)
+    if configs[0] is not None and configs[1] is not None:
+        missing = object()
+        for key in MUST_MATCH:
+            values = [getattr(c, key, missing) for c in configs]
+            if missing not in values and values[0] != values[1]:
+                raise ConfigError(
+                    f"the two models' configs disagree on {key}: base {values[0]!r}, motivated {values[1]!r}; "
+                    f"build both with the same {key} (a motivated model computes what its base does)"
+                )
     n_base = sum(p.numel() for p in base.parameters())
     n_mot = sum(p.numel() for p in motivated.parameters())
     if n_base >= n_mot:
