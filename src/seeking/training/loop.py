@@ -108,7 +108,7 @@ def train_task(config: TrainConfig, device: torch.device, progress: bool, datase
     """The data of ``seeking train`` (image classification, its training batches augmented, or text),
     after checking that both models are for that kind of data."""
     for role in ("base", "motivated"):
-        check_model_kind(getattr(config, role), data_kind(config.data))
+        check_model_kind(getattr(config, role), data_kind(config.data), "--pair (or --base, --motivated)")
     options = {"split_seed": config.seed, "augmentation": True, "progress": progress, "dataset": dataset}
     return load_data_task(config, device, **options)
 

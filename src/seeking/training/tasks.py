@@ -314,7 +314,7 @@ def data_kind(data: str) -> str:
     return "text" if Path(data).suffix in TEXT_SUFFIXES else "image"
 
 
-def check_model_kind(model: str, kind: str) -> None:
+def check_model_kind(model: str, kind: str, option: str = "--model") -> None:
     """Refuse a language model on images or an image model on text (told by whether its constructor
     takes ``vocab_size``)."""
     arguments = model_arguments(model)
@@ -322,7 +322,7 @@ def check_model_kind(model: str, kind: str) -> None:
         what = "a text file" if kind == "text" else "an image data set"
         raise ConfigError(
             f"model {model!r} does not train on {what}: language models (gpt_*, gpt_moe_*) train on a .txt file, "
-            "the others on image data; check --model and --data"
+            f"the others on image data; check {option} and --data"
         )
 
 
