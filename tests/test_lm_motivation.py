@@ -176,3 +176,15 @@ def test_evaluate_refuses_a_language_model_file(comparison, capsys):
     assert (
         "is a language model (gpt_2l" in err and "validation loss and perplexity are in its run's summary.json" in err
     )
+
+
+def test_seeking_train_on_text_prints_validation_loss_and_warns_of_image_options(text_file, tmp_path, capsys):
+    argv = ["train", "--pair", "gpt_2l:gpt_4l", "--data", str(text_file), "--model-kwargs", '{"width": 16}']
+    argv += ["--block-size", "8", "--batch-size", "4", "--epochs", "1", "--optimizer", "adamw", "--lr", "3e-3"]
+    argv += ["--warmup-epochs", "0.2", "--k", "1", "--test-subset", "9", "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "--test-subset does nothing with text data" in captured.err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for role, record in summary["models"].items():
+        assert f"{role:9s} {record['model']:10s} val loss {record['loss']:.4f}" in captured.out
