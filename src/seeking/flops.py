@@ -218,16 +218,51 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def train_step_flops(model: nn.Module, inputs: torch.Tensor, num_classes: int) -> int:
-    """FLOPs of one forward and backward pass of ``model`` on a batch shaped like ``inputs``.
+def loss_step_flops(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: Callable[[Any, torch.Tensor], torch.Tensor]
+) -> int:
+    """FLOPs of one forward and backward pass of ``loss(model(inputs), targets)``.
 
     Counted by :func:`count_flops` on a deep copy, so the model's weights, gradients and
-    statistics are left alone.
+    statistics are left alone. The inputs' values are used as given (token ids must be valid).
     """
     clone = copy.deepcopy(model).train()
+    return count_flops(lambda: loss(clone(inputs), targets).backward())
+
+
+def train_step_flops(model: nn.Module, inputs: torch.Tensor, num_classes: int) -> int:
+    """FLOPs of one forward and backward pass of the classifier ``model`` on a batch shaped like
+    ``inputs`` (cross-entropy over ``num_classes``), by :func:`loss_step_flops`."""
     x = torch.zeros_like(inputs)
     y = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
-    return count_flops(lambda: F.cross_entropy(clone(x), y.clamp_max(num_classes - 1)).backward())
+    return loss_step_flops(model, x, y.clamp_max(num_classes - 1), F.cross_entropy)
 
 
-__all__ = ["FLOPS_CONVENTION", "FORMULAS", "count_flops", "train_step_flops"]
+def gpt_train_flops_per_token(depth: int, width: int, vocab_size: int, block_size: int, mlp_ratio: int = 4) -> int:
+    """Training FLOPs per token of a dense GPT (:class:`seeking.models.gpt.GPT`) by :data:`FLOPS_CONVENTION`,
+    in closed form, for sequences of ``block_size`` tokens:
+
+    ``6 * N + 12 * depth * block_size * width``, with ``N = (4 + 2 * mlp_ratio) * depth * width**2
+    + width * vocab_size`` the weights of the matrix products (the blocks' ``qkv``, ``proj``,
+    ``fc1``, ``fc2`` and the tied head; embedding look-ups, biases and norms are element-wise).
+
+    ``6 * N``: 2 FLOPs per weight and token forward, twice that backward (the weight gradient and the
+    input gradient, which every product needs, since its input depends on the trained embeddings).
+    Attention, per layer and token: ``Q K^T`` and ``P V`` forward are ``2 * 2 * block_size * width``
+    (dense: the causal mask computes every score), backward twice that, together
+    ``12 * block_size * width``. This is Kaplan et al. (2020)'s ``6N + 6 n_layer n_ctx d_attn`` with
+    the attention term doubled for the dense scores (PaLM, Chowdhery et al. 2022, App. B:
+    ``6N + 12 L H Q T``).
+    """
+    weights = (4 + 2 * mlp_ratio) * depth * width**2 + width * vocab_size
+    return 6 * weights + 12 * depth * block_size * width
+
+
+__all__ = [
+    "FLOPS_CONVENTION",
+    "FORMULAS",
+    "count_flops",
+    "gpt_train_flops_per_token",
+    "loss_step_flops",
+    "train_step_flops",
+]

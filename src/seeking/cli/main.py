@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from ..errors import SeekingError, SeekingWarning
+from ..errors import ConfigError, SeekingError, SeekingWarning
 from ..models import list_models
 from ..runs import (
     COMPARISON_CSV,
@@ -162,7 +162,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(config, out, resume=bool(args.resume), progress=not args.quiet, log=_logger(args))
     s = result.summary
     for name, m in s["models"].items():
-        print(f"{name:9s} {m['model']:10s} test accuracy {m['accuracy']:.2f}%  -> {result.run_dir / m['checkpoint']}")
+        result_text = f"test accuracy {m['accuracy']:.2f}%" if "accuracy" in m else f"val loss {m['loss']:.4f}"
+        print(f"{name:9s} {m['model']:10s} {result_text}  -> {result.run_dir / m['checkpoint']}")
     print(
         f"p = {s['p']:.3f} ({s['motivated_steps']}/{s['steps']} steps motivated, "
         f"{counted(s['switches'], 'switch', 'switches')}), {counted(s['skipped_steps'], 'skipped step')}, "
@@ -216,6 +217,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"--test-subset must be >= 1 examples, got {args.test_subset}")
     model, meta = load_model(args.checkpoint)
     norm = meta["extra"]
+    if norm.get("kind") == "text":  # a language model: its validation loss is in its run's summary.json
+        raise ConfigError(
+            f"{args.checkpoint} is a language model ({meta['model']}, trained on {norm.get('data')}): seeking "
+            "evaluate tests image classifiers; its validation loss and perplexity are in its run's summary.json"
+        )
     # files written before the path was recorded name their data set only (loadable if it is digits)
     recorded = norm.get("data") or (DEFAULT_DATASET if norm.get("dataset") == DEFAULT_DATASET else None)
     if args.data is None and recorded is None:

@@ -1,6 +1,7 @@
 """Model families and the name registry."""
 
 from .cifar_resnet import BasicBlock, CifarResNet
+from .gpt import GPT
 from .gpt_moe import GPTMoE, lm_loss
 from .hf import HFCausalLM
 from .micro_moe import MicroMoE, TopKLinear
@@ -8,6 +9,7 @@ from .registry import create_model, list_models, register_model
 from .vit_moe import ViTMoE
 
 __all__ = [
+    "GPT",
     "BasicBlock",
     "CifarResNet",
     "GPTMoE",

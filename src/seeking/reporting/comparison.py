@@ -5,6 +5,11 @@ base as reference, in accuracy points per training TFLOP (FLOPs by the conventio
 :mod:`seeking.flops`). For a motivated run the FLOPs are
 the whole run's, shared by its two models.
 
+The metric is the runs' own (their summaries' ``metric``, a key of :data:`METRICS`): test accuracy
+for images; for language models the validation loss (and its perplexity), where the efficiency is
+the loss *drop* per TFLOP, ``(Loss_ref - Loss_new) / (FLOPs_new - FLOPs_ref)``, so that positive
+means better in both.
+
 Each row also shows what the arm really did: its realised ``p``, how many steps trained the large
 model and how many were skipped (non-finite loss or gradient). A model that trained on no step gets
 "never trained" in place of an efficiency and a saving: its weights are where it started.
@@ -16,6 +21,7 @@ import csv
 import io
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 ARMS = (
@@ -26,18 +32,48 @@ ARMS = (
     ("random-control base", "random_control", "base"),
     ("random-control large", "random_control", "motivated"),
 )
-COLUMNS = (
-    "arm",
-    "model",
-    "test acc %",
-    "train TFLOPs",
-    "p",
-    "large steps",
-    "skipped steps",
-    "wall s",
-    "ACC/FLOPs (pts/TFLOP)",
-    "FLOPs saving vs large",
-)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a comparison reads and shows the models' results."""
+
+    key: str  # in a summary's models
+    column: str
+    sign: int  # +1: higher is better, -1: lower is better
+    efficiency: str  # the column of the metric gained per training TFLOP
+    ratio: str  # the efficiency's name in the gain sentence
+    extra: tuple[tuple[str, str], ...] = ()  # further (column, key) pairs shown beside it
+
+
+METRICS = {
+    "accuracy": Metric("accuracy", "test acc %", +1, "ACC/FLOPs (pts/TFLOP)", "ACC/FLOPs"),
+    "loss": Metric(
+        "loss", "val loss", -1, "loss drop/TFLOP", "val-loss drop/FLOPs", extra=(("val ppl", "perplexity"),)
+    ),
+}
+
+
+def comparison_columns(metric: str = "accuracy") -> tuple[str, ...]:
+    """The columns of a comparison of runs measured by ``metric`` (a key of :data:`METRICS`)."""
+    m = METRICS[metric]
+    return (
+        "arm",
+        "model",
+        m.column,
+        *(column for column, _ in m.extra),
+        "train TFLOPs",
+        "p",
+        "large steps",
+        "skipped steps",
+        "wall s",
+        m.efficiency,
+        "FLOPs saving vs large",
+    )
+
+
+COLUMNS = comparison_columns()  # of image runs
+EFFICIENCY_COLUMNS = {m.efficiency for m in METRICS.values()}
 
 
 NEVER_TRAINED = "never trained"
@@ -53,9 +89,11 @@ def trained_steps(summary: dict[str, Any], role: str) -> int:
 
 
 def comparison_rows(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (arm, model) present in ``summaries`` (keyed by arm folder name)."""
+    """One row per (arm, model) present in ``summaries`` (keyed by arm folder name), its keys the
+    columns of the runs' metric (:func:`comparison_columns`)."""
     ref = summaries["classical_base"]
-    ref_acc, ref_flops = ref["models"]["base"]["accuracy"], ref["train_flops"]
+    metric = METRICS[ref.get("metric", "accuracy")]  # summaries before text runs have no "metric"
+    ref_acc, ref_flops = ref["models"]["base"][metric.key], ref["train_flops"]
     large_flops = summaries.get("classical_large", {}).get("train_flops")
     rows = []
     for label, arm, role in ARMS:
@@ -67,20 +105,21 @@ def comparison_rows(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]
         if trained_steps(summary, role) == 0:
             efficiency = saving = NEVER_TRAINED
         else:
-            gained = model["accuracy"] - ref_acc
+            gained = metric.sign * (model[metric.key] - ref_acc)
             efficiency = math.nan if arm == "classical_base" else _ratio(gained, (flops - ref_flops) / 1e12)
             saving = _ratio(large_flops, flops) if large_flops else math.nan
         rows.append(
             {
                 "arm": label,
                 "model": model["model"],
-                "test acc %": model["accuracy"],
+                metric.column: model[metric.key],
+                **{column: model[key] for column, key in metric.extra},
                 "train TFLOPs": flops / 1e12,
                 "p": summary["p"],
                 "large steps": summary["motivated_steps"],
                 "skipped steps": summary["skipped_steps"],
                 "wall s": summary["train_seconds"],
-                "ACC/FLOPs (pts/TFLOP)": efficiency,
+                metric.efficiency: efficiency,
                 "FLOPs saving vs large": saving,
             }
         )
@@ -99,23 +138,28 @@ def cell_text(value: Any, column: str) -> str:
         return f"{value:.2f}x"
     if column in ("train TFLOPs", "p"):
         return f"{value:.3f}"
-    if column == "ACC/FLOPs (pts/TFLOP)":
+    if column == METRICS["loss"].column:
+        return f"{value:.4f}"
+    if column in EFFICIENCY_COLUMNS:
         return f"{value:+.3g}"
     return f"{value:.2f}" if column != "wall s" else f"{value:.1f}"
 
 
 def markdown_table(
     rows: list[dict[str, Any]],
-    columns: Sequence[str] = COLUMNS,
+    columns: Sequence[str] | None = None,
     cell: Callable[[Any, str], str] = cell_text,
 ) -> str:
-    """A markdown table of ``columns``, each value written by ``cell(value, column)``."""
+    """A markdown table of ``columns`` (default: the rows' keys), each value written by ``cell(value, column)``."""
+    columns = columns or (list(rows[0]) if rows else COLUMNS)
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(r[c], c) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def csv_table(rows: list[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+def csv_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """The rows as CSV, with ``columns`` (default: the rows' keys)."""
+    columns = columns or (list(rows[0]) if rows else COLUMNS)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
@@ -129,9 +173,19 @@ def efficiency_gain(rows: list[dict[str, Any]]) -> float:
     NaN (not defined) unless classical scaling gains accuracy: when the large model alone is no
     better than the base, the ratio of two slopes no longer says which is more efficient (two
     losses would give a large positive "gain")."""
-    by_arm = {r["arm"]: _number(r["ACC/FLOPs (pts/TFLOP)"]) for r in rows}
+    column = _efficiency_column(rows)
+    by_arm = {r["arm"]: _number(r[column]) for r in rows}
     classical = by_arm.get("classical large", math.nan)
     return _ratio(by_arm.get("motivated large", math.nan), classical) if classical > 0 else math.nan
+
+
+def _efficiency_column(rows: list[dict[str, Any]]) -> str:
+    return next((c for c in rows[0] if c in EFFICIENCY_COLUMNS), COLUMNS[-2]) if rows else COLUMNS[-2]
+
+
+def _ratio_name(rows: list[dict[str, Any]]) -> str:
+    column = _efficiency_column(rows)
+    return next(m.ratio for m in METRICS.values() if m.efficiency == column)
 
 
 def _number(value: float | str) -> float:
@@ -141,12 +195,12 @@ def _number(value: float | str) -> float:
 def gain_sentence(rows: list[dict[str, Any]]) -> str:
     """The efficiency gain of ``rows`` as a sentence for the printed and written reports, saying why
     when it is not defined."""
-    gain = efficiency_gain(rows)
+    gain, name = efficiency_gain(rows), _ratio_name(rows)
     if not math.isnan(gain):
-        return f"ACC/FLOPs gain of motivation over classical scaling: {gain:.3g}x"
+        return f"{name} gain of motivation over classical scaling: {gain:.3g}x"
     motivated_large = [r for r in rows if r["arm"] == "motivated large"]
-    if motivated_large and motivated_large[0]["ACC/FLOPs (pts/TFLOP)"] == NEVER_TRAINED:
+    if motivated_large and motivated_large[0][_efficiency_column(rows)] == NEVER_TRAINED:
         why = "the motivated run never trained its large model"
     else:
         why = "the classical large model did not beat the classical base, so there is no scaling gain to compare with"
-    return f"ACC/FLOPs gain of motivation over classical scaling: not defined ({why})"
+    return f"{name} gain of motivation over classical scaling: not defined ({why})"

@@ -27,7 +27,7 @@ from ..version import __version__
 from ..wording import counted
 from . import html
 from .comparison import (
-    COLUMNS,
+    METRICS,
     NEVER_TRAINED,
     cell_text,
     comparison_rows,
@@ -141,22 +141,24 @@ def _incomplete_note(run: TrainRun) -> str:
 
 
 def _facts(run: TrainRun) -> str:
-    """The models' test accuracy, the steps each trained and the run's cost, from the summary or
-    (unfinished) the step log and the last epoch."""
+    """The models' test accuracy (validation loss for text), the steps each trained and the run's
+    cost, from the summary or (unfinished) the step log and the last epoch."""
     last = run.epochs[-1] if run.epochs else {}
     s = run.summary or {}
     models = s.get("models", {})
     counts = run.counts
+    tested_loss = any(f"{role}_loss" in last for role in run.model_names)  # text: an unfinished run's last test
+    metric = METRICS[s.get("metric", "loss" if tested_loss else "accuracy")]
     rows = []
     for role, name in run.model_names.items():
-        accuracy = models[role]["accuracy"] if role in models else last.get(f"{role}_accuracy")
+        accuracy = models[role][metric.key] if role in models else last.get(f"{role}_{metric.key}")
         parameters = models.get(role, {}).get("parameters")
         steps = trained_steps(counts, role)
         rows.append(
             (
                 role,
                 name,
-                "-" if accuracy is None else f"{accuracy:.2f}",
+                "-" if accuracy is None else cell_text(accuracy, metric.column),
                 "-" if parameters is None else f"{parameters:,}",
                 f"{steps} ({NEVER_TRAINED})" if steps == 0 else str(steps),
             )
@@ -173,7 +175,7 @@ def _facts(run: TrainRun) -> str:
         f"{latest('train_seconds'):.1f} s of training"
         + ("" if run.complete else f" (TFLOPs and seconds to the end of epoch {last.get('epoch', 0)})")
     )
-    columns = ("model", "name", "test accuracy (%)", "parameters", "steps trained")
+    columns = ("model", "name", metric.column, "parameters", "steps trained")
     return html.table(columns, rows) + html.paragraph(cost)
 
 
@@ -209,13 +211,17 @@ def _comparison_section(cmp: Comparison, label: str, output: _Output) -> list[st
         gain = gain_sentence(rows)
         output.text(f"{label}-comparison.md", markdown_table(rows) + f"\n\n{gain}\n\n{FLOPS_CONVENTION}.\n")
         output.text(f"{label}-comparison.csv", csv_table(rows))
-        parts += [html.table(COLUMNS, [[cell_text(r[c], c) for c in COLUMNS] for r in rows]), html.paragraph(gain)]
-    parts.append(output.plot(f"{label}-accuracy.png", accuracy_figure(cmp.arms, "Test accuracy per epoch"), "accuracy"))
-    parts.append(
-        output.plot(
-            f"{label}-cost.png", cost_figure(cmp.arms, "Test accuracy against training cost"), "accuracy vs FLOPs"
+        columns = list(rows[0])
+        parts += [html.table(columns, [[cell_text(r[c], c) for c in columns] for r in rows]), html.paragraph(gain)]
+    if any(key.endswith("_accuracy") for run in cmp.arms.values() for e in run.epochs for key in e):  # images
+        parts.append(
+            output.plot(f"{label}-accuracy.png", accuracy_figure(cmp.arms, "Test accuracy per epoch"), "accuracy")
         )
-    )
+        parts.append(
+            output.plot(
+                f"{label}-cost.png", cost_figure(cmp.arms, "Test accuracy against training cost"), "accuracy vs FLOPs"
+            )
+        )
     config = cmp.config or next(iter(cmp.arms.values())).config
     parts += _command(config)
     for arm, run in cmp.arms.items():

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..data import load_dataset
 from ..errors import ConfigError, SeekingWarning
 from ..flops import FLOPS_CONVENTION
 from ..io import atomic_write_text, write_json
@@ -42,6 +41,7 @@ from .config import TrainConfig
 from .distributed import join
 from .loop import check_run, train
 from .preflight import reports_storage_errors
+from .tasks import preload_data
 
 
 @reports_storage_errors
@@ -71,7 +71,7 @@ def compare(
         )
     ranks, device = join(config.device, config.batch_size)
     log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
-    dataset = load_dataset(config.data, cache_dir=config.cache_dir, progress=progress and sys.stderr.isatty())
+    dataset = preload_data(config, progress=progress and sys.stderr.isatty())  # None for text
     check_run(config, dataset, device)
     if not resume:
         config.warn_unused()  # once, for the comparison: each arm's own condition leaves some options to the others

@@ -79,7 +79,9 @@ class RunConfig:
     (``optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``schedule``, ``batch_size``)."""
 
     # constructor arguments that come from the data set, never from model_kwargs
-    data_kwargs: ClassVar[tuple[str, ...]] = ("num_classes", "in_channels", "image_size")
+    data_kwargs: ClassVar[tuple[str, ...]] = ("num_classes", "in_channels", "image_size", "vocab_size")
+    # options that only image data uses (a text run warns that they do nothing)
+    image_only: ClassVar[tuple[str, ...]] = ("train_subset", "test_subset", "cache_dir", "channels_last")
 
     data: str = option(
         "digits",
@@ -100,6 +102,9 @@ class RunConfig:
         None,
         help="where decoded image folders are cached (default: $SEEKING_CACHE_DIR or ~/.cache/seeking)",
         group="data and models",
+    )
+    block_size: int = option(
+        64, help="characters per training sequence of a language model (text data only)", group="data and models"
     )
     optimizer: str = option(
         help="torch.optim's optimizer of that name; nesterov: SGD with Nesterov momentum (plain SGD at momentum 0)",
@@ -169,6 +174,8 @@ class RunConfig:
             raise ConfigError(f"keep_checkpoints must be >= 1 (resuming needs one), got {self.keep_checkpoints}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.block_size < 1:
+            raise ConfigError(f"block_size must be >= 1, got {self.block_size}")
         # at lr 0 no weight moves, yet the run would report accuracies and costs as if it had trained
         if self.lr <= 0:
             why = ": at 0 no weight would move" if self.lr == 0 else ""
@@ -207,9 +214,16 @@ class RunConfig:
     def unused_options(self) -> list[str]:
         """What the user set that this run will not use, one sentence each: nothing is ignored silently
         (the command line prints each as a warning)."""
+        from .tasks import data_kind  # the data task's registry says what the data is
+
+        unused = []
         if self.changed("momentum") and self.momentum and self.optimizer not in with_momentum():
-            return [f"--momentum does nothing with --optimizer {self.optimizer}, which takes none"]
-        return []
+            unused.append(f"--momentum does nothing with --optimizer {self.optimizer}, which takes none")
+        text = data_kind(self.data) == "text"
+        for name in self.image_only if text else ("block_size",):
+            if self.changed(name):
+                unused.append(f"--{name.replace('_', '-')} does nothing with {'text' if text else 'image'} data")
+        return unused
 
     def warn_unused(self) -> None:
         """A :class:`~seeking.errors.SeekingWarning` for each of :meth:`unused_options` (the trainers
@@ -244,6 +258,15 @@ class TrainConfig(RunConfig):
     steps if that is not 0; the last ``keep_checkpoints`` are kept.
     """
 
+    image_only: ClassVar[tuple[str, ...]] = (*RunConfig.image_only, "crop_padding")
+
+    data: str = override(
+        "data",
+        "digits",
+        help="image data set ('digits' embedded default, CIFAR-10/100 python folder or .tar.gz, class-folder "
+        "tree train/<class>/*, test/<class>/*), or a UTF-8 .txt file for a language model pair (gpt_2l, gpt_4l, "
+        "gpt_8l; character level)",
+    )
     base: str = option("resnet20", help="small model, trained on every non-motivated batch", group="data and models")
     motivated: str = option("resnet32", help="large model that contains the base", group="data and models")
     condition: str = option(
@@ -356,8 +379,6 @@ class ExciteConfig(RunConfig):
     gradient scaler, which bfloat16 does not need; routing stays float32), on CUDA or, slowly, CPU.
     """
 
-    data_kwargs: ClassVar[tuple[str, ...]] = (*RunConfig.data_kwargs, "vocab_size")
-
     data: str = override(
         "data",
         "digits",
@@ -379,9 +400,6 @@ class ExciteConfig(RunConfig):
         help="a local Hugging Face MoE causal LM folder (save_pretrained's output; loaded offline, weights "
         "included) to train on a .txt file instead of --model",
         group="data and models",
-    )
-    block_size: int = option(
-        64, help="characters per training sequence of a language model (text data only)", group="data and models"
     )
     arms: list[str] = option(  # noqa: RUF009 (a dataclass field)
         [BASELINE, "zero_sum", "positive_sum"],
@@ -408,13 +426,7 @@ class ExciteConfig(RunConfig):
     eval_every_steps: int = option(100, help="test every N steps (and after the last)", group="run")
 
     def unused_options(self) -> list[str]:
-        from .tasks import data_kind  # the data task's registry says what the data is
-
         unused = super().unused_options()
-        text = data_kind(self.data) == "text"
-        for name in ("train_subset", "test_subset") if text else ("block_size",):
-            if self.changed(name):
-                unused.append(f"--{name.replace('_', '-')} does nothing with {'text' if text else 'image'} data")
         if self.hf_model is not None and self.model_kwargs:
             unused.append("--model-kwargs does nothing with --hf-model: the folder's config.json sets the model")
         if self.changed("gamma") and self.arms == [BASELINE]:
@@ -438,7 +450,7 @@ class ExciteConfig(RunConfig):
             raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
         if not self.gamma > 0 or not math.isfinite(self.gamma):
             raise ConfigError(f"gamma must be a finite number > 0, got {self.gamma}")
-        for name in ("steps", "eval_every_steps", "block_size"):
+        for name in ("steps", "eval_every_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         return self

@@ -5,7 +5,8 @@
 hands a :class:`MotivationTask` to the :class:`~seeking.training.engine.Engine`, which trains one model
 per batch, and writes the run folder (its files are named in :mod:`seeking.runs`): ``config.json``,
 ``steps.jsonl`` (one line per step: step, epoch, model that stepped, loss, learning rate),
-``epochs.jsonl`` (one line per epoch: p, FLOPs so far, train loss, test accuracy of each model), the
+``epochs.jsonl`` (one line per epoch: p, FLOPs so far, train loss, and each model's test accuracy,
+``<role>_accuracy``, or for text its validation loss, ``<role>_loss``), the
 final models ``base.safetensors`` / ``large.safetensors`` (loadable with nothing from here; a
 classical run writes only its one model's), ``checkpoints/`` (training states for resuming, see
 :mod:`.checkpoint`), ``INCOMPLETE`` until the run completes, and ``summary.json``, written last.
@@ -27,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageDataset
 from ..errors import SeekingWarning
-from ..flops import train_step_flops
+from ..flops import loss_step_flops
 from ..io import write_json
 from ..model_file import save_model
 from ..models import create_model
@@ -61,7 +61,7 @@ from .config import TrainConfig
 from .distributed import Ranks, join, wrap
 from .engine import Counters, Engine, JsonLog, LearningRate, Parts, Record
 from .preflight import probing, reports_storage_errors
-from .tasks import ImageClassification
+from .tasks import DataTask, check_model_kind, data_kind, load_data_task
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Tested(Record):
     results: dict[str, dict[str, float]] = field(default_factory=dict)  # the last test of each model
 
 
-def build_models(config: TrainConfig, data: ImageClassification) -> dict[str, nn.Module]:
+def build_models(config: TrainConfig, data: DataTask) -> dict[str, nn.Module]:
     """The models this run trains, those its condition's roles name. Each is seeded on its own, so
     the classical base and the base of a motivated run start from identical weights, and likewise the
     large models."""
@@ -92,37 +92,32 @@ def build_models(config: TrainConfig, data: ImageClassification) -> dict[str, nn
     return models
 
 
-def start_probe(data: ImageClassification) -> torch.Tensor:
-    """Two prepared training images: the batch on which the Motivator checks that the motivated model
-    starts as the base's function."""
-    return data.prepare(data.train.images[:2])
-
-
-def probe_models(config: TrainConfig, data: ImageClassification, models: dict[str, nn.Module]) -> dict[str, int]:
+def probe_models(config: TrainConfig, data: DataTask, models: dict[str, nn.Module]) -> dict[str, int]:
     """FLOPs of one training step of each model, counted on a forward and backward pass of the probe
     batch (the real shape): this pass is also the probe that each model can take the data, so a model
     that cannot is a ``ConfigError`` naming the fix, before the run folder exists."""
-    sample, _ = data.probe_batch()
+    sample, targets = data.probe_batch()
     flops = {}
     for role, model in models.items():
         with probing(getattr(config, role), model, tuple(sample.shape), data.describe):
-            flops[role] = train_step_flops(model, sample, data.dataset.num_classes)
+            flops[role] = loss_step_flops(model, sample, targets, data.loss)
     return flops
 
 
-def image_task(
-    config: TrainConfig, device: torch.device, progress: bool, dataset: ImageDataset | None
-) -> ImageClassification:
-    """The data of ``seeking train``: image classification, its training batches augmented."""
+def train_task(config: TrainConfig, device: torch.device, progress: bool, dataset: ImageDataset | None) -> DataTask:
+    """The data of ``seeking train`` (image classification, its training batches augmented, or text),
+    after checking that both models are for that kind of data."""
+    for role in ("base", "motivated"):
+        check_model_kind(getattr(config, role), data_kind(config.data), "--pair (or --base, --motivated)")
     options = {"split_seed": config.seed, "augmentation": True, "progress": progress, "dataset": dataset}
-    return ImageClassification.from_config(config, device, **options)
+    return load_data_task(config, device, **options)
 
 
-def check_run(config: TrainConfig, dataset: ImageDataset, device: torch.device) -> None:
+def check_run(config: TrainConfig, dataset: ImageDataset | None, device: torch.device) -> None:
     """Fail early (before a comparison's folder exists and any arm trains) if the run cannot work: the
     data sizes, the pair, and both models on one forward and backward of a batch of the real shape
     (without counting FLOPs, which each arm does)."""
-    data = image_task(config, device, False, dataset)
+    data = train_task(config, device, False, dataset)
     models = {
         role: create_model(getattr(config, role), **data.model_kwargs(), **config.model_kwargs)
         for role in ("base", "motivated")
@@ -130,19 +125,19 @@ def check_run(config: TrainConfig, dataset: ImageDataset, device: torch.device) 
     x, y = data.probe_batch()
     for role, model in models.items():
         with probing(getattr(config, role), model, tuple(x.shape), data.describe):
-            F.cross_entropy(model.to(device)(x), y).backward()
+            data.loss(model.to(device)(x), y).backward()
     # the map inferred and the start checked as in train(); its warnings are left to the arms
     unused = [torch.optim.SGD(m.parameters(), lr=0.0) for m in models.values()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        Motivator(*models.values(), Never(), *unused, example_input=start_probe(data))
+        Motivator(*models.values(), Never(), *unused, example_input=data.example())
 
 
 def build_plan(
     config: TrainConfig,
     models: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
-    data: ImageClassification,
+    data: DataTask,
     total: int,
 ) -> TrainingPlan:
     """A Motivator for a pair (built after the models are on their device), or one model alone."""
@@ -159,21 +154,22 @@ def build_plan(
         optimizer_state=config.optimizer_state,
         batchnorm=config.batchnorm,
         sync=config.sync,
-        example_input=start_probe(data),
+        example_input=data.example(),
     )
 
 
 class MotivationTask:
     """Motivation training as an engine task: the plan trains one model per step; each epoch ends with
     a line in ``epochs.jsonl`` and, every ``eval_every_epochs``, a test of copies of both models (BatchNorm
-    statistics re-estimated: what the run saves)."""
+    statistics re-estimated: what the run saves) by the data task's metric (test accuracy, or
+    validation loss for text)."""
 
     name = None
 
     def __init__(
         self,
         config: TrainConfig,
-        data: ImageClassification,
+        data: DataTask,
         models: dict[str, nn.Module],
         optimizers: dict[str, torch.optim.Optimizer],
         plan: TrainingPlan,
@@ -262,13 +258,15 @@ class MotivationTask:
         if epoch == config.epochs or (every and epoch % every == 0):
             tick = time.perf_counter()
             self.record.results = self.test()
-            record |= {f"{role}_accuracy": r["accuracy"] for role, r in self.record.results.items()}
+            key = self.data.metric_key
+            record |= {f"{role}_{key}": r[key] for role, r in self.record.results.items()}
             self.record.eval_seconds += time.perf_counter() - tick
         self.epochs_log.write(record)
         self.board.write("epoch", c.step, record)
+        tested = [n for n in self.models if f"{n}_{self.data.metric_key}" in record]
         self.log(
             f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  p {plan.p:.2f}  "
-            + "".join(f"{n} {record[f'{n}_accuracy']:.2f}%  " for n in self.models if f"{n}_accuracy" in record)
+            + "".join(f"{n} {self.data.metric} {record[f'{n}_{self.data.metric_key}']:.4g}  " for n in tested)
             + (f"{c.skipped} skipped steps  " if c.skipped else "")
             + f"{c.train_seconds:.1f}s"
         )
@@ -298,7 +296,7 @@ def train(
     ranks, device = join(config.device, config.batch_size)
     log = ranks.speaker(log or (lambda line: print(line, file=sys.stderr, flush=True)))
     bar = progress and sys.stderr.isatty() and ranks.main
-    data = image_task(config, device, bar, dataset)
+    data = train_task(config, device, bar, dataset)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
     models = {role: m.to(device, memory_format=memory_format) for role, m in build_models(config, data).items()}
     step_flops = probe_models(config, data, models)  # also the probe that the models take the data
@@ -381,6 +379,7 @@ def run_summary(config: TrainConfig, task: MotivationTask, counters: Counters) -
         "train_flops_by_model": flops,
         "step_flops": task.step_flops,
         "batch_shape": list(task.data.probe_batch()[0].shape),
+        "metric": task.data.metric_key,  # what the models' results are compared by
         "train_seconds": counters.train_seconds,
         "eval_seconds": task.record.eval_seconds,
         "models": {},

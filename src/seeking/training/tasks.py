@@ -7,7 +7,7 @@ loss of a batch is, and how a model is tested. Two are registered (:data:`DATA_T
   batches augmented (random crops and mirrors, for ``seeking train``) and normalised, cross-entropy,
   test accuracy in percent and mean test loss;
 - ``text``: character-level language modelling of a UTF-8 ``.txt`` file: random blocks of
-  ``block_size`` characters, next-character cross-entropy, validation loss.
+  ``block_size`` characters, next-character cross-entropy, validation loss and perplexity.
 
 The trainers (:mod:`.loop`, :mod:`.excite`) use only the methods below, never the kind itself.
 """
@@ -15,6 +15,7 @@ The trainers (:mod:`.loop`, :mod:`.excite`) use only the methods below, never th
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,11 @@ class ImageClassification:
             progress=progress,
         )
 
+    @staticmethod
+    def preload(config: Any, progress: bool) -> ImageDataset:
+        """The data set, loaded once for the arms of a comparison."""
+        return load_dataset(config.data, cache_dir=config.cache_dir, progress=progress)
+
     @property
     def sizes(self) -> str:
         return f"{len(self.train)} train / {len(self.test)} test"
@@ -154,6 +160,11 @@ class ImageClassification:
         """The first ``batch_size`` training examples, prepared without augmentation: the batch on which
         models are probed and their FLOPs counted (every step has this shape)."""
         return self.prepare(self.train.images[: self.batch_size]), self.train.labels[: self.batch_size]
+
+    def example(self) -> torch.Tensor:
+        """Two prepared training images: the batch on which the Motivator checks that the motivated
+        model starts as the base's function."""
+        return self.prepare(self.train.images[:2])
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target)
@@ -187,6 +198,7 @@ class ImageClassification:
         its classes, and the test subset its figures were measured on."""
         d = self.dataset
         return {
+            "kind": self.kind,
             "mean": list(d.mean),
             "std": list(d.std),
             "dataset": d.name,
@@ -197,7 +209,10 @@ class ImageClassification:
 
 
 class TextModeling:
-    """Character-level language modelling of a UTF-8 text file (the last 10% for validation)."""
+    """Character-level language modelling of a UTF-8 text file (the last 10% for validation).
+
+    An epoch (for ``seeking train``) is as many random blocks as make the training text's length in
+    tokens (blocks are drawn at random offsets, so not every token once)."""
 
     kind = "text"
     metric, metric_key = "val loss", "loss"
@@ -226,6 +241,11 @@ class TextModeling:
     def from_config(cls, config: Any, device: torch.device, **unused: Any) -> TextModeling:
         return cls(config.data, batch_size=config.batch_size, block_size=config.block_size, device=device)
 
+    @staticmethod
+    def preload(config: Any, progress: bool) -> None:
+        """Nothing: each arm of a comparison reads the text file itself (it is read whole, quickly)."""
+        return None
+
     @property
     def sizes(self) -> str:
         return f"{len(self.train)} train / {len(self.val)} validation characters"
@@ -238,16 +258,40 @@ class TextModeling:
         stream = TextBatches(self.train, self.block_size, self.batch_size, torch.Generator().manual_seed(seed))
         return TrainingBatches(stream, lambda x, jitter: x)
 
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.train) // (self.batch_size * self.block_size))
+
     def probe_batch(self) -> Batch:
         return next(TextBatches(self.train, self.block_size, self.batch_size, torch.Generator().manual_seed(0)))
+
+    def example(self) -> torch.Tensor:
+        """Two training blocks (2, block_size): the Motivator's probe of the start."""
+        return self.probe_batch()[0][:2]
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return lm_loss(output, target)
 
+    def calibration(self, count: int, seed: int) -> Iterator[torch.Tensor]:
+        """``count`` training batches' inputs, the same on every call with ``seed`` (BatchNorm
+        re-estimation, for a model that has any)."""
+        stream = TextBatches(self.train, self.block_size, self.batch_size, torch.Generator().manual_seed(seed))
+        return (x for x, _ in itertools.islice(stream, count))
+
+    def file_metadata(self, data: str, test_subset: int | None) -> dict[str, Any]:
+        """What a saved model file records: the text file and its vocabulary (token id = position),
+        the block size; ``seeking evaluate`` refuses a language model by ``kind``."""
+        return {
+            "kind": self.kind,
+            "dataset": self.name,
+            "data": data_source(data),
+            "vocab": self.text.vocab,
+            "block_size": self.block_size,
+        }
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> tuple[dict[str, float], torch.Tensor]:
-        """``{"loss": mean next-character loss}`` on 8 validation batches of 64 blocks (the same
-        blocks every time), and the targets of the last batch."""
+        """``{"loss": mean next-character loss (nats), "perplexity": exp(loss)}`` on 8 validation
+        batches of 64 blocks (the same blocks every time), and the targets of the last batch."""
         was_training = model.training
         model.eval()
         generator = torch.Generator().manual_seed(1234)  # the same validation blocks for every arm and step
@@ -255,7 +299,8 @@ class TextModeling:
         for x, y in itertools.islice(text_batches(self.val, self.block_size, 64, generator), 8):
             losses.append(lm_loss(model(x), y).item())
         model.train(was_training)
-        return {"loss": sum(losses) / len(losses)}, y
+        loss = sum(losses) / len(losses)
+        return {"loss": loss, "perplexity": math.exp(loss)}, y
 
 
 DataTask = ImageClassification | TextModeling
@@ -269,16 +314,21 @@ def data_kind(data: str) -> str:
     return "text" if Path(data).suffix in TEXT_SUFFIXES else "image"
 
 
-def check_model_kind(model: str, kind: str) -> None:
+def check_model_kind(model: str, kind: str, option: str = "--model") -> None:
     """Refuse a language model on images or an image model on text (told by whether its constructor
     takes ``vocab_size``)."""
     arguments = model_arguments(model)
     if arguments is not None and ("vocab_size" in arguments) != (kind == "text"):
         what = "a text file" if kind == "text" else "an image data set"
         raise ConfigError(
-            f"model {model!r} does not train on {what}: GPT-MoE models train on a .txt file, "
-            "the others on image data; check --model and --data"
+            f"model {model!r} does not train on {what}: language models (gpt_*, gpt_moe_*) train on a .txt file, "
+            f"the others on image data; check {option} and --data"
         )
+
+
+def preload_data(config: Any, progress: bool = False) -> ImageDataset | None:
+    """What the arms of a comparison share of ``config.data``, loaded once (an image data set; None for text)."""
+    return DATA_TASKS[data_kind(config.data)].preload(config, progress)
 
 
 def load_data_task(
