@@ -1,4 +1,4 @@
-"""`seeking excite` on Hugging Face MoE language models: the tiny registered families and a local folder."""
+"""transformers causal LMs as seeking models: excite on MoE families and a folder; Motivation pairs (2 -> 4 layers)."""
 
 import json
 import math
@@ -12,9 +12,12 @@ from seeking.cli.main import main
 from seeking.errors import ConfigError, SeekingWarning
 from seeking.excitation import Excitation
 from seeking.integrations.transformers import HF_FAMILIES, TINY_CONFIGS, tiny_config
+from seeking.model_file import load_model
 from seeking.models import HFCausalLM, create_model
 from seeking.moe import expert_layers
+from seeking.training import TrainConfig, train
 from seeking.training.excite import ExciteConfig, build_model, excite_data
+from seeking.training.tasks import TextModeling
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 FAST = ["--steps", "4", "--eval-every-steps", "2", "--batch-size", "8", "--block-size", "16", "--seeds", "0"]
@@ -128,3 +131,23 @@ def test_bad_hf_folders_exit_2_and_write_nothing(make, argv, message, text, tmp_
     err = capsys.readouterr().err
     assert err.startswith("seeking: error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
+def test_a_transformers_pair_trains_motivated_from_the_same_function_and_saves_usable_models(family, text, tmp_path):
+    """Motivation on transformers' own models: the 4-layer model contains the 2-layer one, starts as its
+    function (added blocks zeroed by the identity rules), and each saved model reloads to its figure."""
+    base, large = f"hf_{family}_tiny", f"hf_{family}_tiny_4l"
+    config = TrainConfig(
+        data=str(text), base=base, motivated=large, optimizer="adamw", lr=0.003, epochs=1, batch_size=8, block_size=16
+    ).validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SeekingWarning)  # an inexact start would warn
+        result = train(config, tmp_path / "run", progress=False, log=lambda line: None)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert 0 < summary["motivated_steps"] < summary["steps"]
+    data = TextModeling(str(text), batch_size=8, block_size=16, device=torch.device("cpu"))
+    for record in summary["models"].values():
+        model, meta = load_model(result.run_dir / record["checkpoint"])
+        assert isinstance(model, HFCausalLM) and meta["model"] in (base, large)
+        assert data.evaluate(model)[0]["loss"] == pytest.approx(record["loss"], abs=1e-6)
