@@ -160,6 +160,7 @@ def build_plan(
         batchnorm=config.batchnorm,
         sync=config.sync,
         example_input=start_probe(data),
+        average_loss=False,  # the engine passes the loss it averaged over the processes
     )
 
 
