@@ -12,7 +12,7 @@ import torch.distributed as dist
 from helpers import run_processes
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.precision import MixedPrecision
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from toy_moe import ToyMoE, examples
 
 from seeking import Excitation, create_model
@@ -306,3 +306,32 @@ def test_two_lightning_ddp_processes_take_the_same_decisions_and_need_unused_par
     # the control: each process on its own loss would have trained other models
     local = [decisions_on(rank["losses"]) for rank in ranks]
     assert local[0] != local[1]
+
+
+class Snapshot(L.Callback):
+    """The module's tensors that differ, when training starts, from ``before``."""
+
+    def __init__(self, before: dict[str, torch.Tensor]) -> None:
+        self.before, self.changed = before, None
+
+    def on_train_start(self, trainer, pl_module):
+        self.changed = [k for k, v in pl_module.state_dict().items() if not torch.equal(v, self.before[k])]
+
+
+def test_a_second_fit_continues_the_motivator():
+    module = Pair(*resnet_pair())
+    plain_trainer(max_epochs=1).fit(module, images())
+    snapshot = Snapshot({k: v.clone() for k, v in module.state_dict().items()})
+    plain_trainer(max_epochs=1, callbacks=[snapshot]).fit(module, images())
+    assert snapshot.changed == []  # not initialised again
+    assert module.motivator.steps == 12  # its counters went on
+
+
+def test_a_strategy_that_restores_after_configure_optimizers_is_refused():
+    class LateRestore(SingleDeviceStrategy):
+        @property
+        def restore_checkpoint_after_setup(self) -> bool:
+            return True
+
+    with pytest.raises(ConfigError, match="restores checkpoints after configure_optimizers"):
+        plain_trainer(max_steps=1, strategy=LateRestore("cpu")).fit(Pair(*resnet_pair()), images())
