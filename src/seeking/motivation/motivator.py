@@ -16,7 +16,11 @@ step it after each batch, whichever model trained: one clock, no order warning.
 Every batch trains exactly one model. Shared weights are copied through the :class:`WeightMap` at
 each switch, so the model about to step always starts from what the other one learned.
 ``observe`` reads the loss as a Python float: the condition decides the next batch's model from
-it, so one host sync per step is inherent to the method.
+it, so one host sync per step is inherent to the method. Under ``torch.distributed`` it reads the
+loss averaged over the processes, so that every process takes the same decisions.
+
+Resuming: build the Motivator over the restored models and optimizers with ``state=`` (what
+:meth:`Motivator.state_dict` returned); it then leaves every tensor as restored.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError
@@ -104,6 +109,20 @@ class Motivator:
             capacity not made identity: :meth:`WeightMap.inexact_reasons`) get a warning. When
             not given, the function is checked on the first forward pass of either model, with
             its arguments (a resumed Motivator skips it: its models no longer start together).
+        state: what :meth:`state_dict` returned, to resume: the models hold restored weights (a
+            framework restored them, e.g. Lightning before ``configure_optimizers``), so nothing is
+            initialised, copied or checked; the condition and the counters resume from ``state``.
+            Load the optimizers' states as well (``motivator.optimizer.load_state_dict``, or each
+            optimizer's own). Without it (default) the Motivator starts a run: it initialises the
+            extra capacity and copies the base's tensors into the motivated model, which would
+            overwrite restored ones.
+        average_loss: whether :meth:`observe` averages the loss over the processes of
+            ``process_group`` when ``torch.distributed`` is initialised (default True: every
+            process then takes the same decisions; one all-reduce of one number per step). False
+            for a loop that passes a loss it already averaged (seeking's own trainer does, in the
+            all-reduce that also carries its non-finite and stop flags): averaging again would
+            change nothing but cost a collective. Without ``torch.distributed`` it changes nothing.
+        process_group: the processes over which the loss is averaged (default: all of them).
         sync: ``"copy"`` (default) copies shared weights at each switch; ``"share"`` makes the
             base's shared tensors views of the motivated ones (zero-copy; same results). Build
             the Motivator after moving the models to their device.
@@ -123,6 +142,9 @@ class Motivator:
         preserve_function: bool = True,
         sync: SyncMode = "copy",
         example_input: torch.Tensor | tuple[Any, ...] | None = None,
+        state: dict[str, Any] | None = None,
+        average_loss: bool = True,
+        process_group: dist.ProcessGroup | None = None,
     ) -> None:
         if optimizer_state not in OPTIMIZER_STATE_POLICIES:
             raise ConfigError(f"optimizer_state must be one of {OPTIMIZER_STATE_POLICIES}, got {optimizer_state!r}")
@@ -136,6 +158,26 @@ class Motivator:
         self.map = weight_map if weight_map is not None else WeightMap.infer(base, motivated)
         self.optimizer_state = optimizer_state
         self.batchnorm = batchnorm
+        self.average_loss, self.process_group = average_loss, process_group
+        self.added_blocks: list[str] = []
+        self.start_difference: float | None = None
+        self._pending_check: list[Any] = []
+        if state is None:
+            self._start(example_input, preserve_function)
+        if sync == "share":
+            self.map.alias(base, motivated, buffers=batchnorm == "shared")
+        self.active = "motivated" if condition.motivated else "base"
+        self.optimizer = JointOptimizer(self)
+        self.steps = 0
+        self.motivated_steps = 0
+        self.switches = 0
+        if state is not None:
+            self.load_state_dict(state)
+
+    def _start(self, example_input: torch.Tensor | tuple[Any, ...] | None, preserve_function: bool) -> None:
+        """The start of a run: the extra capacity initialised, the base's tensors copied into the
+        motivated model, and the promise of the same function checked."""
+        base, motivated = self.models["base"], self.models["motivated"]
         self.added_blocks = self.map.init_extra_capacity(motivated) if preserve_function else []
         # The motivated model starts from the base's weights and statistics.
         self.map.copy(base, motivated, "to_motivated", buffers=True)
@@ -143,7 +185,6 @@ class Motivator:
         reasons = self.map.inexact_reasons(self.added_blocks)
         probe = example_input if isinstance(example_input, tuple) or example_input is None else (example_input,)
         self.start_difference = self.map.check_start(base, motivated, probe if preserve_function else None, reasons)
-        self._pending_check = []
         if preserve_function and probe is None:
 
             def check_on_first_batch(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -153,13 +194,6 @@ class Motivator:
             self._pending_check = [
                 m.register_forward_pre_hook(check_on_first_batch, with_kwargs=True) for m in (base, motivated)
             ]
-        if sync == "share":
-            self.map.alias(base, motivated, buffers=batchnorm == "shared")
-        self.active = "motivated" if condition.motivated else "base"
-        self.optimizer = JointOptimizer(self)
-        self.steps = 0
-        self.motivated_steps = 0
-        self.switches = 0
 
     @property
     def p(self) -> float:
@@ -177,10 +211,28 @@ class Motivator:
         return self.models[self.active], self.optimizer
 
     def observe(self, loss: torch.Tensor | float) -> None:
-        """Record that the active model stepped with this training loss."""
+        """Record that the active model stepped with this training loss (a tensor or a float).
+
+        When ``torch.distributed`` is initialised (and ``average_loss``), the condition reads the
+        loss averaged over the processes of ``process_group``: call it on every process, at every
+        step, as any collective. A non-finite loss on one process makes the average non-finite on
+        all of them, so they all end the episode alike."""
         self.steps += 1
         self.motivated_steps += self.active == "motivated"
-        self.condition.update(float(loss.detach()) if torch.is_tensor(loss) else float(loss))
+        self.condition.update(self._loss_value(loss))
+
+    def _loss_value(self, loss: torch.Tensor | float) -> float:
+        """The loss as a Python float: averaged over the processes when they are to agree."""
+        if not (self.average_loss and dist.is_available() and dist.is_initialized()):
+            return float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+        # a copy: the all-reduce works in place, and the caller's loss must stay its own
+        if torch.is_tensor(loss):
+            value = loss.detach().reshape(1).to(torch.float32, copy=True)
+        else:  # on the models' device, where the group's backend (NCCL: CUDA) communicates
+            value = torch.tensor([float(loss)], device=next(self.models[self.active].parameters()).device)
+        dist.all_reduce(value, group=self.process_group)
+        # the sum divided on the host, as seeking's trainer does: the same float, the same decisions
+        return value.item() / dist.get_world_size(self.process_group)
 
     def finish(self) -> None:
         """Copy the shared weights from the model that stepped last to the other one."""

@@ -155,6 +155,7 @@ def build_plan(
         batchnorm=config.batchnorm,
         sync=config.sync,
         example_input=data.example(),
+        average_loss=False,  # the engine passes the loss it averaged over the processes
     )
 
 
