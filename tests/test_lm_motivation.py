@@ -13,7 +13,7 @@ from helpers import Crash, assert_same_run, crash_at
 
 from seeking import TrainConfig, train
 from seeking.cli.main import main
-from seeking.errors import ConfigError
+from seeking.errors import CheckpointError, ConfigError
 from seeking.flops import gpt_train_flops_per_token, loss_step_flops
 from seeking.model_file import load_model
 from seeking.models import create_model, lm_loss
@@ -148,6 +148,26 @@ def test_a_text_run_that_dies_resumes_bit_for_bit(text_file, tmp_path, inject):
     inject.undo()
     train(config, tmp_path / "run", resume=True, **QUIET)
     assert_same_run(reference, tmp_path / "run")
+
+
+def test_a_run_whose_text_file_changed_is_not_resumed(text_file, tmp_path, inject):
+    """The same characters, another text: resumed, the run would train on other data without a word."""
+    edited = tmp_path / "edited.txt"
+    edited.write_text(text_file.read_text(encoding="utf-8"), encoding="utf-8")
+    config = TrainConfig(data=str(edited), **TINY, checkpoint_every=5)
+    inject(crash_at(8))
+    with pytest.raises(Crash):
+        train(config, tmp_path / "run", **QUIET)
+    inject.undo()
+    edited.write_text(edited.read_text(encoding="utf-8")[::-1], encoding="utf-8")  # same vocabulary
+    with pytest.raises(CheckpointError, match="data_file_sha256"):
+        train(config, tmp_path / "run", resume=True, **QUIET)
+
+
+def test_models_of_two_families_are_refused_as_a_pair(text_file):
+    config = TrainConfig(data=str(text_file), **{**TINY, "base": "gpt_moe_tiny", "motivated": "gpt_4l"})
+    with pytest.raises(ConfigError, match="different families"):
+        train(config, "unused", **QUIET)
 
 
 def test_image_only_options_are_reported_unused_with_text(text_file):

@@ -9,6 +9,7 @@ import torch
 
 from seeking.data import load_text, text_batches
 from seeking.errors import ConfigError, DataError
+from seeking.training.tasks import data_kind
 
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler — ünd so.\n" * 8
 
@@ -79,3 +80,14 @@ def test_errors(tmp_path):
         next(text_batches(torch.arange(4), block_size=4, batch_size=1))
     with pytest.raises(DataError, match="at least 1"):
         next(text_batches(torch.arange(9), block_size=4, batch_size=0))
+
+
+def test_a_text_of_one_distinct_character_is_refused(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("a" * 300, encoding="utf-8")
+    with pytest.raises(DataError, match="one distinct character"):
+        load_text(path)
+
+
+def test_an_upper_case_txt_suffix_is_text():
+    assert data_kind("poem.TXT") == data_kind("poem.txt") == "text"

@@ -9,6 +9,7 @@ targets are the inputs shifted by one token.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,14 @@ def _encode(text: str, vocab: str, name: str) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class TextData:
-    """``vocab``: the sorted distinct characters; ``train`` and ``val``: 1-D token-id tensors."""
+    """``vocab``: the sorted distinct characters; ``train`` and ``val``: 1-D token-id tensors;
+    ``sha256``: the file's digest (a resumed run checks that its text did not change)."""
 
     name: str
     vocab: str
     train: torch.Tensor
     val: torch.Tensor
+    sha256: str = ""
 
     @property
     def vocab_size(self) -> int:
@@ -59,7 +62,8 @@ def load_text(path: str | os.PathLike, val_fraction: float = 0.1) -> TextData:
         raise ConfigError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     path = Path(path).expanduser()
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise DataError(f"no such text file: {path}") from None
     except OSError as e:
@@ -69,9 +73,11 @@ def load_text(path: str | os.PathLike, val_fraction: float = 0.1) -> TextData:
     if not text:
         raise DataError(f"text file {path} is empty")
     vocab = "".join(sorted(set(text)))
+    if len(vocab) < 2:  # as single-class image data: a loss of 0 from the first step, nothing learnt
+        raise DataError(f"text file {path} has one distinct character ({vocab!r}): there is nothing to predict")
     ids = _encode(text, vocab, path.stem).to(torch.uint8 if len(vocab) <= 256 else torch.int64)
     n_train = round(len(ids) * (1 - val_fraction))
-    return TextData(path.stem, vocab, ids[:n_train], ids[n_train:])
+    return TextData(path.stem, vocab, ids[:n_train], ids[n_train:], hashlib.sha256(raw).hexdigest())
 
 
 class TextBatches:

@@ -326,7 +326,7 @@ def _pair_by_role(
             return None
         try:
             regions = [entry(f"{b_name}.{n}", b_tensors[f"{b_name}.{n}"], f"{m_name}.{n}").index for n in names]
-        except ConfigError:
+        except (ConfigError, KeyError):  # a tensor without a mappable counterpart (e.g. a tied head)
             return None
         return int(not any(regions))
 
@@ -740,6 +740,12 @@ def _hf_config(model: nn.Module) -> Any:
 
 def _check_pair(base: nn.Module, motivated: nn.Module) -> None:
     base_cfg, mot_cfg = getattr(base, "cfg", {}), getattr(motivated, "cfg", {})
+    families = base_cfg.get("family"), mot_cfg.get("family")
+    if None not in families and families[0] != families[1]:  # their tensors' names and roles differ
+        raise ConfigError(
+            f"the two models are of different families (base {families[0]}, motivated {families[1]}): a "
+            "weights map grows a model into a larger one of its own family; pair two models of one family"
+        )
     for key in ("num_classes", "in_channels", "vocab_size"):
         if key in base_cfg and key in mot_cfg and base_cfg[key] != mot_cfg[key]:
             raise ConfigError(

@@ -203,7 +203,7 @@ def run_arm(
         max_nonfinite=config.max_nonfinite,
         checkpoints=checkpoints,
         checkpoint_every=config.checkpoint_every,
-        identity={**dataclasses.asdict(config), "arm": arm, "seed": seed},
+        identity={**dataclasses.asdict(config), **data.identity(), "arm": arm, "seed": seed},
         interrupted=interrupted,
         progress=progress,
         describe=lambda step: task.name,

@@ -319,7 +319,7 @@ def train(
         max_nonfinite=config.max_nonfinite,
         checkpoints=Checkpoints(run_dir / CHECKPOINTS, config.keep_checkpoints),
         checkpoint_every=config.checkpoint_every,
-        identity=config.to_dict(),
+        identity={**config.to_dict(), **data.identity()},
         interrupted=continue_with,
         progress=bar,
         describe=lambda step: f"epoch {step // data.steps_per_epoch() + 1}/{config.epochs}",

@@ -78,6 +78,11 @@ class ImageClassification:
     kind = "image"
     metric, metric_key = "test acc %", "accuracy"
 
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint must have been written with besides the configuration: nothing more for
+        images (a data set's split is drawn from the configuration's seeds and subsets)."""
+        return {}
+
     def __init__(
         self,
         dataset: ImageDataset,
@@ -217,6 +222,10 @@ class TextModeling:
     kind = "text"
     metric, metric_key = "val loss", "loss"
 
+    def identity(self) -> dict[str, Any]:
+        """The text file's digest: a run resumed on an edited file would train on other data."""
+        return {"data_file_sha256": self.text.sha256}
+
     def __init__(self, path: str, *, batch_size: int, block_size: int, device: torch.device) -> None:
         self.text = load_text(path)
         self.name, self.batch_size, self.block_size, self.device = self.text.name, batch_size, block_size, device
@@ -311,7 +320,7 @@ TEXT_SUFFIXES = (".txt",)
 
 def data_kind(data: str) -> str:
     """The kind of data (a key of :data:`DATA_TASKS`) that ``--data`` names."""
-    return "text" if Path(data).suffix in TEXT_SUFFIXES else "image"
+    return "text" if Path(data).suffix.lower() in TEXT_SUFFIXES else "image"
 
 
 def check_model_kind(model: str, kind: str, option: str = "--model") -> None:
@@ -321,7 +330,7 @@ def check_model_kind(model: str, kind: str, option: str = "--model") -> None:
     if arguments is not None and ("vocab_size" in arguments) != (kind == "text"):
         what = "a text file" if kind == "text" else "an image data set"
         raise ConfigError(
-            f"model {model!r} does not train on {what}: language models (gpt_*, gpt_moe_*) train on a .txt file, "
+            f"model {model!r} does not train on {what}: language models (gpt_*, gpt_moe_*, hf_*) train on a .txt file, "
             f"the others on image data; check {option} and --data"
         )
 
