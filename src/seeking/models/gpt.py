@@ -18,6 +18,8 @@ token in closed form: :func:`seeking.flops.gpt_train_flops_per_token`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -57,12 +59,43 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(width)
         self.mlp = MLP(width, hidden)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(nn.Module):
+class CausalLM(nn.Module):
+    """What this project's language models share (GPT, GPT-MoE): token and learned position
+    embeddings (normal, std 0.02), the blocks that ``make_blocks()`` builds (called between the two, so
+    the random initialisation keeps its order), a final LayerNorm and a head tied to the token
+    embedding. ``cfg`` holds at least ``vocab_size``, ``block_size`` and ``width``; each block is
+    called as ``block(x, mask)``. ``forward(idx (B, T), mask=None)`` -> logits (B, T, vocab_size);
+    ``ConfigError`` if ``T > block_size``."""
+
+    def __init__(self, cfg: dict, make_blocks: Callable[[], nn.ModuleList]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        vocab_size, width = cfg["vocab_size"], cfg["width"]
+        self.tok_embed = nn.Embedding(vocab_size, width)
+        self.pos_embed = nn.Embedding(cfg["block_size"], width)
+        for embed in (self.tok_embed, self.pos_embed):
+            nn.init.normal_(embed.weight, std=0.02)
+        self.blocks = make_blocks()
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab_size, bias=False)
+        self.head.weight = self.tok_embed.weight
+
+    def forward(self, idx: Tensor, mask: Tensor | None = None) -> Tensor:
+        t = idx.shape[1]
+        if t > self.cfg["block_size"]:
+            raise ConfigError(f"sequence length {t} exceeds block_size {self.cfg['block_size']}")
+        x = self.tok_embed(idx) + self.pos_embed(torch.arange(t, device=idx.device))
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.norm(x))
+
+
+class GPT(CausalLM):
     """See the module docstring. Raises ``ConfigError`` for a non-positive size or ``width`` not a
     multiple of ``heads``."""
 
@@ -75,10 +108,9 @@ class GPT(nn.Module):
         heads: int = 4,
         mlp_ratio: int = 4,
     ) -> None:
-        super().__init__()
         if min(vocab_size, block_size, depth, width, heads, mlp_ratio) < 1:
             raise ConfigError("vocab_size, block_size, depth, width, heads and mlp_ratio must be positive")
-        self.cfg = {
+        cfg = {
             "family": "gpt",
             "vocab_size": vocab_size,
             "block_size": block_size,
@@ -87,23 +119,7 @@ class GPT(nn.Module):
             "heads": heads,
             "hidden": mlp_ratio * width,
         }
-        self.tok_embed = nn.Embedding(vocab_size, width)
-        self.pos_embed = nn.Embedding(block_size, width)
-        for embed in (self.tok_embed, self.pos_embed):
-            nn.init.normal_(embed.weight, std=0.02)
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio * width) for _ in range(depth))
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, vocab_size, bias=False)
-        self.head.weight = self.tok_embed.weight
-
-    def forward(self, idx: Tensor, mask: Tensor | None = None) -> Tensor:
-        t = idx.shape[1]
-        if t > self.cfg["block_size"]:
-            raise ConfigError(f"sequence length {t} exceeds block_size {self.cfg['block_size']}")
-        x = self.tok_embed(idx) + self.pos_embed(torch.arange(t, device=idx.device))
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
+        super().__init__(cfg, lambda: nn.ModuleList(Block(width, heads, mlp_ratio * width) for _ in range(depth)))
 
 
 @register_model

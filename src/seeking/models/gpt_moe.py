@@ -10,16 +10,16 @@ load-balancing loss is on by default (coefficient 0.01; add :func:`seeking.moe.m
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ConfigError
 from ..moe.block import moe_blocks
+from .gpt import CausalLM
 from .registry import register_model
 
 
-class GPTMoE(nn.Module):
+class GPTMoE(CausalLM):
     def __init__(
         self,
         vocab_size: int,
@@ -34,10 +34,9 @@ class GPTMoE(nn.Module):
         aux_loss_coef: float = 0.01,
         z_loss_coef: float = 0.0,
     ) -> None:
-        super().__init__()
         if min(vocab_size, block_size, depth, width, heads, mlp_ratio) < 1:
             raise ConfigError("vocab_size, block_size, depth, width, heads and mlp_ratio must be positive")
-        self.cfg = {
+        cfg = {
             "family": "gpt_moe",
             "vocab_size": vocab_size,
             "block_size": block_size,
@@ -48,34 +47,10 @@ class GPTMoE(nn.Module):
             "top_k": top_k,
             "hidden": mlp_ratio * width,
         }
-        self.tok_embed = nn.Embedding(vocab_size, width)
-        self.pos_embed = nn.Embedding(block_size, width)
-        for embed in (self.tok_embed, self.pos_embed):
-            nn.init.normal_(embed.weight, std=0.02)
-        self.blocks = moe_blocks(
-            depth,
-            width,
-            heads,
-            mlp_ratio * width,
-            num_experts,
-            causal=True,
-            top_k=top_k,
-            storage=storage,
-            aux_loss_coef=aux_loss_coef,
-            z_loss_coef=z_loss_coef,
+        moe = {"top_k": top_k, "storage": storage, "aux_loss_coef": aux_loss_coef, "z_loss_coef": z_loss_coef}
+        super().__init__(
+            cfg, lambda: moe_blocks(depth, width, heads, mlp_ratio * width, num_experts, causal=True, **moe)
         )
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, vocab_size, bias=False)
-        self.head.weight = self.tok_embed.weight
-
-    def forward(self, idx: Tensor, mask: Tensor | None = None) -> Tensor:
-        t = idx.shape[1]
-        if t > self.cfg["block_size"]:
-            raise ConfigError(f"sequence length {t} exceeds block_size {self.cfg['block_size']}")
-        x = self.tok_embed(idx) + self.pos_embed(torch.arange(t, device=idx.device))
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.head(self.norm(x))
 
 
 def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
