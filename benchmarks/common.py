@@ -49,3 +49,23 @@ def mean_std(values: list[float | None], fmt: str = ".2f") -> str:
         return "-"
     s = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):{fmt}} ± {s:{fmt.lstrip('+')}}"
+
+
+def seeds_table(columns: list[str], arms: dict[str, list[dict]], formats: dict[str, str]) -> str:
+    """A markdown table of comparison rows over seeds: per arm (``arms``: its row of each seed), its
+    name and model, then each column's mean ± std (``formats``), the median for ``wall s``, and a word
+    such as "never trained" with the number of seeds it holds in."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for arm, rows in arms.items():
+        cells = [arm, rows[0]["model"]]
+        for column in columns[2:]:
+            values = [r[column] for r in rows]
+            words = {v for v in values if isinstance(v, str)}  # "never trained" in some seed
+            if words:
+                cells.append(f"{', '.join(sorted(words))} ({sum(isinstance(v, str) for v in values)} seeds)")
+            elif column == "wall s":
+                cells.append(f"{statistics.median(values):.0f}")
+            else:
+                cells.append(mean_std(values, formats[column]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

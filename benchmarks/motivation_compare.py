@@ -16,12 +16,11 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
 import sys
 from pathlib import Path
 
 import torch
-from common import config_from, mean_std, run_arguments
+from common import config_from, run_arguments, seeds_table
 
 from seeking.flops import FLOPS_CONVENTION
 from seeking.io import atomic_write_text
@@ -65,22 +64,8 @@ def main() -> None:
         result = compare(dataclasses.replace(config, seed=seed), out / f"seed{seed}", random_control=True)
         per_seed[seed] = result["rows"]
 
-    arms = [row["arm"] for row in per_seed[args.seeds[0]]]
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    for i, arm in enumerate(arms):
-        rows = [per_seed[s][i] for s in args.seeds]
-        cells = [arm, rows[0]["model"]]
-        for column in COLUMNS[2:]:
-            values = [r[column] for r in rows]
-            words = {v for v in values if isinstance(v, str)}  # "never trained" in some seed
-            if words:
-                cells.append(f"{', '.join(sorted(words))} ({sum(isinstance(v, str) for v in values)} seeds)")
-            elif column == "wall s":
-                cells.append(f"{statistics.median(values):.0f}")
-            else:
-                cells.append(mean_std(values, FORMATS[column]))
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+    arms = {row["arm"]: [per_seed[s][i] for s in args.seeds] for i, row in enumerate(per_seed[args.seeds[0]])}
+    table = seeds_table(COLUMNS, arms, FORMATS)
     header = (
         f"{args.pair} on {Path(args.data).name}: {args.train_subset} train / {args.test_subset} test images, "
         f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr} cosine, k={args.k}, "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import scipy.stats
 import torch
-from common import DEFAULT_DATA, mean_std
+from common import DEFAULT_DATA, seeds_table
 
 from seeking import TrainConfig
 from seeking.flops import FLOPS_CONVENTION
@@ -104,22 +104,8 @@ def main() -> None:
         result = compare(dataclasses.replace(config, seed=seed), out / f"seed{seed}", random_control=True)
         per_seed[seed] = {row["arm"]: row for row in result["rows"]}
 
-    columns = comparison_columns("loss")
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for arm, first in per_seed[args.seeds[0]].items():
-        rows = [per_seed[s][arm] for s in args.seeds]
-        cells = [arm, first["model"]]
-        for column in columns[2:]:
-            values = [r[column] for r in rows]
-            words = {v for v in values if isinstance(v, str)}  # "never trained" in some seed
-            if words:
-                cells.append(f"{', '.join(sorted(words))} ({sum(isinstance(v, str) for v in values)} seeds)")
-            elif column == "wall s":
-                cells.append(f"{statistics.median(values):.0f}")
-            else:
-                cells.append(mean_std(values, FORMATS[column]))
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+    arms = {arm: [per_seed[s][arm] for s in args.seeds] for arm in per_seed[args.seeds[0]]}
+    table = seeds_table(comparison_columns("loss"), arms, FORMATS)
     differences = "\n".join(f"- {paired(per_seed, a, b)}" for a, b in PAIRS)
     steps = per_seed[args.seeds[0]]["classical large"]["large steps"]  # every step of the large model alone
     header = (
