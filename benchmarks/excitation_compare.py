@@ -25,6 +25,10 @@ from seeking.training.excite import ExciteConfig, compare_excitation
 
 TEXT = DEFAULT_DATA.parent / "tinyshakespeare.txt"
 CONTROLS = ["none", "zero_sum", "positive_sum", "global", "random", "inverted"]
+# the language-model experiments' shared settings
+TEXT_SETTINGS = dict(
+    data=str(TEXT), optimizer="adamw", lr=1e-3, batch_size=32, block_size=64, arms=["none", "zero_sum", "positive_sum"]
+)
 # name -> ExciteConfig fields (data and seeds come from the command line)
 EXPERIMENTS = {
     # Micro-MoE 4x128, 90% sparsity: the paper's 41.01 -> 46.58 (SGD, batch 512)
@@ -46,29 +50,9 @@ EXPERIMENTS = {
         test_subset=1000,
     ),
     # GPT-MoE, character level: validation loss at equal steps
-    "gpt_moe": dict(
-        model="gpt_moe_tiny",
-        data=str(TEXT),
-        optimizer="adamw",
-        lr=1e-3,
-        batch_size=32,
-        block_size=64,
-        steps=200,
-        eval_every_steps=50,
-        arms=["none", "zero_sum", "positive_sum"],
-    ),
+    "gpt_moe": dict(model="gpt_moe_tiny", **TEXT_SETTINGS, steps=200, eval_every_steps=50),
     # a Hugging Face transformers OLMoE (tiny random-init configuration), made excitable in place
-    "hf_olmoe": dict(
-        model="hf_olmoe_tiny",
-        data=str(TEXT),
-        optimizer="adamw",
-        lr=1e-3,
-        batch_size=32,
-        block_size=64,
-        steps=300,
-        eval_every_steps=100,
-        arms=["none", "zero_sum", "positive_sum"],
-    ),
+    "hf_olmoe": dict(model="hf_olmoe_tiny", **TEXT_SETTINGS, steps=300, eval_every_steps=100),
 }
 
 
