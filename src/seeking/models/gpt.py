@@ -19,6 +19,7 @@ token in closed form: :func:`seeking.flops.gpt_train_flops_per_token`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -65,19 +66,33 @@ class Block(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """What this project's language models share (GPT, GPT-MoE): token and learned position
-    embeddings (normal, std 0.02), the blocks that ``make_blocks()`` builds (called between the two, so
-    the random initialisation keeps its order), a final LayerNorm and a head tied to the token
-    embedding. ``cfg`` holds at least ``vocab_size``, ``block_size`` and ``width``; each block is
-    called as ``block(x, mask)``. ``forward(idx (B, T), mask=None)`` -> logits (B, T, vocab_size);
-    ``ConfigError`` if ``T > block_size``."""
+    """What this project's language models share (GPT, GPT-MoE): the size checks and ``cfg``, token
+    and learned position embeddings (normal, std 0.02), the blocks that ``make_blocks()`` builds
+    (called between the two, so the random initialisation keeps its order), a final LayerNorm and a
+    head tied to the token embedding. ``extra`` goes into ``cfg`` too (a family's own sizes). Each
+    block is called as ``block(x, mask)``. ``forward(idx (B, T), mask=None)`` -> logits
+    (B, T, vocab_size). ``ConfigError`` for a size < 1, or if ``T > block_size``."""
 
-    def __init__(self, cfg: dict, make_blocks: Callable[[], nn.ModuleList]) -> None:
+    def __init__(
+        self,
+        family: str,
+        make_blocks: Callable[[], nn.ModuleList],
+        *,
+        vocab_size: int,
+        block_size: int,
+        depth: int,
+        width: int,
+        heads: int,
+        mlp_ratio: int,
+        **extra: Any,
+    ) -> None:
+        if min(vocab_size, block_size, depth, width, heads, mlp_ratio) < 1:
+            raise ConfigError("vocab_size, block_size, depth, width, heads and mlp_ratio must be positive")
         super().__init__()
-        self.cfg = cfg
-        vocab_size, width = cfg["vocab_size"], cfg["width"]
+        sizes = {"vocab_size": vocab_size, "block_size": block_size, "depth": depth, "width": width, "heads": heads}
+        self.cfg = {"family": family, **sizes, **extra, "hidden": mlp_ratio * width}
         self.tok_embed = nn.Embedding(vocab_size, width)
-        self.pos_embed = nn.Embedding(cfg["block_size"], width)
+        self.pos_embed = nn.Embedding(block_size, width)
         for embed in (self.tok_embed, self.pos_embed):
             nn.init.normal_(embed.weight, std=0.02)
         self.blocks = make_blocks()
@@ -108,18 +123,13 @@ class GPT(CausalLM):
         heads: int = 4,
         mlp_ratio: int = 4,
     ) -> None:
-        if min(vocab_size, block_size, depth, width, heads, mlp_ratio) < 1:
-            raise ConfigError("vocab_size, block_size, depth, width, heads and mlp_ratio must be positive")
-        cfg = {
-            "family": "gpt",
-            "vocab_size": vocab_size,
-            "block_size": block_size,
-            "depth": depth,
-            "width": width,
-            "heads": heads,
-            "hidden": mlp_ratio * width,
-        }
-        super().__init__(cfg, lambda: nn.ModuleList(Block(width, heads, mlp_ratio * width) for _ in range(depth)))
+        sizes = {"vocab_size": vocab_size, "block_size": block_size, "depth": depth, "width": width, "heads": heads}
+        super().__init__(
+            "gpt",
+            lambda: nn.ModuleList(Block(width, heads, mlp_ratio * width) for _ in range(depth)),
+            **sizes,
+            mlp_ratio=mlp_ratio,
+        )
 
 
 @register_model

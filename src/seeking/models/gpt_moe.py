@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..moe.block import moe_blocks
 from .gpt import CausalLM
 from .registry import register_model
@@ -34,22 +33,15 @@ class GPTMoE(CausalLM):
         aux_loss_coef: float = 0.01,
         z_loss_coef: float = 0.0,
     ) -> None:
-        if min(vocab_size, block_size, depth, width, heads, mlp_ratio) < 1:
-            raise ConfigError("vocab_size, block_size, depth, width, heads and mlp_ratio must be positive")
-        cfg = {
-            "family": "gpt_moe",
-            "vocab_size": vocab_size,
-            "block_size": block_size,
-            "depth": depth,
-            "width": width,
-            "heads": heads,
-            "num_experts": num_experts,
-            "top_k": top_k,
-            "hidden": mlp_ratio * width,
-        }
+        sizes = {"vocab_size": vocab_size, "block_size": block_size, "depth": depth, "width": width, "heads": heads}
         moe = {"top_k": top_k, "storage": storage, "aux_loss_coef": aux_loss_coef, "z_loss_coef": z_loss_coef}
         super().__init__(
-            cfg, lambda: moe_blocks(depth, width, heads, mlp_ratio * width, num_experts, causal=True, **moe)
+            "gpt_moe",
+            lambda: moe_blocks(depth, width, heads, mlp_ratio * width, num_experts, causal=True, **moe),
+            **sizes,
+            mlp_ratio=mlp_ratio,
+            num_experts=num_experts,
+            top_k=top_k,
         )
 
 
