@@ -425,6 +425,11 @@ class ExciteConfig(RunConfig):
     seeds: list[int] = option([0, 1, 2], help="one run of every arm per seed", group="run")  # noqa: RUF009 (option makes a dataclass field)
     eval_every_steps: int = option(100, help="test every N steps (and after the last)", group="run")
 
+    @property
+    def model_name(self) -> str:
+        """What trains: the ``--hf-model`` folder when given, else the ``--model`` name."""
+        return self.hf_model or self.model
+
     def unused_options(self) -> list[str]:
         unused = super().unused_options()
         if self.hf_model is not None and self.model_kwargs:

@@ -92,7 +92,7 @@ def probe(config: ExciteConfig, data: DataTask, device: torch.device) -> None:
     cannot take the data is a ``ConfigError`` naming the fix, before anything is written."""
     model = build_model(config, data, config.seeds[0], device)
     x, y = data.probe_batch()
-    with probing(config.hf_model or config.model, model, tuple(x.shape), data.describe):
+    with probing(config.model_name, model, tuple(x.shape), data.describe):
         (data.loss(model(x), y) + moe_aux_loss(model)).backward()
 
 
@@ -254,7 +254,7 @@ def compare_excitation(
     command = resume_command("excite", out)
     open_run_dir("excite", out, run_config("excite", dataclasses.asdict(config)), command, resume=resume, ranks=ranks)
     log(
-        f"{config.hf_model or config.model} on {data.name}, {config.optimizer} lr {config.lr}, "
+        f"{config.model_name} on {data.name}, {config.optimizer} lr {config.lr}, "
         f"{counted(config.steps, 'step')} of {config.batch_size}, arms {', '.join(config.arms)}, "
         f"seeds {config.seeds}; results in {out}"
     )
