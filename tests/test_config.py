@@ -120,6 +120,7 @@ def test_the_shared_fields_are_declared_once():
         (TrainConfig(epochs=1, warmup_epochs=2.0), ["--warmup-epochs 2.0 is longer than the run's 1 epochs"]),
         (ExciteConfig(data="poem.txt", train_subset=10), ["--train-subset does nothing with text data"]),
         (ExciteConfig(block_size=32), ["--block-size does nothing with image data"]),
+        (TrainConfig(tokenizer="tok"), ["--tokenizer does nothing with image data"]),
         (ExciteConfig(arms=["none"], gamma=2.0), ["--gamma does nothing without an Excitation arm"]),
         (TrainConfig(optimizer="adam", momentum=0.0, k=3), []),  # what is set is used
         (ExciteConfig(optimizer="rmsprop", momentum=0.5, gamma=2.0), []),

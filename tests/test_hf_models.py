@@ -74,18 +74,18 @@ def test_a_local_folder_trains_from_its_own_weights(text, tmp_path):
     folder = tmp_path / "olmoe"
     config = tiny_config("olmoe", vocab_size=30, max_positions=32)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    config = ExciteConfig(data=str(text), hf_model=str(folder), block_size=16, seeds=[0]).validate()
+    config = ExciteConfig(data=str(text), model=str(folder), block_size=16, seeds=[0]).validate()
     model = build_model(config, excite_data(config, "cpu"), 0, torch.device("cpu"))
     saved = transformers.AutoModelForCausalLM.from_pretrained(folder)
     assert model.hf.state_dict().keys() == saved.state_dict().keys()
     assert all(torch.equal(v, saved.state_dict()[k]) for k, v in model.hf.state_dict().items())
     out = tmp_path / "run"
-    argv = ["excite", "--hf-model", str(folder), "--data", str(text), "--arms", "zero_sum", *FAST]
+    argv = ["excite", "--model", str(folder), "--data", str(text), "--arms", "zero_sum", *FAST]
     argv[argv.index("--eval-every-steps") + 1] = "1"
     with warnings.catch_warnings():
         warnings.simplefilter("error", SeekingWarning)  # e.g. "no expert layer counted a routed token"
         assert main([*argv, "--out", str(out)]) == 0
-    assert json.loads((out / "config.json").read_text())["hf_model"] == str(folder)
+    assert json.loads((out / "config.json").read_text())["model"] == str(folder)
     # from_pretrained gives a model in eval mode: trained as loaded, nothing would be counted at the first
     # step, and Excitation's factors would all be 1
     first = json.loads((out / "excitation.json").read_text())["runs"][0]["curve"][0]
@@ -101,9 +101,9 @@ def test_excitation_on_a_transformers_model_not_made_excitable_names_the_fix():
 @pytest.mark.parametrize(
     "make,argv,message",
     [
-        (None, ["--hf-model", "/nonexistent/model"], "is not a local transformers model folder (no config.json)"),
-        ("olmoe", ["--model", "gpt_moe_tiny"], "give --model or --hf-model, not both"),
-        ("olmoe", ["--data", "digits"], "--hf-model trains a causal language model: give a .txt file"),
+        (None, ["--model", "/nonexistent/model"], "is not a local model folder (no config.json in it)"),
+        ("olmoe", ["--data", "digits"], "does not train on an image data set"),
+        ("olmoe", ["--model-kwargs", '{"width": 8}'], "takes no argument 'width' (given in model_kwargs?)"),
         ("small_vocab", [], "has 8 token ids but the text has"),
         ("dense", [], "has no MoE layer: Excitation needs a model with expert layers"),
         (
@@ -126,7 +126,7 @@ def test_bad_hf_folders_exit_2_and_write_nothing(make, argv, message, text, tmp_
         model.save_pretrained(folder)
     capsys.readouterr()  # save_pretrained's progress bar
     out = tmp_path / "run"
-    given = ["--hf-model", str(folder)] if make is not None else []
+    given = ["--model", str(folder)] if make is not None else []
     assert main(["excite", "--data", str(text), *given, *FAST, *argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("seeking: error: ") and message in err and err.count("\n") == 1
@@ -151,3 +151,105 @@ def test_a_transformers_pair_trains_motivated_from_the_same_function_and_saves_u
         model, meta = load_model(result.run_dir / record["checkpoint"])
         assert isinstance(model, HFCausalLM) and meta["model"] in (base, large)
         assert data.evaluate(model)[0]["loss"] == pytest.approx(record["loss"], abs=1e-6)
+
+
+def save_tokenizer(folder, text: str, vocab_size: int = 60) -> None:
+    """A byte-level BPE tokenizer trained on ``text``, saved as transformers saves one (nothing downloaded)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=sorted(set(text)), show_progress=False)
+    bpe.train_from_iterator([text], trainer)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=bpe).save_pretrained(folder)
+
+
+def test_a_local_tokenizer_encodes_the_text_and_is_part_of_its_identity(text, tmp_path):
+    words = text.read_text(encoding="utf-8")
+    save_tokenizer(tmp_path / "tok", words)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok", local_files_only=True)
+    data = TextModeling(
+        str(text), batch_size=4, block_size=8, device=torch.device("cpu"), tokenizer=str(tmp_path / "tok")
+    )
+    ids = torch.cat([data.text.train, data.text.val])
+    # the tokenizer's own ids, in order, and nothing lost: they decode to the file
+    assert ids.tolist() == hf(words, add_special_tokens=False)["input_ids"] and data.text.decode(ids) == words
+    # merges: fewer tokens than characters
+    assert data.model_kwargs()["vocab_size"] == len(hf) and len(ids) < len(words)
+    # resuming with another tokenizer is refused by the checkpoint's identity
+    chars = TextModeling(str(text), batch_size=4, block_size=8, device=torch.device("cpu"))
+    assert chars.identity() != data.identity()
+    save_tokenizer(tmp_path / "other", words, vocab_size=24)
+    other = TextModeling(
+        str(text), batch_size=4, block_size=8, device=torch.device("cpu"), tokenizer=str(tmp_path / "other")
+    )
+    assert len(other.text.train) != len(data.text.train) and other.identity() != data.identity()
+    assert data.file_metadata(str(text), None)["tokenizer"] == str(tmp_path / "tok")
+
+
+def test_a_tokenizer_that_loses_text_warns(text, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    word_level = Tokenizer(models.WordLevel({"to": 0, "be": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]").save_pretrained(tmp_path / "t")
+    with pytest.warns(SeekingWarning, match=r"maps \d+ of the text's \d+ tokens to its unknown token '\[UNK\]'"):
+        TextModeling(str(text), batch_size=2, block_size=4, device=torch.device("cpu"), tokenizer=str(tmp_path / "t"))
+
+
+@pytest.mark.parametrize(
+    "where,message",
+    [("missing", "is not a folder: give a local tokenizer folder"), ("empty", "holds no tokenizer (none of")],
+)
+def test_a_bad_tokenizer_folder_exits_2_and_writes_nothing(where, message, text, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "run"
+    argv = ["train", "--pair", "gpt_2l:gpt_4l", "--data", str(text), "--tokenizer", str(tmp_path / where)]
+    assert main([*argv, "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_a_pair_of_local_folders_trains_with_their_tokenizer_and_saves_models_usable_without_them(text, tmp_path):
+    """``--pair FOLDER:FOLDER``: Motivation on the user's own saved transformers models, their text encoded by
+    their tokenizer; the start is exact (warnings are errors) and each saved model reloads, folders deleted,
+    to the figure the run recorded."""
+    words = text.read_text(encoding="utf-8")
+    save_tokenizer(tmp_path / "small", words)
+    vocab = len(transformers.AutoTokenizer.from_pretrained(tmp_path / "small", local_files_only=True))
+    for name, layers in (("small", 2), ("large", 4)):
+        torch.manual_seed(layers)
+        config = tiny_config("llama", vocab_size=vocab, max_positions=32, num_hidden_layers=layers)
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / name)
+    base, large = str(tmp_path / "small"), str(tmp_path / "large")
+    out = tmp_path / "run"
+    argv = ["train", "--pair", f"{base}:{large}", "--data", str(text), "--tokenizer", base, "--block-size", "8"]
+    argv += ["--epochs", "1", "--batch-size", "4", "--optimizer", "adamw", "--lr", "0.003", "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SeekingWarning)  # an inexact start, or a lossy tokenizer, would warn
+        assert main([*argv, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["motivated_steps"] < summary["steps"]
+    # the base started from the folder's own weights (a Motivation run never changes the base's start)
+    data = TextModeling(str(text), batch_size=4, block_size=8, device=torch.device("cpu"), tokenizer=base)
+    import shutil
+
+    shutil.rmtree(tmp_path / "large")
+    shutil.move(tmp_path / "small", tmp_path / "moved")  # the saved files must not need the folders
+    for role, record in summary["models"].items():
+        model, meta = load_model(out / record["checkpoint"])
+        assert meta["model"] == "hf_causal_lm" and meta["extra"]["tokenizer"] == base
+        assert model.hf.config.num_hidden_layers == (2 if role == "base" else 4)
+        assert data.evaluate(model)[0]["loss"] == pytest.approx(record["loss"], abs=1e-6)
+
+
+def test_a_model_folder_with_a_tokenizer_trained_on_characters_warns(text, tmp_path):
+    folder = tmp_path / "olmoe"
+    transformers.AutoModelForCausalLM.from_config(
+        tiny_config("olmoe", vocab_size=60, max_positions=32)
+    ).save_pretrained(folder)
+    save_tokenizer(folder, text.read_text(encoding="utf-8"))
+    config = ExciteConfig(data=str(text), model=str(folder), block_size=16, seeds=[0]).validate()
+    with pytest.warns(SeekingWarning, match=r"has a tokenizer, but the text is encoded one token per character"):
+        excite_data(config, "cpu")

@@ -1,10 +1,12 @@
-"""Character-level text: a UTF-8 file becomes token ids over its sorted characters, and random blocks of them.
+"""Text for language models: a UTF-8 file becomes token ids, and random blocks of them.
 
-``load_text(path)`` reads the whole file (e.g. tiny Shakespeare), takes its distinct characters in
-code-point order as the vocabulary (token id = position), encodes the text as uint8 (int64 when
-there are more than 256 characters) and splits it: the first ``round(n * (1 - val_fraction))``
-tokens train, the rest validate. ``text_batches`` draws blocks at uniformly random offsets;
-targets are the inputs shifted by one token.
+``load_text(path)`` reads the whole file (e.g. tiny Shakespeare) and encodes it with a
+:class:`Tokenizer`: by default a :class:`CharTokenizer` over the file's distinct characters in
+code-point order (token id = position); any other tokenizer (e.g. a local Hugging Face one, see
+:func:`seeking.integrations.transformers.local_tokenizer`) is passed as ``tokenizer``. Ids are kept
+as uint8 (int64 when there are more than 256 token ids), and split: the first
+``round(n * (1 - val_fraction))`` tokens train, the rest validate. ``text_batches`` draws blocks at
+uniformly random offsets; targets are the inputs shifted by one token.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,16 +36,30 @@ def _encode(text: str, vocab: str, name: str) -> torch.Tensor:
     return ids
 
 
-@dataclass(frozen=True, eq=False)
-class TextData:
-    """``vocab``: the sorted distinct characters; ``train`` and ``val``: 1-D token-id tensors;
-    ``sha256``: the file's digest (a resumed run checks that its text did not change)."""
+class Tokenizer(Protocol):
+    """What :func:`load_text` needs of a tokenizer. ``unit``: what one token is, in messages
+    ("character", "token"); ``metadata()``: what a saved model file records of it (JSON)."""
 
-    name: str
+    unit: str
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> torch.Tensor: ...
+
+    def decode(self, ids: torch.Tensor) -> str: ...
+
+    def metadata(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class CharTokenizer:
+    """One token per character of ``vocab`` (token id = position in ``vocab``, sorted code points);
+    ``name`` is named when a character is not in the vocabulary."""
+
     vocab: str
-    train: torch.Tensor
-    val: torch.Tensor
-    sha256: str = ""
+    name: str = "the text"
+    unit = "character"
 
     @property
     def vocab_size(self) -> int:
@@ -55,9 +72,41 @@ class TextData:
     def decode(self, ids: torch.Tensor) -> str:
         return "".join(self.vocab[i] for i in ids.tolist())
 
+    def metadata(self) -> dict[str, Any]:
+        return {"vocab": self.vocab}
 
-def load_text(path: str | os.PathLike, val_fraction: float = 0.1) -> TextData:
-    """The UTF-8 text file at ``path`` as a :class:`TextData`; ``DataError`` if missing, empty or not UTF-8."""
+
+@dataclass(frozen=True, eq=False)
+class TextData:
+    """``tokenizer``: what encoded the text; ``train`` and ``val``: 1-D token-id tensors; ``sha256``:
+    the file's digest and, with a tokenizer other than characters, of the token ids (a resumed run
+    checks that neither changed)."""
+
+    name: str
+    tokenizer: Tokenizer
+    train: torch.Tensor
+    val: torch.Tensor
+    sha256: str = ""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def vocab(self) -> str:
+        """The characters of a character-level vocabulary; ``AttributeError`` for another tokenizer."""
+        return self.tokenizer.vocab
+
+    def encode(self, text: str) -> torch.Tensor:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: torch.Tensor) -> str:
+        return self.tokenizer.decode(ids)
+
+
+def load_text(path: str | os.PathLike, val_fraction: float = 0.1, tokenizer: Tokenizer | None = None) -> TextData:
+    """The UTF-8 text file at ``path`` as a :class:`TextData`, encoded by ``tokenizer`` (default: its
+    characters); ``DataError`` if missing, empty, not UTF-8, or fewer than 2 distinct tokens."""
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     path = Path(path).expanduser()
@@ -72,12 +121,21 @@ def load_text(path: str | os.PathLike, val_fraction: float = 0.1) -> TextData:
         raise DataError(f"{path} is not UTF-8 text: byte {e.start} cannot be decoded") from None
     if not text:
         raise DataError(f"text file {path} is empty")
-    vocab = "".join(sorted(set(text)))
-    if len(vocab) < 2:  # as single-class image data: a loss of 0 from the first step, nothing learnt
-        raise DataError(f"text file {path} has one distinct character ({vocab!r}): there is nothing to predict")
-    ids = _encode(text, vocab, path.stem).to(torch.uint8 if len(vocab) <= 256 else torch.int64)
+    digest = hashlib.sha256(raw)
+    if tokenizer is None:
+        tokenizer = CharTokenizer("".join(sorted(set(text))), path.stem)
+    ids = tokenizer.encode(text)
+    if not isinstance(tokenizer, CharTokenizer):  # its files are not the text's: the ids say what it made of them
+        digest.update(ids.numpy().tobytes())
+    distinct = ids.unique()
+    if len(distinct) < 2:  # as single-class image data: a loss of 0 from the first step, nothing learnt
+        raise DataError(
+            f"text file {path} has one distinct {tokenizer.unit} ({tokenizer.decode(distinct)!r}): there is nothing "
+            "to predict"
+        )
+    ids = ids.to(torch.uint8 if tokenizer.vocab_size <= 256 else torch.int64)
     n_train = round(len(ids) * (1 - val_fraction))
-    return TextData(path.stem, vocab, ids[:n_train], ids[n_train:], hashlib.sha256(raw).hexdigest())
+    return TextData(path.stem, tokenizer, ids[:n_train], ids[n_train:], digest.hexdigest())
 
 
 class TextBatches:

@@ -367,3 +367,72 @@ def tiny_config(family: str, vocab_size: int, max_positions: int, **overrides: A
         )
         raise ConfigError(f"{type(base).__name__} has no field {hints}: give fields of the {family} configuration")
     return TINY_CONFIGS[family](vocab_size, max_positions, **overrides)
+
+
+class HFTokenizer:
+    """A transformers tokenizer as :class:`seeking.data.text.Tokenizer`: ``encode`` adds no special
+    token (the text is one stream cut into blocks), ``vocab_size`` is ``len(tokenizer)`` (added tokens
+    included). ``path``: the folder it was loaded from, recorded in saved model files."""
+
+    unit = "token"
+
+    def __init__(self, tokenizer: Any, path: str) -> None:
+        self.tokenizer, self.path = tokenizer, path
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def encode(self, text: str) -> Tensor:
+        # verbose=False: the whole file is one sequence, longer than any model's context, on purpose
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        unknown = self.tokenizer.unk_token_id
+        if unknown is not None and unknown in ids:  # the text lost characters the tokenizer cannot represent
+            count = ids.count(unknown)
+            warnings.warn(
+                f"the tokenizer in {self.path!r} maps {count} of the text's {len(ids)} tokens to its unknown token "
+                f"{self.tokenizer.unk_token!r}: that part of the text is lost; use a tokenizer that covers it "
+                "(a byte-level one covers any text)",
+                SeekingWarning,
+                stacklevel=2,
+            )
+        return torch.tensor(ids, dtype=torch.int64)
+
+    def decode(self, ids: Tensor) -> str:
+        return self.tokenizer.decode(ids.tolist())
+
+    def metadata(self) -> dict[str, Any]:
+        return {"tokenizer": self.path, "tokenizer_class": type(self.tokenizer).__name__}
+
+
+# the files one of which every saved transformers tokenizer has (fast, sentencepiece, BPE, WordPiece)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def has_tokenizer(path: str | os.PathLike) -> bool:
+    """Whether the local folder ``path`` holds a saved tokenizer (e.g. a model folder saved with its own)."""
+    folder = Path(path).expanduser()
+    return folder.is_dir() and any((folder / name).is_file() for name in _TOKENIZER_FILES)
+
+
+def local_tokenizer(path: str | os.PathLike) -> HFTokenizer:
+    """The tokenizer saved in the local folder ``path`` (``save_pretrained`` output, e.g. a model's own
+    folder), loaded offline, never downloaded. ``ConfigError`` for a path that holds no tokenizer."""
+    transformers = _transformers()
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(
+            f"--tokenizer {str(path)!r} is not a folder: give a local tokenizer folder written by save_pretrained "
+            "(tokenizers are never downloaded)"
+        )
+    if not has_tokenizer(folder):
+        raise ConfigError(
+            f"{str(folder)!r} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}): give the folder a "
+            "tokenizer's save_pretrained wrote"
+        )
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a folder transformers cannot read as a tokenizer
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot load a tokenizer from {str(folder)!r}: {first}") from None
+    return HFTokenizer(tokenizer, str(folder))

@@ -5,8 +5,10 @@
 for the data's character vocabulary, and ``hf_<family>_tiny_4l`` the same with 4 layers: the deeper
 model of a Motivation pair (``seeking compare --pair hf_llama_tiny:hf_llama_tiny_4l``). The families
 are dense (Llama, GPT-2) or MoE (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS, DeepSeek-V3); nothing is
-ever downloaded. :meth:`HFCausalLM.from_folder` loads a local model folder (``save_pretrained``'s
-output) offline. An MoE model is made excitable in place
+ever downloaded. A local model folder (``save_pretrained``'s output) is a model name too:
+``create_model("path/to/folder", vocab_size=..., block_size=...)`` loads it offline with its weights
+(:meth:`HFCausalLM.from_folder`), and ``hf_causal_lm`` rebuilds it from its configuration alone (what
+a saved model file records). An MoE model is made excitable in place
 (:func:`seeking.integrations.transformers.excitable`), so :class:`seeking.Excitation` and the
 routing metrics see its MoE layers.
 
@@ -20,6 +22,7 @@ optimizer.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..integrations import require
 from ..integrations.transformers import HF_FAMILIES, TINY_CONFIGS, causal_lm, excitable, is_experts_module, tiny_config
-from .registry import register_model
+from .registry import ModelFolder, register_model, register_model_folder
 
 
 class HFCausalLM(nn.Module):
@@ -52,9 +55,9 @@ class HFCausalLM(nn.Module):
 
     @classmethod
     def from_folder(cls, path: str | Path, vocab_size: int, block_size: int) -> HFCausalLM:
-        """The causal LM saved in the local folder ``path`` (loaded offline, with its weights), for
-        data of ``vocab_size`` token ids; ``ConfigError`` if the folder is no model, is not an MoE, or
-        has fewer token ids than the data."""
+        """The causal LM saved in the local folder ``path`` (loaded offline, with its weights, in training
+        mode), for data of ``vocab_size`` token ids; ``ConfigError`` if the folder is no causal LM or has
+        fewer token ids than the data."""
         try:
             with _no_progress_bar():  # loading takes a moment; its bar would break the run's own output
                 hf = causal_lm(path)
@@ -69,7 +72,11 @@ class HFCausalLM(nn.Module):
                 "characters: use a model with a vocabulary at least that large"
             )
         # from_pretrained returns the model in eval mode, where nothing is counted and dropout is off
-        return cls(hf.train(), block_size, family=f"hf:{hf.config.model_type}")
+        return cls(hf.train(), block_size, family=hf.config.model_type)
+
+    def recipe(self) -> tuple[str, dict[str, Any]]:
+        """``("hf_causal_lm", {"config": ...})``: what rebuilds this model's architecture without its folder."""
+        return "hf_causal_lm", {"config": json.loads(self.hf.config.to_json_string(use_diff=False))}
 
     def forward(self, idx: Tensor, mask: Tensor | None = None) -> Tensor:
         if idx.shape[1] > self.cfg["block_size"]:
@@ -104,6 +111,27 @@ def _tiny_family(family: str, layers: int, suffix: str):
     )
     return build
 
+
+@register_model
+def hf_causal_lm(vocab_size: int, block_size: int, config: dict[str, Any]) -> HFCausalLM:
+    """A random-init transformers causal LM of the configuration ``config`` (``PretrainedConfig.to_dict()``
+    of a model folder, with its ``model_type``), what a saved model file of a folder's model records."""
+    transformers = require("transformers", "transformers")
+    fields = dict(config)
+    model_type = fields.pop("model_type", None)
+    if model_type is None:
+        raise ConfigError("hf_causal_lm needs the transformers configuration's 'model_type'")
+    if fields.get("vocab_size", vocab_size) < vocab_size:
+        raise ConfigError(f"the configuration has {fields['vocab_size']} token ids but the data has {vocab_size}")
+    hf_config = transformers.AutoConfig.for_model(model_type, **fields)
+    return HFCausalLM(causal_lm(hf_config), block_size, family=model_type)
+
+
+# a transformers save_pretrained folder is a model name wherever one is taken
+register_model_folder(
+    "transformers",
+    ModelFolder(marker="config.json", like="hf_causal_lm", load=HFCausalLM.from_folder, recipe=HFCausalLM.recipe),
+)
 
 for _family in TINY_CONFIGS:
     for _layers, _suffix in ((2, "tiny"), (4, "tiny_4l")):

@@ -7,6 +7,11 @@ builds timm's model without pretrained weights, with ``in_channels`` passed as t
 ``in_chans`` and ``image_size`` as ``img_size`` for the models that take one (ViTs). The classifier
 is rebuilt with ``reset_classifier`` (PyTorch's default initialisation): timm scales some heads'
 initial weights by ``1/sqrt(num_classes)``, which for 10 classes makes SGD diverge.
+
+A local model folder is a name too, for the kinds registered with :func:`register_model_folder`
+(a transformers ``save_pretrained`` folder: ``create_model("path/to/folder", vocab_size=65,
+block_size=128)`` loads it with its weights). :func:`model_recipe` gives the registered name and
+arguments that rebuild such a model without its folder, which saved model files record.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import importlib.util
 import inspect
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -32,6 +39,47 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+@dataclass(frozen=True)
+class ModelFolder:
+    """A kind of local model folder: ``marker``, the file every such folder holds; ``like``, the
+    registered model whose arguments a folder's model takes (the data's, e.g. ``vocab_size``);
+    ``load(path, **kwargs)``, the model with the folder's weights; ``recipe(model)``, the registered
+    name and arguments that rebuild it (random init) without the folder."""
+
+    marker: str
+    like: str
+    load: Callable[..., nn.Module]
+    recipe: Callable[[nn.Module], tuple[str, dict[str, Any]]]
+
+
+_FOLDERS: dict[str, ModelFolder] = {}
+
+
+def register_model_folder(kind: str, folder: ModelFolder) -> None:
+    """Accept local folders of ``kind`` (e.g. ``"transformers"``) wherever a model name is taken."""
+    if kind in _FOLDERS:
+        raise ValueError(f"model folder kind {kind!r} is registered twice")
+    _FOLDERS[kind] = folder
+
+
+def model_folder(name: str) -> ModelFolder | None:
+    """The registered kind of local folder that ``name`` is, or ``None`` (not a folder, or no kind's marker)."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return None
+    return next((f for f in _FOLDERS.values() if (path / f.marker).is_file()), None)
+
+
+def model_recipe(name: str, model: nn.Module, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The name and constructor arguments that rebuild ``model``, built as ``create_model(name, **kwargs)``:
+    themselves, or for a local folder the registered name and arguments of :attr:`ModelFolder.recipe`."""
+    folder = model_folder(name)
+    if folder is None:
+        return name, kwargs
+    rebuilt, extra = folder.recipe(model)
+    return rebuilt, {**kwargs, **extra}
+
+
 def list_models() -> list[str]:
     """This project's model names, sorted (timm's names are accepted too, see the module docstring)."""
     return sorted(_MODELS)
@@ -42,14 +90,20 @@ def _timm():
 
 
 def model_exists(name: str) -> bool:
-    """Whether :func:`create_model` knows ``name`` (this project's registry, then timm's)."""
-    if name in _MODELS:
+    """Whether :func:`create_model` knows ``name`` (this project's registry, a local model folder, then timm's)."""
+    if name in _MODELS or model_folder(name) is not None:
         return True
     timm = _timm()
     return timm is not None and timm.is_model(name)
 
 
 def unknown_model_message(name: str, role: str = "") -> str:
+    if Path(name).expanduser().exists() or "/" in name:  # meant as a folder
+        markers = " or ".join(sorted({f.marker for f in _FOLDERS.values()}))
+        return (
+            f"{role + ' ' if role else ''}model {name!r} is not a local model folder (no {markers} in it): give a "
+            "folder written by save_pretrained, or a model name (seeking models)"
+        )
     timm_hint = (
         "or any timm model name"
         if _timm() is not None
@@ -62,6 +116,9 @@ def model_arguments(name: str) -> dict[str, inspect.Parameter] | None:
     """The keyword arguments a registered model's constructor takes, or ``None`` when unknown (timm's
     models, which forward theirs through several layers). A registered function that takes ``**kwargs``
     is followed to the class its return annotation names."""
+    folder = model_folder(name)
+    if folder is not None:
+        return model_arguments(folder.like)
     fn = _MODELS.get(name)
     if fn is None:
         return None
@@ -121,6 +178,16 @@ def create_model(name: str, **kwargs) -> nn.Module:
     raises on the arguments given."""
     if not model_exists(name):
         raise ConfigError(unknown_model_message(name))
+    folder = model_folder(name)
+    if folder is not None:
+        takes = list(inspect.signature(folder.load).parameters)[1:]
+        unknown = sorted(set(kwargs) - set(takes))
+        if unknown:
+            raise ConfigError(
+                f"model folder {name!r} takes no argument {', '.join(map(repr, unknown))} (given in model_kwargs?): "
+                f"its {folder.marker} sets the model"
+            )
+        return folder.load(name, **kwargs)
     if name not in _MODELS:
         return _create_timm(name, **kwargs)
     _check_arguments(name, kwargs)

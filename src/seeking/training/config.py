@@ -82,6 +82,8 @@ class RunConfig:
     data_kwargs: ClassVar[tuple[str, ...]] = ("num_classes", "in_channels", "image_size", "vocab_size")
     # options that only image data uses (a text run warns that they do nothing)
     image_only: ClassVar[tuple[str, ...]] = ("train_subset", "test_subset", "cache_dir", "channels_last")
+    # options that only text data uses (an image run warns that they do nothing)
+    text_only: ClassVar[tuple[str, ...]] = ("block_size", "tokenizer")
 
     data: str = option(
         "digits",
@@ -104,7 +106,13 @@ class RunConfig:
         group="data and models",
     )
     block_size: int = option(
-        64, help="characters per training sequence of a language model (text data only)", group="data and models"
+        64, help="tokens per training sequence of a language model (text data only)", group="data and models"
+    )
+    tokenizer: str | None = option(
+        None,
+        help="a local Hugging Face tokenizer folder (save_pretrained's output, e.g. the model's own; loaded "
+        "offline) that encodes the text; default: one token per character (text data only)",
+        group="data and models",
     )
     optimizer: str = option(
         help="torch.optim's optimizer of that name; nesterov: SGD with Nesterov momentum (plain SGD at momentum 0)",
@@ -220,7 +228,7 @@ class RunConfig:
         if self.changed("momentum") and self.momentum and self.optimizer not in with_momentum():
             unused.append(f"--momentum does nothing with --optimizer {self.optimizer}, which takes none")
         text = data_kind(self.data) == "text"
-        for name in self.image_only if text else ("block_size",):
+        for name in self.image_only if text else self.text_only:
             if self.changed(name):
                 unused.append(f"--{name.replace('_', '-')} does nothing with {'text' if text else 'image'} data")
         return unused
@@ -392,13 +400,8 @@ class ExciteConfig(RunConfig):
         "micro_moe",
         help="an MoE model: micro_moe, sparse_mlp_deep10, sparse_mlp_deep20, vit_moe_tiny (images); gpt_moe_tiny, "
         "gpt_moe_small, hf_<family>_tiny (text; families: mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss, "
-        "deepseek_v3; see seeking models)",
-        group="data and models",
-    )
-    hf_model: str | None = option(
-        None,
-        help="a local Hugging Face MoE causal LM folder (save_pretrained's output; loaded offline, weights "
-        "included) to train on a .txt file instead of --model",
+        "deepseek_v3; see seeking models), or a local transformers MoE folder (save_pretrained's output, "
+        "its weights included)",
         group="data and models",
     )
     arms: list[str] = option(  # noqa: RUF009 (a dataclass field)
@@ -425,15 +428,8 @@ class ExciteConfig(RunConfig):
     seeds: list[int] = option([0, 1, 2], help="one run of every arm per seed", group="run")  # noqa: RUF009 (option makes a dataclass field)
     eval_every_steps: int = option(100, help="test every N steps (and after the last)", group="run")
 
-    @property
-    def model_name(self) -> str:
-        """What trains: the ``--hf-model`` folder when given, else the ``--model`` name."""
-        return self.hf_model or self.model
-
     def unused_options(self) -> list[str]:
         unused = super().unused_options()
-        if self.hf_model is not None and self.model_kwargs:
-            unused.append("--model-kwargs does nothing with --hf-model: the folder's config.json sets the model")
         if self.changed("gamma") and self.arms == [BASELINE]:
             unused.append("--gamma does nothing without an Excitation arm (--arms none alone)")
         return unused
@@ -442,13 +438,6 @@ class ExciteConfig(RunConfig):
         super().validate()
         if not model_exists(self.model):
             raise ConfigError(unknown_model_message(self.model))
-        if self.hf_model is not None:
-            from .tasks import data_kind  # the data task's registry says what the data is
-
-            if self.changed("model"):
-                raise ConfigError("give --model or --hf-model, not both: --hf-model replaces --model")
-            if data_kind(self.data) != "text":
-                raise ConfigError("--hf-model trains a causal language model: give a .txt file as --data")
         if not self.arms or len(set(self.arms)) != len(self.arms):
             raise ConfigError(f"arms must name each arm once and at least one, got {self.arms}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

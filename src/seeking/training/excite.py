@@ -31,7 +31,6 @@ from ..errors import ConfigError
 from ..excitation import Excitation
 from ..io import atomic_write_text, write_json
 from ..models import create_model
-from ..models.hf import HFCausalLM
 from ..moe import expert_layers, layer_utilization, moe_aux_loss, routing_metrics
 from ..motivation import SingleModel
 from ..reporting.excitation import excitation_csv, excitation_markdown, excitation_rows
@@ -57,7 +56,7 @@ from .config import ExciteConfig
 from .distributed import Ranks, join, wrap
 from .engine import Counters, Engine, LearningRate, Parts, Record
 from .preflight import probing, reports_storage_errors
-from .tasks import DataTask, check_model_kind, data_kind, load_data_task
+from .tasks import DataTask, check_model_kind, check_tokenizer, data_kind, load_data_task
 
 BASELINE = "none"
 
@@ -66,10 +65,7 @@ def build_model(config: ExciteConfig, data: DataTask, seed: int, device: torch.d
     """The MoE model of one run, seeded with ``seed``; a model without expert layers is refused."""
     torch.manual_seed(seed)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
-    if config.hf_model is not None:  # the folder's weights, the same for every seed
-        model = HFCausalLM.from_folder(config.hf_model, **data.model_kwargs())
-    else:
-        model = create_model(config.model, **data.model_kwargs(), **config.model_kwargs)
+    model = create_model(config.model, **data.model_kwargs(), **config.model_kwargs)
     model = model.to(device, memory_format=memory_format)
     if not expert_layers(model):
         raise ConfigError(
@@ -82,8 +78,8 @@ def build_model(config: ExciteConfig, data: DataTask, seed: int, device: torch.d
 def excite_data(config: ExciteConfig, device: torch.device | str, progress: bool = False) -> DataTask:
     """The experiment's data: image classification (batches not augmented) or a text file."""
     data = load_data_task(config, torch.device(device), progress=progress)
-    if config.hf_model is None:  # a folder is a language model: validate() checked the data is text
-        check_model_kind(config.model, data_kind(config.data))
+    check_model_kind(config.model, data_kind(config.data))
+    check_tokenizer(config, [config.model])
     return data
 
 
@@ -92,7 +88,7 @@ def probe(config: ExciteConfig, data: DataTask, device: torch.device) -> None:
     cannot take the data is a ``ConfigError`` naming the fix, before anything is written."""
     model = build_model(config, data, config.seeds[0], device)
     x, y = data.probe_batch()
-    with probing(config.model_name, model, tuple(x.shape), data.describe):
+    with probing(config.model, model, tuple(x.shape), data.describe):
         (data.loss(model(x), y) + moe_aux_loss(model)).backward()
 
 
@@ -254,7 +250,7 @@ def compare_excitation(
     command = resume_command("excite", out)
     open_run_dir("excite", out, run_config("excite", dataclasses.asdict(config)), command, resume=resume, ranks=ranks)
     log(
-        f"{config.model_name} on {data.name}, {config.optimizer} lr {config.lr}, "
+        f"{config.model} on {data.name}, {config.optimizer} lr {config.lr}, "
         f"{counted(config.steps, 'step')} of {config.batch_size}, arms {', '.join(config.arms)}, "
         f"seeds {config.seeds}; results in {out}"
     )

@@ -36,6 +36,7 @@ from ..flops import loss_step_flops
 from ..io import write_json
 from ..model_file import save_model
 from ..models import create_model
+from ..models.registry import model_recipe
 from ..motivation import CONDITIONS, Motivator, Never, SingleModel, TrainingPlan, make_condition
 from ..motivation.batchnorm import deployable_copy
 from ..reporting.comparison import trained_steps
@@ -61,7 +62,7 @@ from .config import TrainConfig
 from .distributed import Ranks, join, wrap
 from .engine import Counters, Engine, JsonLog, LearningRate, Parts, Record
 from .preflight import probing, reports_storage_errors
-from .tasks import DataTask, check_model_kind, data_kind, load_data_task
+from .tasks import DataTask, check_model_kind, check_tokenizer, data_kind, load_data_task
 
 
 @dataclass
@@ -109,6 +110,7 @@ def train_task(config: TrainConfig, device: torch.device, progress: bool, datase
     after checking that both models are for that kind of data."""
     for role in ("base", "motivated"):
         check_model_kind(getattr(config, role), data_kind(config.data), "--pair (or --base, --motivated)")
+    check_tokenizer(config, [config.base, config.motivated])
     options = {"split_seed": config.seed, "augmentation": True, "progress": progress, "dataset": dataset}
     return load_data_task(config, device, **options)
 
@@ -351,7 +353,7 @@ def train(
     for role, model in task.tested.items():  # the last test's figures describe exactly these models
         if ranks.main:
             metadata = data.file_metadata(config.data, config.test_subset)
-            save_model(model, run_dir / MODEL_FILES[role], names[role], kwargs, metadata)
+            save_model(model, run_dir / MODEL_FILES[role], *model_recipe(names[role], model, kwargs), metadata)
         summary["models"][role] = {
             "model": names[role],
             **task.record.results[role],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,10 @@ from ..data import ImageData, ImageDataset, augment, batches, data_source, load_
 from ..data.core import run_splits
 from ..data.text import TextBatches, load_text, text_batches
 from ..data.transforms import EpochBatches
-from ..errors import ConfigError
+from ..errors import ConfigError, SeekingWarning
+from ..integrations.transformers import has_tokenizer, local_tokenizer
 from ..models.gpt_moe import lm_loss
-from ..models.registry import model_arguments
+from ..models.registry import model_arguments, model_folder
 from .evaluate import evaluate
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -214,7 +216,8 @@ class ImageClassification:
 
 
 class TextModeling:
-    """Character-level language modelling of a UTF-8 text file (the last 10% for validation).
+    """Language modelling of a UTF-8 text file (the last 10% for validation), one token per
+    character or by a local Hugging Face tokenizer folder (``tokenizer``).
 
     An epoch (for ``seeking train``) is as many random blocks as make the training text's length in
     tokens (blocks are drawn at random offsets, so not every token once)."""
@@ -223,32 +226,42 @@ class TextModeling:
     metric, metric_key = "val loss", "loss"
 
     def identity(self) -> dict[str, Any]:
-        """The text file's digest: a run resumed on an edited file would train on other data."""
+        """The text's digest (and its token ids' under a tokenizer): a run resumed on an edited file or
+        with another tokenizer would train on other data."""
         return {"data_file_sha256": self.text.sha256}
 
-    def __init__(self, path: str, *, batch_size: int, block_size: int, device: torch.device) -> None:
-        self.text = load_text(path)
+    def __init__(
+        self, path: str, *, batch_size: int, block_size: int, device: torch.device, tokenizer: str | None = None
+    ) -> None:
+        self.text = load_text(path, tokenizer=None if tokenizer is None else local_tokenizer(tokenizer))
         self.name, self.batch_size, self.block_size, self.device = self.text.name, batch_size, block_size, device
         self.train, self.val = self.text.train.to(device), self.text.val.to(device)
+        unit = self.text.tokenizer.unit
         self.describe = f"the text of {self.name}"
         shortest = min(len(self.train), len(self.val))
         if shortest <= block_size:  # a block and its target, shifted by one, need block_size + 1
             fix = f"--block-size {shortest - 1} or less, or" if shortest > 1 else "a"
             raise ConfigError(
                 f"{path} gives {len(self.train)} training and {len(self.val)} validation "
-                f"characters (the last 10%); a block of {block_size} and its target need "
+                f"{unit}s (the last 10%); a block of {block_size} and its target need "
                 f"{block_size + 1} in each: use {fix} longer text"
             )
         blocks = len(self.train) - block_size  # distinct starting positions
         if batch_size > blocks:  # as for images: a batch no larger than the data it draws from
             raise ConfigError(
                 f"batch_size {batch_size} exceeds the {blocks} distinct blocks of {block_size} "
-                f"characters in the training text of {path}: lower --batch-size, or use longer text"
+                f"{unit}s in the training text of {path}: lower --batch-size, or use longer text"
             )
 
     @classmethod
     def from_config(cls, config: Any, device: torch.device, **unused: Any) -> TextModeling:
-        return cls(config.data, batch_size=config.batch_size, block_size=config.block_size, device=device)
+        return cls(
+            config.data,
+            batch_size=config.batch_size,
+            block_size=config.block_size,
+            device=device,
+            tokenizer=config.tokenizer,
+        )
 
     @staticmethod
     def preload(config: Any, progress: bool) -> None:
@@ -257,7 +270,7 @@ class TextModeling:
 
     @property
     def sizes(self) -> str:
-        return f"{len(self.train)} train / {len(self.val)} validation characters"
+        return f"{len(self.train)} train / {len(self.val)} validation {self.text.tokenizer.unit}s"
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"vocab_size": self.text.vocab_size, "block_size": self.block_size}
@@ -287,19 +300,20 @@ class TextModeling:
         return (x for x, _ in itertools.islice(stream, count))
 
     def file_metadata(self, data: str, test_subset: int | None) -> dict[str, Any]:
-        """What a saved model file records: the text file and its vocabulary (token id = position),
-        the block size; ``seeking evaluate`` refuses a language model by ``kind``."""
+        """What a saved model file records: the text file, its tokenizer (a character vocabulary,
+        token id = position, or the tokenizer folder) and the block size; ``seeking evaluate``
+        refuses a language model by ``kind``."""
         return {
             "kind": self.kind,
             "dataset": self.name,
             "data": data_source(data),
-            "vocab": self.text.vocab,
+            **self.text.tokenizer.metadata(),
             "block_size": self.block_size,
         }
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> tuple[dict[str, float], torch.Tensor]:
-        """``{"loss": mean next-character loss (nats), "perplexity": exp(loss)}`` on 8 validation
+        """``{"loss": mean next-token loss (nats), "perplexity": exp(loss)}`` on 8 validation
         batches of 64 blocks (the same blocks every time), and the targets of the last batch."""
         was_training = model.training
         model.eval()
@@ -333,6 +347,21 @@ def check_model_kind(model: str, kind: str, option: str = "--model") -> None:
             f"model {model!r} does not train on {what}: language models (gpt_*, gpt_moe_*, hf_*) train on a .txt file, "
             f"the others on image data; check {option} and --data"
         )
+
+
+def check_tokenizer(config: Any, models: list[str]) -> None:
+    """Warn when a model folder brings its own tokenizer but the text is encoded otherwise: its
+    weights were trained on that tokenizer's ids, which character ids are not."""
+    if data_kind(config.data) != "text" or config.tokenizer is not None:
+        return
+    for name in models:
+        if model_folder(name) is not None and has_tokenizer(name):
+            warnings.warn(
+                f"model folder {name!r} has a tokenizer, but the text is encoded one token per character, which "
+                f"its weights were not trained on: pass --tokenizer {name} to encode the text with it",
+                SeekingWarning,
+                stacklevel=2,
+            )
 
 
 def preload_data(config: Any, progress: bool = False) -> ImageDataset | None:
