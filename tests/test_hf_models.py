@@ -92,6 +92,14 @@ def test_a_local_folder_trains_from_its_own_weights(text, tmp_path):
     assert first["step"] == 1 and any(phi != 1.0 for layer in first["phi"] for phi in layer)
 
 
+def test_a_folder_saved_in_bfloat16_trains_float32_weights(text, tmp_path):
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config("olmoe", vocab_size=30, max_positions=32))
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    loaded = create_model(str(tmp_path / "bf16"), vocab_size=20, block_size=16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert all(torch.equal(p.float(), loaded.hf.get_parameter(n)) for n, p in model.named_parameters())
+
+
 def test_excitation_on_a_transformers_model_not_made_excitable_names_the_fix():
     hf = transformers.AutoModelForCausalLM.from_config(tiny_config("olmoe", vocab_size=20, max_positions=16))
     with pytest.raises(ConfigError, match=r"excitable\(model\) in seeking.integrations.transformers"):

@@ -284,3 +284,16 @@ def test_a_users_identity_rule_makes_its_blocks_exact():
         assert motivator.added_blocks == ["2"] and motivator.start_difference == 0.0
     finally:
         IDENTITY_RULES.pop("test_block")
+
+
+def test_a_pair_of_two_dtypes_is_refused():
+    base, large, _ = pair("llama")
+    with pytest.raises(ConfigError, match=r"different dtypes \(base torch.float32, motivated torch.bfloat16\)"):
+        WeightMap.infer(base, large.to(torch.bfloat16))
+
+
+def test_fewer_query_heads_per_key_value_head_is_refused_with_both_head_views():
+    # 4 query heads on 2 key/value heads (2 per group) -> 4 on 4 (1 per group): same shapes, heads that do not nest
+    base, large, _ = pair("llama", motivated_fields={"num_key_value_heads": 4}, layers=(2, 2))
+    with pytest.raises(ConfigError, match=re.escape("they are (2, 2, 8, 32) and (4, 1, 8, 32), which do not nest")):
+        WeightMap.infer(base, large)

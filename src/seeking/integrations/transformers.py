@@ -242,11 +242,15 @@ def excitable(model: nn.Module) -> list[ExpertCounter]:
 
 
 def causal_lm(
-    config_or_path: PretrainedConfig | str | os.PathLike, *, experts_implementation: str | None = None
+    config_or_path: PretrainedConfig | str | os.PathLike,
+    *,
+    experts_implementation: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Any:
     """A transformers causal language model: random-init from a config, or loaded from a local model folder
     (``save_pretrained`` output) offline, never downloaded. ``experts_implementation``: ``"eager"``,
-    ``"grouped_mm"``, ``"batched_mm"``..., None for transformers' default. Not yet excitable (:func:`excitable`).
+    ``"grouped_mm"``, ``"batched_mm"``..., None for transformers' default; ``dtype``: of a folder's weights
+    once loaded (None: transformers' default, the dtype they were saved in). Not yet excitable (:func:`excitable`).
 
     Raises ``ConfigError`` for a path that is not a folder with a ``config.json``."""
     transformers = _transformers()
@@ -259,6 +263,8 @@ def causal_lm(
             f"{path} is not a local transformers model folder (no {config_name}): give a folder written by "
             "save_pretrained (models are never downloaded)"
         )
+    if dtype is not None:
+        options["dtype"] = dtype
     return transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **options)
 
 

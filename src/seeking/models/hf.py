@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -55,12 +56,14 @@ class HFCausalLM(nn.Module):
 
     @classmethod
     def from_folder(cls, path: str | Path, vocab_size: int, block_size: int) -> HFCausalLM:
-        """The causal LM saved in the local folder ``path`` (loaded offline, with its weights, in training
-        mode), for data of ``vocab_size`` token ids; ``ConfigError`` if the folder is no causal LM or has
+        """The causal LM saved in the local folder ``path`` (loaded offline, with its weights as float32, in
+        training mode), for data of ``vocab_size`` token ids; ``ConfigError`` if the folder is no causal LM or has
         fewer token ids than the data."""
         try:
             with _no_progress_bar():  # loading takes a moment; its bar would break the run's own output
-                hf = causal_lm(path)
+                # float32 whatever the folder's dtype: the optimizer steps full-precision weights (--amp
+                # computes in bfloat16), and both models of a pair hold the same dtype
+                hf = causal_lm(path, dtype=torch.float32)
         except ConfigError:
             raise
         except (OSError, ValueError, KeyError) as exc:  # a folder transformers cannot read

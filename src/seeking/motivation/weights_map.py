@@ -276,9 +276,15 @@ def _entry(
             "it yourself (overrides=, or fused= for parts stacked on dim 0)"
         )
     if not fits or (chunks > 1 and not base_view):
+        viewed = (
+            f"; per head (or part) they are {base_view} and {motivated_view}, which do not nest (grouped-query "
+            "attention: key/value heads, query heads per key/value head, head size, inputs; none may shrink)"
+            if base_view and tuple(tensor.shape) == tuple(big.shape)
+            else ""
+        )
         raise ConfigError(
             f"cannot map the base tensor {name!r}: shape {tuple(tensor.shape)} in the base, "
-            f"{tuple(big.shape)} in the motivated model (a base tensor must fit inside its "
+            f"{tuple(big.shape)} in the motivated model{viewed} (a base tensor must fit inside its "
             "counterpart on every dimension, and attention heads inside heads)"
         )
     index = tuple(slice(0, n) for n in small)
@@ -752,6 +758,12 @@ def _check_pair(base: nn.Module, motivated: nn.Module) -> None:
                 f"the two models disagree on {key}: base {base_cfg[key]}, motivated {mot_cfg[key]}; "
                 "build both for the same data"
             )
+    dtypes = [sorted({str(p.dtype) for p in m.parameters() if p.is_floating_point()}) for m in (base, motivated)]
+    if dtypes[0] != dtypes[1]:  # a switch would round the weights it copies, or train them at another precision
+        raise ConfigError(
+            f"the two models' weights are of different dtypes (base {', '.join(dtypes[0])}, motivated "
+            f"{', '.join(dtypes[1])}): convert both to one (model.float()); compute in bfloat16 with autocast instead"
+        )
     configs = _hf_config(base), _hf_config(motivated)
     if configs[0] is not None and configs[1] is not None:
         missing = object()
