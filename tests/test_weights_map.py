@@ -310,3 +310,18 @@ def test_a_pair_whose_outputs_differ_in_shape_is_refused():
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (base, large)]
     with pytest.raises(ConfigError, match=r"outputs of different shapes .*base \[\(2, 10\)\], motivated \[\(2, 5\)\]"):
         Motivator(base, large, ConsecutiveDecrease(k=2), *optimizers, example_input=torch.randn(2, 1, 8, 8))
+
+
+@pytest.mark.parametrize("storage", ["stacked", "list"])
+def test_a_deeper_gpt_moe_starts_as_exactly_its_base(storage):
+    """The added MoE blocks' attention projection and experts' second weights are zeroed: whatever the router
+    picks, both residual branches add 0 (seeking's own identity rule for MoEBlock)."""
+    torch.manual_seed(0)
+    small, large = (
+        create_model("gpt_moe_tiny", vocab_size=20, block_size=8, depth=depth, num_experts=4, storage=storage)
+        for depth in (2, 4)
+    )
+    idx = torch.randint(0, 20, (2, 8))
+    Motivator(small, large, Never(), sgd(small), sgd(large), example_input=idx)  # warns if inexact
+    with torch.no_grad():
+        assert torch.equal(small.eval()(idx), large.eval()(idx))

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..moe.block import MoEBlock
 
 IdentityRule = Callable[[nn.Module], "bool | str"]
 IDENTITY_RULES: dict[str, IdentityRule] = {}
@@ -131,6 +132,20 @@ _PRE_NORM_BLOCKS = {
 }
 for _kind, (_attention, _mlp, _outputs) in _PRE_NORM_BLOCKS.items():
     register_identity_rule(_kind)(_pre_norm(_attention, _mlp, _outputs))
+
+
+@register_identity_rule("seeking_moe_block")
+def _seeking_moe_block(block: nn.Module) -> bool:
+    """This project's :class:`~seeking.moe.MoEBlock` (GPT-MoE, ViT-MoE): zero the attention's output
+    projection and every expert's second weight (stacked ``w2``, or each listed expert's last
+    ``Linear``), so both residual branches add 0 whatever the router picks."""
+    if not isinstance(block, MoEBlock):
+        return False
+    moe = block.moe
+    ends = [moe.w2] if moe.storage == "stacked" else [expert[-1].weight for expert in moe.experts]
+    for tensor in [*block.attn.proj.parameters(), *ends]:
+        tensor.zero_()
+    return True
 
 
 @register_identity_rule("post_norm")
