@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import transformers
+from helpers import Crash, crash_at
 
 from seeking.cli.main import main
 from seeking.errors import ConfigError, SeekingWarning
@@ -112,7 +113,7 @@ def test_excitation_on_a_transformers_model_not_made_excitable_names_the_fix():
         (None, ["--model", "/nonexistent/model"], "is not a local model folder (no config.json in it)"),
         ("olmoe", ["--data", "digits"], "does not train on an image data set"),
         ("olmoe", ["--model-kwargs", '{"width": 8}'], "takes no argument 'width' (given in model_kwargs?)"),
-        ("small_vocab", [], "has 8 token ids but the text has"),
+        ("small_vocab", [], "has 8 token ids but the text's vocabulary has"),
         ("dense", [], "has no MoE layer: Excitation needs a model with expert layers"),
         (
             None,
@@ -261,3 +262,39 @@ def test_a_model_folder_with_a_tokenizer_trained_on_characters_warns(text, tmp_p
     config = ExciteConfig(data=str(text), model=str(folder), block_size=16, seeds=[0]).validate()
     with pytest.warns(SeekingWarning, match=r"has a tokenizer, but the text is encoded one token per character"):
         excite_data(config, "cpu")
+
+
+def test_a_folder_named_like_a_model_is_not_used_unless_written_as_a_path(text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    transformers.AutoModelForCausalLM.from_config(
+        tiny_config("llama", vocab_size=30, max_positions=32)
+    ).save_pretrained("gpt_2l")
+    with pytest.warns(SeekingWarning, match=r"'gpt_2l' is a model name and also a model folder here"):
+        assert not isinstance(create_model("gpt_2l", vocab_size=20, block_size=16), HFCausalLM)
+    assert isinstance(create_model("./gpt_2l", vocab_size=20, block_size=16), HFCausalLM)
+    # a run records the folder as an absolute path: --resume and the saved files work from anywhere
+    config = TrainConfig(data="poem.txt", base="./gpt_2l", motivated="gpt_4l", tokenizer="tok").validate()
+    assert (config.base, config.tokenizer) == (str(tmp_path / "gpt_2l"), str(tmp_path / "tok"))
+    assert config.data == str(tmp_path / "poem.txt") and config.motivated == "gpt_4l"
+
+
+def test_a_model_missing_an_argument_names_it():
+    with pytest.raises(ConfigError, match=r"model 'hf_causal_lm' needs the argument\(s\) 'config'"):
+        create_model("hf_causal_lm", vocab_size=20, block_size=16)
+
+
+def test_resuming_after_the_tokenizer_changed_says_the_data_changed(text, tmp_path, inject, capsys):
+    words = text.read_text(encoding="utf-8")
+    save_tokenizer(tmp_path / "tok", words)
+    run = tmp_path / "run"
+    argv = ["train", "--pair", "gpt_2l:gpt_4l", "--data", str(text), "--tokenizer", str(tmp_path / "tok")]
+    argv += ["--block-size", "8", "--batch-size", "4", "--epochs", "2", "--checkpoint-every", "2", "--quiet"]
+    inject(crash_at(3))
+    with pytest.raises(Crash):
+        main([*argv, "--out", str(run)])
+    inject.undo()
+    save_tokenizer(tmp_path / "tok", words, vocab_size=24)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "changed since its checkpoint was written" in err and "tokenizer_token_ids_sha256" in err

@@ -297,3 +297,9 @@ def test_fewer_query_heads_per_key_value_head_is_refused_with_both_head_views():
     base, large, _ = pair("llama", motivated_fields={"num_key_value_heads": 4}, layers=(2, 2))
     with pytest.raises(ConfigError, match=re.escape("they are (2, 2, 8, 32) and (4, 1, 8, 32), which do not nest")):
         WeightMap.infer(base, large)
+
+
+def test_norms_of_another_epsilon_are_refused():
+    base, large, _ = pair("llama", {"rms_norm_eps": 1e-6}, {"rms_norm_eps": 1e-2})
+    with pytest.raises(ConfigError, match=re.escape("disagree on rms_norm_eps: base 1e-06, motivated 0.01")):
+        WeightMap.infer(base, large)

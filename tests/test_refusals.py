@@ -104,6 +104,17 @@ def test_a_text_batch_larger_than_the_text_is_refused(tmp_path, capsys):
     argv = ["excite", *ONE_STEP, "--model", "gpt_moe_tiny", "--model-kwargs", json.dumps(TINY_MOE["gpt_moe_tiny"])]
     err = refused([*argv, "--data", str(text), "--block-size", "8", "--batch-size", "437"], tmp_path / "run", capsys)
     assert "batch_size 437 exceeds the 436 distinct blocks of 8 characters" in err
+    # train counts in epochs: a batch of more characters than the training text would make an epoch < 1 step
+    argv = ["train", "--pair", "gpt_2l:gpt_4l", "--data", str(text), "--block-size", "8", "--epochs", "1"]
+    err = refused([*argv, "--batch-size", "56"], tmp_path / "run", capsys)
+    assert "a batch of 56 blocks of 8 characters holds 448 characters, more than the training text's 444" in err
+
+
+def test_a_block_size_in_model_kwargs_is_refused_naming_the_option(tmp_path, capsys):
+    argv = ["excite", *ONE_STEP, "--model", "gpt_moe_tiny", "--data", "x.txt", "--model-kwargs", '{"block_size": 8}']
+    assert "must not set block_size: they come from the data set (a language model's block_size from --block-size)" in (
+        refused(argv, tmp_path / "run", capsys)
+    )
 
 
 def synthetic(size, channels, n_train, n_test=6):

@@ -79,14 +79,15 @@ class CharTokenizer:
 @dataclass(frozen=True, eq=False)
 class TextData:
     """``tokenizer``: what encoded the text; ``train`` and ``val``: 1-D token-id tensors; ``sha256``:
-    the file's digest and, with a tokenizer other than characters, of the token ids (a resumed run
-    checks that neither changed)."""
+    the file's digest; ``tokens_sha256``: with a tokenizer other than characters, the token ids'
+    (a resumed run checks that neither changed)."""
 
     name: str
     tokenizer: Tokenizer
     train: torch.Tensor
     val: torch.Tensor
     sha256: str = ""
+    tokens_sha256: str = ""
 
     @property
     def vocab_size(self) -> int:
@@ -121,12 +122,11 @@ def load_text(path: str | os.PathLike, val_fraction: float = 0.1, tokenizer: Tok
         raise DataError(f"{path} is not UTF-8 text: byte {e.start} cannot be decoded") from None
     if not text:
         raise DataError(f"text file {path} is empty")
-    digest = hashlib.sha256(raw)
     if tokenizer is None:
         tokenizer = CharTokenizer("".join(sorted(set(text))), path.stem)
     ids = tokenizer.encode(text)
-    if not isinstance(tokenizer, CharTokenizer):  # its files are not the text's: the ids say what it made of them
-        digest.update(ids.numpy().tobytes())
+    # a tokenizer's files are not the text's: the ids say what it made of them
+    tokens = "" if isinstance(tokenizer, CharTokenizer) else hashlib.sha256(ids.numpy().tobytes()).hexdigest()
     distinct = ids.unique()
     if len(distinct) < 2:  # as single-class image data: a loss of 0 from the first step, nothing learnt
         raise DataError(
@@ -135,7 +135,7 @@ def load_text(path: str | os.PathLike, val_fraction: float = 0.1, tokenizer: Tok
         )
     ids = ids.to(torch.uint8 if tokenizer.vocab_size <= 256 else torch.int64)
     n_train = round(len(ids) * (1 - val_fraction))
-    return TextData(path.stem, tokenizer, ids[:n_train], ids[n_train:], digest.hexdigest())
+    return TextData(path.stem, tokenizer, ids[:n_train], ids[n_train:], hashlib.sha256(raw).hexdigest(), tokens)
 
 
 class TextBatches:

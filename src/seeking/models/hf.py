@@ -71,8 +71,8 @@ class HFCausalLM(nn.Module):
             raise ConfigError(f"cannot load the causal LM in {str(path)!r}: {first}") from None
         if hf.config.vocab_size < vocab_size:
             raise ConfigError(
-                f"the model in {str(path)!r} has {hf.config.vocab_size} token ids but the text has {vocab_size} "
-                "characters: use a model with a vocabulary at least that large"
+                f"the model in {str(path)!r} has {hf.config.vocab_size} token ids but the text's vocabulary has "
+                f"{vocab_size}: use a model with a vocabulary at least that large (or the model's own --tokenizer)"
             )
         # from_pretrained returns the model in eval mode, where nothing is counted and dropout is off
         return cls(hf.train(), block_size, family=hf.config.model_type)

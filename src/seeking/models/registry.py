@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SeekingWarning
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -63,11 +64,20 @@ def register_model_folder(kind: str, folder: ModelFolder) -> None:
 
 
 def model_folder(name: str) -> ModelFolder | None:
-    """The registered kind of local folder that ``name`` is, or ``None`` (not a folder, or no kind's marker)."""
+    """The registered kind of local folder that ``name`` is, or ``None`` (not a folder, no kind's marker, or
+    a model name: ``gpt_2l`` is the registered model even beside a folder of that name, ``./gpt_2l`` the folder)."""
     path = Path(name).expanduser()
-    if not path.is_dir():
+    if not path.is_dir() or _is_name(name):
         return None
     return next((f for f in _FOLDERS.values() if (path / f.marker).is_file()), None)
+
+
+def _is_name(name: str) -> bool:
+    """Whether ``name`` is a registered model's or timm's name."""
+    if name in _MODELS:
+        return True
+    timm = _timm()
+    return timm is not None and timm.is_model(name)
 
 
 def model_recipe(name: str, model: nn.Module, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -152,10 +162,16 @@ def _fits(value: Any, annotation: Any) -> bool:
 
 
 def _check_arguments(name: str, kwargs: dict[str, Any]) -> None:
-    """Refuse an argument the constructor of ``name`` does not take, or a value of the wrong type."""
+    """Refuse an argument the constructor of ``name`` does not take or needs and is not given, or a value
+    of the wrong type."""
     accepted = model_arguments(name)
     if accepted is None:
         return
+    missing = [k for k, p in accepted.items() if p.default is inspect.Parameter.empty and k not in kwargs]
+    if missing:
+        raise ConfigError(
+            f"model {name!r} needs the argument(s) {', '.join(map(repr, missing))}: give them in model_kwargs"
+        )
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ConfigError(
@@ -178,6 +194,13 @@ def create_model(name: str, **kwargs) -> nn.Module:
     raises on the arguments given."""
     if not model_exists(name):
         raise ConfigError(unknown_model_message(name))
+    if _is_name(name) and Path(name).is_dir() and any((Path(name) / f.marker).is_file() for f in _FOLDERS.values()):
+        warnings.warn(
+            f"{name!r} is a model name and also a model folder here: the named model is built; write "
+            f"./{name} for the folder",
+            SeekingWarning,
+            stacklevel=2,
+        )
     folder = model_folder(name)
     if folder is not None:
         takes = list(inspect.signature(folder.load).parameters)[1:]

@@ -734,6 +734,9 @@ MUST_MATCH = (
     "tie_word_embeddings",
     "position_embedding_type",
     "rope_parameters",
+    "rms_norm_eps",  # the norms' epsilon: the same weights normalise differently
+    "layer_norm_eps",
+    "layer_norm_epsilon",  # GPT-2's name for it
 )
 
 

@@ -123,6 +123,11 @@ def check_state(state: dict[str, Any], config: dict[str, Any], where: Path) -> N
     differ = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
     if differ:
         details = ", ".join(f"{k}={saved.get(k)!r} (run: {config.get(k)!r})" for k in differ)
+        if all(k.endswith("_sha256") for k in differ):  # the same run, its data (or tokenizer) edited since
+            raise CheckpointError(
+                f"the data of the run in {where} changed since its checkpoint was written ({details}): resume "
+                "on the data and tokenizer it started with, or start a new run"
+            )
         raise CheckpointError(
             f"the checkpoint in {where} belongs to another run: it was written with {details}; "
             "resume each run from its own folder"

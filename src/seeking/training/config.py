@@ -13,16 +13,19 @@ import copy
 import dataclasses
 import functools
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from ..data import data_source
 from ..errors import ConfigError, SeekingWarning, unknown_choice
 from ..excitation import list_strategies
-from ..models.registry import model_exists, unknown_model_message
+from ..models.registry import model_exists, model_folder, unknown_model_message
 from ..motivation import BATCHNORM_POLICIES, CONDITIONS, OPTIMIZER_STATE_POLICIES, SYNC_MODES
 from ..reporting.excitation import BASELINE
 from ..reporting.tensorboard import require_tensorboard
@@ -79,7 +82,7 @@ class RunConfig:
     (``optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``schedule``, ``batch_size``)."""
 
     # constructor arguments that come from the data set, never from model_kwargs
-    data_kwargs: ClassVar[tuple[str, ...]] = ("num_classes", "in_channels", "image_size", "vocab_size")
+    data_kwargs: ClassVar[tuple[str, ...]] = ("num_classes", "in_channels", "image_size", "vocab_size", "block_size")
     # options that only image data uses (a text run warns that they do nothing)
     image_only: ClassVar[tuple[str, ...]] = ("train_subset", "test_subset", "cache_dir", "channels_last")
     # options that only text data uses (an image run warns that they do nothing)
@@ -161,6 +164,7 @@ class RunConfig:
         """``self`` if every field holds a value of its type and range, else a ``ConfigError`` naming
         the first one that does not; a subclass checks its own fields after these."""
         check_types(self)
+        self._absolute_paths()
         for f in fields(self):
             allowed = field_choices(f)
             value = getattr(self, f.name)
@@ -169,7 +173,10 @@ class RunConfig:
                     raise unknown_choice(f.metadata["noun"] or f.name, one, allowed)
         reserved = sorted(set(self.data_kwargs) & set(self.model_kwargs))
         if reserved:
-            raise ConfigError(f"model_kwargs must not set {', '.join(reserved)}: they come from the data set")
+            raise ConfigError(
+                f"model_kwargs must not set {', '.join(reserved)}: they come from the data set (a language model's "
+                "block_size from --block-size)"
+            )
         if self.max_nonfinite < 1:
             raise ConfigError(
                 f"max_nonfinite (non-finite losses in a row before stopping) must be >= 1, got {self.max_nonfinite}"
@@ -203,6 +210,19 @@ class RunConfig:
         if self.tensorboard:
             require_tensorboard()
         return self
+
+    # the fields that may name a local model folder (made absolute like the paths)
+    model_fields: ClassVar[tuple[str, ...]] = ()
+
+    def _absolute_paths(self) -> None:
+        """Paths as the run records them, absolute, so that ``--resume`` and the saved files work from any
+        working folder: the data (not a data set's name), the tokenizer, and model folders (not model names)."""
+        self.data = data_source(self.data)
+        if self.tokenizer is not None:
+            self.tokenizer = os.path.abspath(Path(self.tokenizer).expanduser())
+        for name in self.model_fields:
+            if model_folder(getattr(self, name)) is not None:
+                setattr(self, name, os.path.abspath(Path(getattr(self, name)).expanduser()))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -267,16 +287,25 @@ class TrainConfig(RunConfig):
     """
 
     image_only: ClassVar[tuple[str, ...]] = (*RunConfig.image_only, "crop_padding")
+    model_fields: ClassVar[tuple[str, ...]] = ("base", "motivated")
 
     data: str = override(
         "data",
         "digits",
         help="image data set ('digits' embedded default, CIFAR-10/100 python folder or .tar.gz, class-folder "
-        "tree train/<class>/*, test/<class>/*), or a UTF-8 .txt file for a language model pair (gpt_2l, gpt_4l, "
-        "gpt_8l; character level)",
+        "tree train/<class>/*, test/<class>/*), or a UTF-8 .txt file (only the .txt suffix is read as text) for a "
+        "language model pair (gpt_2l, gpt_4l, gpt_8l, hf_<family>_tiny, transformers folders; one token per "
+        "character unless --tokenizer)",
     )
-    base: str = option("resnet20", help="small model, trained on every non-motivated batch", group="data and models")
-    motivated: str = option("resnet32", help="large model that contains the base", group="data and models")
+    base: str = option(
+        "resnet20",
+        help="small model, trained on every non-motivated batch: a model name (seeking models) or a local "
+        "transformers folder (save_pretrained's output; ./NAME where a folder has a model's name)",
+        group="data and models",
+    )
+    motivated: str = option(
+        "resnet32", help="large model that contains the base (a name or a folder, as --base)", group="data and models"
+    )
     condition: str = option(
         "decrease",
         help="decrease: the loss rule; random: control, round(p * steps) large-model steps at random; "
@@ -386,6 +415,8 @@ class ExciteConfig(RunConfig):
     ``amp``: the training forward under bfloat16 autocast (as ``seeking train --amp``, without a
     gradient scaler, which bfloat16 does not need; routing stays float32), on CUDA or, slowly, CPU.
     """
+
+    model_fields: ClassVar[tuple[str, ...]] = ("model",)
 
     data: str = override(
         "data",

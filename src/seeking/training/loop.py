@@ -112,7 +112,9 @@ def train_task(config: TrainConfig, device: torch.device, progress: bool, datase
         check_model_kind(getattr(config, role), data_kind(config.data), "--pair (or --base, --motivated)")
     check_tokenizer(config, [config.base, config.motivated])
     options = {"split_seed": config.seed, "augmentation": True, "progress": progress, "dataset": dataset}
-    return load_data_task(config, device, **options)
+    data = load_data_task(config, device, **options)
+    data.steps_per_epoch()  # refuses data too short for one step per epoch, before a comparison writes
+    return data
 
 
 def check_run(config: TrainConfig, dataset: ImageDataset | None, device: torch.device) -> None:

@@ -228,7 +228,8 @@ class TextModeling:
     def identity(self) -> dict[str, Any]:
         """The text's digest (and its token ids' under a tokenizer): a run resumed on an edited file or
         with another tokenizer would train on other data."""
-        return {"data_file_sha256": self.text.sha256}
+        tokens = {"tokenizer_token_ids_sha256": self.text.tokens_sha256} if self.text.tokens_sha256 else {}
+        return {"data_file_sha256": self.text.sha256, **tokens}
 
     def __init__(
         self, path: str, *, batch_size: int, block_size: int, device: torch.device, tokenizer: str | None = None
@@ -281,7 +282,16 @@ class TextModeling:
         return TrainingBatches(stream, lambda x, jitter: x)
 
     def steps_per_epoch(self) -> int:
-        return max(1, len(self.train) // (self.batch_size * self.block_size))
+        """Training tokens // tokens per batch; ``ConfigError`` when one batch holds more tokens than the
+        training text (an epoch would be less than one step: ``seeking train`` counts in epochs)."""
+        per_batch, unit = self.batch_size * self.block_size, self.text.tokenizer.unit
+        if per_batch > len(self.train):
+            raise ConfigError(
+                f"a batch of {self.batch_size} blocks of {self.block_size} {unit}s holds {per_batch} {unit}s, more "
+                f"than the training text's {len(self.train)}: an epoch would be less than one step; lower "
+                "--batch-size or --block-size, or use longer text"
+            )
+        return len(self.train) // per_batch
 
     def probe_batch(self) -> Batch:
         return next(TextBatches(self.train, self.block_size, self.batch_size, torch.Generator().manual_seed(0)))
@@ -344,8 +354,9 @@ def check_model_kind(model: str, kind: str, option: str = "--model") -> None:
     if arguments is not None and ("vocab_size" in arguments) != (kind == "text"):
         what = "a text file" if kind == "text" else "an image data set"
         raise ConfigError(
-            f"model {model!r} does not train on {what}: language models (gpt_*, gpt_moe_*, hf_*) train on a .txt file, "
-            f"the others on image data; check {option} and --data"
+            f"model {model!r} does not train on {what}: language models (gpt_*, gpt_moe_*, hf_*, transformers "
+            f"folders) train on a .txt file (only that suffix is read as text), the others on image data; check "
+            f"{option} and --data"
         )
 
 
