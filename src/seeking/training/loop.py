@@ -139,12 +139,14 @@ def build_plan(
     optimizers: dict[str, torch.optim.Optimizer],
     data: DataTask,
     total: int,
+    step_flops: dict[str, int],
 ) -> TrainingPlan:
     """A Motivator for a pair (built after the models are on their device), or one model alone."""
     if len(models) == 1:
         ((role, model),) = models.items()
         return SingleModel(role, model, optimizers[role])
-    condition = make_condition(config.condition, k=config.k, p=config.p, seed=config.seed, total=total)
+    options = {name: getattr(config, name) for name in config.condition_options}
+    condition = make_condition(config.condition, seed=config.seed, total=total, step_flops=step_flops, **options)
     return Motivator(
         models["base"],
         models["motivated"],
@@ -303,7 +305,7 @@ def train(
     step_flops = probe_models(config, data, models)  # also the probe that the models take the data
     total = data.steps_per_epoch() * config.epochs
     optimizers = {role: config.build_optimizer(m.parameters()) for role, m in models.items()}
-    plan = build_plan(config, models, optimizers, data, total)  # checks the pair and its start
+    plan = build_plan(config, models, optimizers, data, total, step_flops)  # checks the pair and its start
     if warn_unused and not resume:
         config.warn_unused()
     run_dir = Path(run_dir)
