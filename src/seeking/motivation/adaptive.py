@@ -302,7 +302,7 @@ class StepValue(Condition):
         return cls(step_flops, seed=seed, **options)
 
     def update(self, loss: float) -> None:
-        loss, role = float(loss), ROLES[self.motivated]
+        loss, role = float(loss), ROLES[self.motivated]  # the model that just stepped: ROLES[False] is the base
         if not math.isfinite(loss):
             self.previous = self.previous_role = None
         else:
