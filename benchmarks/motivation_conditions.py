@@ -17,6 +17,9 @@ training FLOPs and p, mean ± std over seeds; then the paired differences at the
     python benchmarks/motivation_conditions.py --seeds 0 --epochs 1            # smoke run
     python benchmarks/motivation_conditions.py --data ../shared/datasets/cifar10-jpeg.tar.gz \\
         --train-subset 10000 --test-subset 2000 --epochs 4 --batch-size 128 --lr 0.1   # CPU-sized CIFAR
+    python benchmarks/motivation_conditions.py --data ../shared/datasets/tinyshakespeare.txt \\
+        --pair gpt_2l:gpt_4l --epochs 1 --batch-size 32 --optimizer adamw --lr 3e-3 --weight-decay 0.01 \\
+        --warmup-epochs 0.1                                                           # Tiny Shakespeare
 """
 
 from __future__ import annotations
@@ -84,11 +87,23 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--z", type=float, default=2.0)
     parser.add_argument("--epsilon", type=float, default=0.1)
+    parser.add_argument("--optimizer", default="nesterov")
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--warmup-epochs", type=float, default=1.0)
     args = parser.parse_args()
 
     base, motivated = args.pair.split(":")
     config = config_from(
-        args, base=base, motivated=motivated, window=args.window, z=args.z, epsilon=args.epsilon, eval_every_epochs=0
+        args,
+        base=base,
+        motivated=motivated,
+        window=args.window,
+        z=args.z,
+        epsilon=args.epsilon,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        eval_every_epochs=0,
     )
     dataset = preload_data(config)
     out = Path(args.out)
@@ -129,7 +144,8 @@ def main() -> None:
         for column in metrics
     )
     header = (
-        f"{args.pair} on {Path(args.data).name}: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr} cosine, "
+        f"{args.pair} on {Path(args.data).name}: {args.epochs} epochs, batch {args.batch_size}, {args.optimizer} "
+        f"lr {args.lr} cosine, warmup {args.warmup_epochs} epochs, weight decay {args.weight_decay}, "
         f"train subset {args.train_subset}, test subset {args.test_subset}; decrease k={args.k}, trend window "
         f"{args.window} z {args.z}, budget window {args.window}, value window {args.window} epsilon {args.epsilon}; "
         f"seeds {args.seeds}; mean ± std over seeds (wall: median); torch {torch.__version__}, {platform.machine()}, "
