@@ -262,3 +262,10 @@ def test_the_command_lines_defaults_are_the_classes(cls):
     for name, parameter in inspect.signature(cls).parameters.items():
         if name in TrainConfig.condition_options:
             assert getattr(TrainConfig(), name) == parameter.default, name
+
+
+def test_compare_refuses_a_flops_saving_out_of_range_before_any_arm_trains(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", *FAST, "--condition", "budget", "--flops-saving", "3", "--out", str(out)]) == 2
+    assert "flops_saving must be between 1" in capsys.readouterr().err
+    assert not out.exists()
