@@ -8,6 +8,8 @@ import statistics
 import time
 from pathlib import Path
 
+import scipy.stats
+
 from seeking import TrainConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -69,3 +71,16 @@ def seeds_table(columns: list[str], arms: dict[str, list[dict]], formats: dict[s
                 cells.append(mean_std(values, formats[column]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def paired(per_seed: dict[int, dict[str, dict]], first: str, second: str, column: str = "val loss") -> str:
+    """The mean over seeds of ``first - second`` in ``column`` at the same seed, with its 95% t interval."""
+    diffs = [rows[first][column] - rows[second][column] for rows in per_seed.values()]
+    mean = statistics.fmean(diffs)
+    if len(diffs) > 1:
+        half = scipy.stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+        interval = f"95% CI [{mean - half:+.4f}, {mean + half:+.4f}]"
+    else:
+        interval = "one seed: no interval"
+    shown = ", ".join(f"{d:+.4f}" for d in diffs)
+    return f"{first} - {second} ({column}, {len(diffs)} seeds: {shown}): {mean:+.4f}, {interval}"

@@ -18,13 +18,11 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
 import sys
 from pathlib import Path
 
-import scipy.stats
 import torch
-from common import DEFAULT_DATA, seeds_table
+from common import DEFAULT_DATA, paired, seeds_table
 
 from seeking import TrainConfig
 from seeking.flops import FLOPS_CONVENTION
@@ -51,19 +49,6 @@ PAIRS = (
     ("motivated base", "random-control base"),
     ("classical large", "classical base"),
 )
-
-
-def paired(per_seed: dict[int, dict[str, dict]], first: str, second: str, column: str = "val loss") -> str:
-    """The mean over seeds of ``first - second`` in ``column`` at the same seed, with its 95% t interval."""
-    diffs = [rows[first][column] - rows[second][column] for rows in per_seed.values()]
-    mean = statistics.fmean(diffs)
-    if len(diffs) > 1:
-        half = scipy.stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
-        interval = f"95% CI [{mean - half:+.4f}, {mean + half:+.4f}]"
-    else:
-        interval = "one seed: no interval"
-    shown = ", ".join(f"{d:+.4f}" for d in diffs)
-    return f"{first} - {second} ({column}, {len(diffs)} seeds: {shown}): {mean:+.4f}, {interval}"
 
 
 def main() -> None:

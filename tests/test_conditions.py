@@ -171,7 +171,7 @@ def test_registering_refuses_a_taken_or_missing_name_and_bad_roles(registered):
         register_condition(type("Idle", (Condition,), {"name": "idle", "roles": ("base",)}))
     with pytest.raises(ConfigError, match="registers Condition subclasses"):
         register_condition(int)
-    assert [name for name in CONDITIONS] == ["decrease", "never", "always", "random", "every_other"]
+    assert list(CONDITIONS) == ["decrease", "never", "always", "random", "trend", "budget", "value", "every_other"]
 
 
 def test_roles_say_which_models_a_condition_trains():
@@ -180,6 +180,9 @@ def test_roles_say_which_models_a_condition_trains():
         "never": ("base",),
         "always": ("motivated",),
         "random": ("base", "motivated"),
+        "trend": ("base", "motivated"),
+        "budget": ("base", "motivated"),
+        "value": ("base", "motivated"),
     }
     # a single-role condition's models are the ones it trains: its decision never changes
     for role in ROLES:

@@ -76,7 +76,7 @@ def test_a_base_that_never_trained_is_warned_about(tmp_path, capsys):
     [
         (["compare", "--condition", "never"], "compare's motivated arm needs a condition that the loss drives"),
         (["compare", "--condition", "always"], "seeking train --condition always"),
-        (["compare", "--condition", "random"], "the loss drives (decrease), got 'random'"),
+        (["compare", "--condition", "random"], "the loss drives (decrease, trend, budget, value), got 'random'"),
         (["compare", "--p", "0.3"], "--p is not used; drop it"),
         (["train", "--lr", "0"], "lr must be > 0"),
         (["excite", "--lr", "0"], "lr must be > 0"),

@@ -1,6 +1,7 @@
 """Motivation training: a base model trains every batch; a larger model containing it trains
 only while the loss keeps falling; a weights map keeps their common weights in sync."""
 
+from .adaptive import BudgetController, SmoothedTrend, StepValue, motivated_share, slope_t
 from .conditions import (
     CONDITIONS,
     ROLES,
@@ -27,6 +28,7 @@ __all__ = [
     "ROLES",
     "SYNC_MODES",
     "Always",
+    "BudgetController",
     "Condition",
     "ConsecutiveDecrease",
     "MapEntry",
@@ -35,11 +37,15 @@ __all__ = [
     "RandomPlacement",
     "RandomRate",
     "SingleModel",
+    "SmoothedTrend",
+    "StepValue",
     "TrainingPlan",
     "WeightMap",
     "classical_condition",
     "make_condition",
     "make_identity",
+    "motivated_share",
     "register_condition",
     "register_identity_rule",
+    "slope_t",
 ]

@@ -81,14 +81,17 @@ class Condition:
     # The models a run with it ever trains (a subset of ROLES): the run builds and saves only these.
     roles: ClassVar[tuple[str, ...]] = ROLES
     reads_loss = False  # whether the loss decides: ``seeking compare`` needs such a condition for its motivated arm
-    options: ClassVar[tuple[str, ...]] = ()  # the run options (k, p) that from_options reads: others do nothing
+    # the run options (k, p, window, ...) that from_options reads, others do nothing; besides k and p
+    # (always given) from_options receives these by keyword, and ``step_flops`` if named
+    options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.motivated = False
 
     @classmethod
     def from_options(cls, *, k: int, p: float, seed: int, total: int | None) -> Condition:
-        """The condition a run's options describe (``total``: the run's number of steps, if known)."""
+        """The condition a run's options describe (``total``: the run's number of steps, if known; the
+        options named in ``options`` other than k and p come as further keywords)."""
         return cls()
 
     def update(self, loss: float) -> None:
@@ -293,9 +296,27 @@ class RandomPlacement(Condition):
         return f"RandomPlacement(count={self.count}, total={self.total})"
 
 
-def make_condition(name: str, *, k: int = 2, p: float = 0.2, seed: int = 0, total: int | None = None) -> Condition:
+def make_condition(
+    name: str,
+    *,
+    k: int = 2,
+    p: float = 0.2,
+    seed: int = 0,
+    total: int | None = None,
+    **options: Any,
+) -> Condition:
     """Build a condition from its command-line name (a key of :data:`CONDITIONS`); ``total`` is the
-    run's number of steps, which the random control needs. Raises ``ConfigError`` for an unknown name."""
+    run's number of steps, which the random control needs. ``options``: further run options
+    (``window``, ``z``, ``flops_saving``, ``epsilon``) and ``step_flops`` (the FLOPs of one training
+    step by role); a condition receives those its ``options`` name. Raises ``ConfigError`` for an
+    unknown name or option."""
     if name not in CONDITIONS:
         raise ConfigError(f"unknown condition {name!r}; choose one of: {', '.join(CONDITIONS)}")
-    return CONDITIONS[name].from_options(k=k, p=p, seed=seed, total=total)
+    known = {option for cls in CONDITIONS.values() for option in cls.options}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown condition option(s) {', '.join(unknown)}; the conditions take {', '.join(sorted(known))}"
+        )
+    cls = CONDITIONS[name]
+    return cls.from_options(k=k, p=p, seed=seed, total=total, **{o: v for o, v in options.items() if o in cls.options})

@@ -288,6 +288,8 @@ class TrainConfig(RunConfig):
 
     image_only: ClassVar[tuple[str, ...]] = (*RunConfig.image_only, "crop_padding")
     model_fields: ClassVar[tuple[str, ...]] = ("base", "motivated")
+    # the fields a condition may read (its ``options``; seeking.motivation.make_condition)
+    condition_options: ClassVar[tuple[str, ...]] = ("k", "p", "window", "z", "flops_saving", "epsilon")
 
     data: str = override(
         "data",
@@ -309,7 +311,9 @@ class TrainConfig(RunConfig):
     condition: str = option(
         "decrease",
         help="decrease: the loss rule; random: control, round(p * steps) large-model steps at random; "
-        "never: classical base; always: large model alone",
+        "never: classical base; always: large model alone; trend: the loss falls significantly (--window, "
+        "--z); budget: an exact share of steps (--p or --flops-saving) where the loss falls fastest; value: "
+        "a bandit on loss drop per FLOP (--window, --epsilon)",
         group="motivation",
         choices=CONDITIONS,
     )
@@ -320,6 +324,16 @@ class TrainConfig(RunConfig):
         "(default: {default}; compare takes the motivated run's count instead)",
         group="motivation",
     )
+    window: int = option(
+        10, help="trend, budget, value: losses in the slope window (value: its averaging horizon)", group="motivation"
+    )
+    z: float = option(2.0, help="trend: the slope's t statistic must be below -z", group="motivation")
+    flops_saving: float | None = option(
+        None,
+        help="budget: the run's training FLOPs are the large model's alone divided by this (instead of --p)",
+        group="motivation",
+    )
+    epsilon: float = option(0.1, help="value: the bandit's exploration rate", group="motivation")
     optimizer_state: str = option(
         "carried",
         help="optimizer state of shared weights at a switch",
@@ -368,9 +382,11 @@ class TrainConfig(RunConfig):
     def unused_options(self) -> list[str]:
         unused = super().unused_options()
         condition = CONDITIONS[self.condition]
-        for name in ("k", "p"):
+        for name in self.condition_options:
             if self.changed(name) and name not in condition.options:
-                unused.append(f"--{name} does nothing with --condition {self.condition}")
+                unused.append(f"--{name.replace('_', '-')} does nothing with --condition {self.condition}")
+        if {"p", "flops_saving"} <= set(condition.options) and self.changed("p") and self.changed("flops_saving"):
+            unused.append("--p does nothing with --flops-saving, which sets the share of large-model steps")
         if len(condition.roles) == 1:  # one model: nothing is shared
             for name in ("sync", "batchnorm", "optimizer_state"):
                 if self.changed(name):
@@ -394,6 +410,14 @@ class TrainConfig(RunConfig):
             raise ConfigError(f"k (consecutive loss decreases before switching) must be >= 1, got {self.k}")
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"p (the random condition's share of large-model steps) must be in [0, 1], got {self.p}")
+        if self.window < 3:
+            raise ConfigError(f"window (losses in the slope window) must be >= 3, got {self.window}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ConfigError(f"epsilon (the value condition's exploration rate) must be in [0, 1], got {self.epsilon}")
+        if self.flops_saving is not None and self.flops_saving < 1.0:
+            raise ConfigError(
+                f"flops_saving (the large model's FLOPs over the run's) must be >= 1, got {self.flops_saving}"
+            )
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         for name in ("warmup_epochs", "eval_every_epochs", "bn_recalibrate"):

@@ -37,7 +37,7 @@ from ..io import write_json
 from ..model_file import save_model
 from ..models import create_model
 from ..models.registry import model_recipe
-from ..motivation import CONDITIONS, Motivator, Never, SingleModel, TrainingPlan, make_condition
+from ..motivation import CONDITIONS, Condition, Motivator, Never, SingleModel, TrainingPlan, make_condition
 from ..motivation.batchnorm import deployable_copy
 from ..reporting.comparison import trained_steps
 from ..reporting.tensorboard import ScalarLog
@@ -119,22 +119,25 @@ def train_task(config: TrainConfig, device: torch.device, progress: bool, datase
 
 def check_run(config: TrainConfig, dataset: ImageDataset | None, device: torch.device) -> None:
     """Fail early (before a comparison's folder exists and any arm trains) if the run cannot work: the
-    data sizes, the pair, and both models on one forward and backward of a batch of the real shape
-    (without counting FLOPs, which each arm does)."""
+    data sizes, the pair, both models on one forward and backward of a batch of the real shape, and
+    the condition's options (a budget's ``flops_saving`` against the FLOPs that pass counts)."""
     data = train_task(config, device, False, dataset)
     models = {
-        role: create_model(getattr(config, role), **data.model_kwargs(), **config.model_kwargs)
+        role: create_model(getattr(config, role), **data.model_kwargs(), **config.model_kwargs).to(device)
         for role in ("base", "motivated")
     }
-    x, y = data.probe_batch()
-    for role, model in models.items():
-        with probing(getattr(config, role), model, tuple(x.shape), data.describe):
-            data.loss(model.to(device)(x), y).backward()
+    run_condition(config, data.steps_per_epoch() * config.epochs, probe_models(config, data, models))
     # the map inferred and the start checked as in train(); its warnings are left to the arms
     unused = [torch.optim.SGD(m.parameters(), lr=0.0) for m in models.values()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Motivator(*models.values(), Never(), *unused, example_input=data.example())
+
+
+def run_condition(config: TrainConfig, total: int, step_flops: dict[str, int]) -> Condition:
+    """The run's condition, from its options, its number of steps and each model's FLOPs per step."""
+    options = {name: getattr(config, name) for name in config.condition_options}
+    return make_condition(config.condition, seed=config.seed, total=total, step_flops=step_flops, **options)
 
 
 def build_plan(
@@ -143,16 +146,16 @@ def build_plan(
     optimizers: dict[str, torch.optim.Optimizer],
     data: DataTask,
     total: int,
+    step_flops: dict[str, int],
 ) -> TrainingPlan:
     """A Motivator for a pair (built after the models are on their device), or one model alone."""
     if len(models) == 1:
         ((role, model),) = models.items()
         return SingleModel(role, model, optimizers[role])
-    condition = make_condition(config.condition, k=config.k, p=config.p, seed=config.seed, total=total)
     return Motivator(
         models["base"],
         models["motivated"],
-        condition,
+        run_condition(config, total, step_flops),
         optimizers["base"],
         optimizers["motivated"],
         optimizer_state=config.optimizer_state,
@@ -307,7 +310,7 @@ def train(
     step_flops = probe_models(config, data, models)  # also the probe that the models take the data
     total = data.steps_per_epoch() * config.epochs
     optimizers = {role: config.build_optimizer(m.parameters()) for role, m in models.items()}
-    plan = build_plan(config, models, optimizers, data, total)  # checks the pair and its start
+    plan = build_plan(config, models, optimizers, data, total, step_flops)  # checks the pair and its start
     if warn_unused and not resume:
         config.warn_unused()
     run_dir = Path(run_dir)
