@@ -190,7 +190,7 @@ def smoke_excite(context: Context) -> dict[str, Any]:
         device=context.device, steps=4, eval_every_steps=2, batch_size=64, seeds=[0], arms=["none", "zero_sum"], **FAST
     )
     result = compare_excitation(config, context.scratch / "excite", log=context.log, progress=False)
-    return {"arms": [row["arm"] for row in result["rows"]], "metric": result["metric"]}
+    return {"arms": [run["arm"] for run in result["runs"]], "metric": result["metric"]}
 
 
 # ---- 2. timing: the benchmarks' own scripts, with small arguments ----

@@ -23,6 +23,7 @@ def device_check():
     return module
 
 
+@pytest.mark.filterwarnings("ignore:the motivated model resnet32 .* was never trained")  # 2 steps: none motivated
 def test_the_tiny_mode_runs_every_check(device_check, tmp_path, monkeypatch):
     monkeypatch.delenv(device_check.COMPILE_BACKEND, raising=False)  # --tiny chooses aot_eager itself
     out = tmp_path / "out"
