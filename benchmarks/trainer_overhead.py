@@ -16,6 +16,11 @@ Both arms read one clock: by default this thread's CPU time (``--clock cpu``: th
 ``time.perf_counter`` is pointed at ``time.thread_time`` while it runs), since wall time on a shared
 machine varies several-fold between repeats; ``--clock wall`` for a quiet machine.
 
+With ``--compile``, two more arms: the trainer with ``compile=True`` and the plain loop with its
+forward and loss through ``torch.compile`` (the same backend, ``$SEEKING_COMPILE_BACKEND`` or
+inductor). Both are run once before the timed repeats, so the repeats time compiled steps, not the
+compilation (torch keeps the compiled code for new models of the same architecture).
+
     python benchmarks/trainer_overhead.py --clock cpu   # digits, ResNet-20, batch 64, 5 epochs, 1 thread
 """
 
@@ -47,7 +52,7 @@ from seeking.data.core import ImageData, run_splits
 from seeking.data.transforms import EpochBatches
 from seeking.training.checkpoint import rng_state, save_state
 from seeking.training.distributed import Ranks
-from seeking.training.engine import step_outcome
+from seeking.training.engine import compile_backend, step_outcome
 from seeking.training.optim import lr_factor
 
 
@@ -255,10 +260,15 @@ def build_model(setup: Setup) -> nn.Module:
     return create_model(config.base, **kwargs, image_size=list(dataset.image_size), **config.model_kwargs)
 
 
-def plain_loop(setup: Setup, extra: type[Extra], folder: Path) -> tuple[float, Loop]:
-    """Train as the trainer does, by hand, with ``extra`` added; returns the seconds of the step loops
-    (what the trainer's ``train_seconds`` counts: not the work at the end of each epoch) and the
-    loop's final state."""
+def forward_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def plain_loop(setup: Setup, extra: type[Extra], folder: Path, compiled: bool = False) -> tuple[float, Loop]:
+    """Train as the trainer does, by hand, with ``extra`` added (and with ``compiled``, the forward and
+    loss through ``torch.compile``); returns the seconds of the step loops (what the trainer's
+    ``train_seconds`` counts: not the work at the end of each epoch) and the loop's final state."""
+    step_loss = torch.compile(forward_loss, backend=compile_backend()) if compiled else forward_loss
     config, dataset = setup.config, setup.dataset
     model = build_model(setup)
     optimizer = torch.optim.SGD(
@@ -284,7 +294,7 @@ def plain_loop(setup: Setup, extra: type[Extra], folder: Path) -> tuple[float, L
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with hooks.forward():
-                loss = F.cross_entropy(model(x), y)
+                loss = step_loss(model, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             hooks.step(loss, lr)
@@ -408,6 +418,7 @@ def main() -> None:
         help="what both arms' seconds count: this thread's CPU time (default: steady on a shared machine) or wall time",
     )
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile of one trainer run")
+    parser.add_argument("--compile", action="store_true", help="also time the trainer and the plain loop compiled")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -425,10 +436,15 @@ def main() -> None:
         f"{args.batch_size}, {args.epochs} epochs x {setup.per_epoch} steps = {steps} steps; "
         f"{args.clock} clock, medians of {args.repeats} interleaved repeats"
     )
-    arms = ["trainer", "plain", *ARMS]
+    compiled = {"trainer --compile": "trainer", "plain --compile": "plain"} if args.compile else {}
+    arms = ["trainer", "plain", *ARMS, *compiled]
     times: dict[str, list[float]] = {arm: [] for arm in arms}
     walls, tests = [], []
     with tempfile.TemporaryDirectory() as scratch, clock(args.clock):
+        if compiled:  # compile once, untimed: the repeats reuse the compiled code
+            warm = trainer_run(dataclasses.replace(config, compile=True), Path(scratch) / "warm")[0]
+            cold = plain_loop(setup, Extra, Path(scratch), compiled=True)[0]
+            print(f"first (compiling) runs: trainer {warm:.1f} s, plain loop {cold:.1f} s")
         for repeat in range(args.repeats):
             shift = repeat % len(arms)  # a rotated order: no arm always runs first or after the same one
             for arm in arms[shift:] + arms[:shift]:
@@ -439,6 +455,10 @@ def main() -> None:
                     walls.append(wall)
                     tests.append(summary["eval_seconds"])
                     trained = folder / "run" / summary["models"]["base"]["checkpoint"]
+                elif arm == "trainer --compile":
+                    seconds = trainer_run(dataclasses.replace(config, compile=True), folder / "run")[0]
+                elif arm == "plain --compile":
+                    seconds = plain_loop(setup, Extra, folder, compiled=True)[0]
                 else:
                     seconds, loop = plain_loop(setup, ARMS.get(arm, Extra), folder)
                     if arm == "plain":
@@ -451,10 +471,14 @@ def main() -> None:
         print(f"\nplain loop vs the trainer's saved weights: largest parameter difference {difference:.3g}")
         print("\n| arm | seconds (median) | ms per step | ratio plain / arm | all repeats (s) |")
         print("|---|---|---|---|---|")
-        for arm in ("plain", "trainer"):
+        for arm in ("plain", "trainer", *compiled):
             shown = ", ".join(f"{t:.3f}" for t in times[arm])
             per_step = 1e3 * medians[arm] / steps
             print(f"| {arm} | {medians[arm]:.3f} | {per_step:.2f} | {base / medians[arm]:.3f} | {shown} |")
+        if compiled:
+            ratio = medians["plain --compile"] / medians["trainer --compile"]
+            speed = medians["trainer --compile"] / trainer
+            print(f"\ncompiled: ratio plain / trainer {ratio:.3f}; compiled trainer / eager trainer {speed:.3f}")
         print(
             f"\nratio plain / trainer: {base / trainer:.3f} (target >= 0.98); gap {1e3 * (trainer - base) / steps:.2f} "
             f"ms per step. The whole train() call: {statistics.median(walls):.2f} s, of which tests "

@@ -29,6 +29,7 @@ from ..models.registry import model_exists, model_folder, unknown_model_message
 from ..motivation import BATCHNORM_POLICIES, CONDITIONS, OPTIMIZER_STATE_POLICIES, SYNC_MODES
 from ..reporting.excitation import BASELINE
 from ..reporting.tensorboard import require_tensorboard
+from .engine import compile_backend
 from .optim import OPTIMIZERS, SCHEDULES, build_optimizer, with_momentum
 
 # the argument groups of the command line, in the order --help shows them
@@ -139,6 +140,12 @@ class RunConfig:
         False, help="bfloat16 autocast of the training forward pass, on CUDA (or CPU, which is slow)", group="run"
     )
     channels_last: bool = option(False, help="channels-last memory format (faster convolutions on GPUs)", group="run")
+    compile: bool = option(
+        False,
+        help="torch.compile the training forward pass and loss, each model once (backend: $SEEKING_COMPILE_BACKEND, "
+        "default inductor, which needs a C++ compiler on CPU); models and checkpoints stay as without it",
+        group="run",
+    )
     max_nonfinite: int = option(
         10,
         help="a step with a non-finite loss or gradient is skipped; stop after this many in a row",
@@ -209,6 +216,8 @@ class RunConfig:
             raise ConfigError(f"device {self.device!r} was asked for but CUDA is not available here; use --device cpu")
         if self.tensorboard:
             require_tensorboard()
+        if self.compile:
+            compile_backend()
         return self
 
     # the fields that may name a local model folder (made absolute like the paths)

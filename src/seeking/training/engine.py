@@ -5,7 +5,8 @@ A trainer (``seeking train``, ``seeking excite``) builds a :class:`Task` and han
 
 1. the next batch from the task (this process's shard of the global batch);
 2. the learning rate of the step (a schedule of the global step) on the plan's optimizer;
-3. the forward pass under autocast (bfloat16 when ``amp``) and the backward pass;
+3. the forward pass and loss under autocast (bfloat16 when ``amp``), through ``torch.compile`` when
+   ``compile`` (see :func:`compiled_loss`), and the backward pass;
 4. one all-reduce of the loss, the gradients' norm and the stop flag (:func:`step_outcome`), so every
    process decides alike; a non-finite step is skipped (the task drops what it recorded, e.g. routing
    counts), ``max_nonfinite`` in a row stop the run;
@@ -185,6 +186,50 @@ def step_outcome(
     return loss_value, math.isfinite(loss_value) and nonfinite_sum == 0, stops > 0
 
 
+COMPILE_BACKEND = "SEEKING_COMPILE_BACKEND"  # the environment variable that chooses torch.compile's backend
+
+
+def compile_backend() -> str:
+    """The backend of ``--compile``: ``$SEEKING_COMPILE_BACKEND``, else torch's default ``inductor`` (which
+    needs a C++ compiler on CPU and Triton on CUDA); ``aot_eager`` traces without generating code. A
+    name torch does not know is a ``ConfigError`` (checked with the configuration, before a run starts)."""
+    backend = os.environ.get(COMPILE_BACKEND, "inductor")
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ConfigError(
+            f"${COMPILE_BACKEND} names torch.compile backend {backend!r}, which torch does not know; "
+            f"choose one of: {', '.join(sorted(known))} (or unset it for inductor)"
+        )
+    return backend
+
+
+def compiled_loss(loss: Callable[..., tuple[torch.Tensor, ...]]) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """``loss`` (a task's :meth:`Task.loss`: the forward pass and the loss) through ``torch.compile``
+    with :func:`compile_backend`.
+
+    One compiled function serves every model of the run: torch compiles it once per architecture (its
+    guards tell the models apart) and keeps each, so a Motivation switch reuses the model's compiled
+    code instead of compiling again. Only the call is compiled, never the module: the models, their
+    ``state_dict`` keys (no ``_orig_mod.`` prefix), checkpoints and saved files are those of an
+    uncompiled run, and tests run eagerly. Code that cannot be traced (e.g. the MoE layers' routing
+    counts, which read the autograd engine's state) runs eagerly between compiled graphs, with the same
+    results. A failure to compile is a ``ConfigError`` naming the fix."""
+    backend = compile_backend()
+    function = torch.compile(loss, backend=backend)
+
+    def call(*args: Any) -> tuple[torch.Tensor, ...]:
+        try:
+            return function(*args)
+        except torch._dynamo.exc.TorchDynamoException as exc:  # errors of the model's own code pass through
+            first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise ConfigError(
+                f"torch.compile (backend {backend!r}) could not compile the training step: {first}; "
+                f"run without --compile (or choose another backend with ${COMPILE_BACKEND})"
+            ) from exc
+
+    return call
+
+
 @dataclass
 class LearningRate:
     """The learning rate of each step: ``lr * lr_factor(name, step, total, warmup)``."""
@@ -218,6 +263,7 @@ class Engine:
         period: steps per period (an epoch, an evaluation interval); the last step always ends one.
         device: where the forward pass runs (its type chooses the autocast device).
         amp: the forward pass under bfloat16 autocast (no gradient scaler: bfloat16 needs none).
+        compile: the forward pass and loss through ``torch.compile`` (:func:`compiled_loss`).
         checkpoints: where checkpoints go (``None``: none are written, nor resumed from).
         identity: the configuration a checkpoint must have been written with to be resumed from.
         interrupted: the command that continues the run, for :class:`RunInterrupted`.
@@ -231,6 +277,7 @@ class Engine:
         period: int,
         device: torch.device,
         amp: bool = False,
+        compile: bool = False,
         ranks: Ranks | None = None,
         max_nonfinite: int = 10,
         checkpoints: Checkpoints | None = None,
@@ -245,6 +292,7 @@ class Engine:
         self.max_nonfinite, self.checkpoints, self.checkpoint_every = max_nonfinite, checkpoints, checkpoint_every
         self.identity, self.interrupted = identity or {}, interrupted
         self.progress, self.describe = progress, describe
+        self.loss = compiled_loss(task.loss) if compile else task.loss
         self.counters = Counters()
         self.parameters: dict[nn.Module, list[torch.Tensor]] = {}
         self.state = Parts(**task.parts(), progress=self.counters, rng=GlobalRandomState())
@@ -313,7 +361,7 @@ class Engine:
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            reported, minimised = task.loss(task.nets[role], model, inputs, targets)
+            reported, minimised = self.loss(task.nets[role], model, inputs, targets)
         optimizer.zero_grad(set_to_none=True)
         minimised.backward()
         for hook in list(_step_hooks.values()):

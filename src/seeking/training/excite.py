@@ -195,6 +195,7 @@ def run_arm(
         period=config.eval_every_steps,
         device=data.device,
         amp=config.amp,
+        compile=config.compile,
         ranks=ranks,
         max_nonfinite=config.max_nonfinite,
         checkpoints=checkpoints,

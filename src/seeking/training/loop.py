@@ -322,6 +322,7 @@ def train(
         period=data.steps_per_epoch(),
         device=device,
         amp=config.amp,
+        compile=config.compile,
         ranks=ranks,
         max_nonfinite=config.max_nonfinite,
         checkpoints=Checkpoints(run_dir / CHECKPOINTS, config.keep_checkpoints),
