@@ -9,11 +9,14 @@ Phi_k lr U``. A fused step computes exactly that, per expert slice of a stacked 
 tensor of list storage, with the state updated by the same operations, in the same order, as torch's
 single-tensor implementation (so the state is bit-identical to the plain optimizer's) and without the
 snapshot of the expert weights that the general fallback needs. The parameters differ from the
-fallback's ``lerp`` by float rounding only (the fallback rounds the base step before scaling it).
+fallback's ``lerp`` by float rounding only (the fallback rounds the base step before scaling it); at
+``Phi_k = 1`` they are torch's own bit for bit: the update term is rounded as torch rounds it and the
+factor (times the learning rate, a per-expert scalar) enters through one ``addcmul_``.
 
-Each implementation takes ``(optimizer, group, param, grad, weight)``: ``weight`` is ``Phi`` in the
-parameter's dtype, shaped to broadcast over ``param`` (``(E, 1, ...)`` for stacked storage, ``()``
-for one expert's tensor). It returns nothing and updates ``param`` and ``optimizer.state[param]``.
+Each implementation takes ``(optimizer, group, param, grad, weight)``: ``weight`` is ``Phi`` in float32
+(float64 for float64 parameters: the precision in which torch applies its scalar learning rate), shaped
+to broadcast over ``param`` (``(E, 1, ...)`` for stacked storage, ``()`` for one expert's tensor). It
+returns nothing and updates ``param`` and ``optimizer.state[param]``.
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ def _sgd(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor,
         else:
             buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
         grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-    param.addcmul_(grad, weight, value=-group["lr"])
+    param.addcmul_(grad, -group["lr"] * weight)
 
 
 def _adam_state(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor) -> dict[str, Any]:
@@ -127,7 +130,8 @@ def _adam(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor
     grad = -grad if group["maximize"] else grad
     if weight_decay != 0:
         if decoupled:
-            param.mul_(1 - (lr * weight_decay) * weight)
+            # in float64, so that at Phi = 1 the factor is torch's Python scalar 1 - lr * wd
+            param.mul_((1 - (lr * weight_decay) * weight.double()).to(weight.dtype))
         else:
             grad = grad.add(param, alpha=weight_decay)
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
@@ -139,11 +143,15 @@ def _adam(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor
     if group["amsgrad"]:
         torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
         exp_avg_sq = state["max_exp_avg_sq"]
-    # exp_avg / (sqrt(v) / c + eps) = c * exp_avg / (sqrt(v) + c * eps), c = bias_correction2_sqrt: the
-    # update in the temporary that torch uses for its denominator, in as many passes over memory as
-    # torch's step, with Python scalars only (no tensor created, no device synchronisation).
-    denom = exp_avg_sq.sqrt().add_(eps * bias_correction2_sqrt)
-    param.addcmul_(torch.div(exp_avg, denom, out=denom), weight, value=-step_size * bias_correction2_sqrt)
+    denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
+    param.addcmul_(_quotient(exp_avg, denom, -step_size), weight)
+
+
+def _quotient(numerator: Tensor, denom: Tensor, value: float) -> Tensor:
+    """``value * numerator / denom`` rounded as torch's ``param.addcdiv_(numerator, denom, value=value)``
+    rounds its update, written into ``denom`` (a temporary)."""
+    zero = torch.zeros((), dtype=denom.dtype, device=denom.device)
+    return torch.addcdiv(zero, numerator, denom, value=value, out=denom)
 
 
 def _rmsprop_state(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor) -> dict[str, Any]:
@@ -177,11 +185,11 @@ def _rmsprop(
         avg = square_avg.sqrt()
     avg.add_(group["eps"])
     if group["momentum"] > 0:
-        update = state["momentum_buffer"]
-        update.mul_(group["momentum"]).addcdiv_(grad, avg)
+        buf = state["momentum_buffer"]
+        buf.mul_(group["momentum"]).addcdiv_(grad, avg)
+        param.addcmul_(buf, -group["lr"] * weight)
     else:
-        update = torch.div(grad, avg, out=avg)
-    param.addcmul_(update, weight, value=-group["lr"])
+        param.addcmul_(_quotient(grad, avg, -group["lr"]), weight)
 
 
 @register_fused(torch.optim.Adagrad)
@@ -200,4 +208,4 @@ def _adagrad(
     state_sum = state["sum"]
     state_sum.addcmul_(grad, grad, value=1)
     std = state_sum.sqrt().add_(group["eps"])
-    param.addcmul_(torch.div(grad, std, out=std), weight, value=-clr)
+    param.addcmul_(_quotient(grad, std, -clr), weight)

@@ -277,10 +277,16 @@ class Excitation(torch.optim.Optimizer):
         self._give_back_grads()
         factors = self._factors()
         for s, step, group, grad in self._fusing:
-            step(self.optimizer, group, s.param, grad, _weight(s, factors))
+            step(
+                self.optimizer,
+                group,
+                s.param,
+                grad,
+                _weight(s, factors, torch.promote_types(s.param.dtype, torch.float32)),
+            )
         for s, old in zip(self._lerped, self._before, strict=True):
             # old + weight * (new - old), exact at both ends: factor 0 keeps the old value, 1 the new one.
-            torch.lerp(old, s.param, _on_mesh_of(s.param, _weight(s, factors)), out=s.param)
+            torch.lerp(old, s.param, _on_mesh_of(s.param, _weight(s, factors, s.param.dtype)), out=s.param)
         self._fusing, self._lerped, self._before = [], [], []
         self.discard_counts()
         self.last_factors = factors
@@ -391,9 +397,9 @@ class Excitation(torch.optim.Optimizer):
         )
 
 
-def _weight(s: _Scaled, factors: list[Tensor]) -> Tensor:
-    """The factor of ``s``'s expert in its dtype: shape ``(E, 1, ...)`` for a stacked tensor, ``()`` else."""
-    phi = factors[s.layer].to(s.param.dtype)
+def _weight(s: _Scaled, factors: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """The factor of ``s``'s expert in ``dtype``: shape ``(E, 1, ...)`` for a stacked tensor, ``()`` else."""
+    phi = factors[s.layer].to(dtype)
     return phi.view(-1, *[1] * (s.param.dim() - 1)) if s.expert is None else phi[s.expert]
 
 
