@@ -173,3 +173,27 @@ def test_gradients_are_given_back_when_the_base_step_raises():
     handle.remove()
     ex.step()  # and the next step runs normally
     assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
+
+
+def test_attached_step_with_a_closure_takes_the_fallback_and_steps_once():
+    """Under attach() a closure computes the gradients inside the base step, after the pre hook: that
+    step takes the fallback (bit-identical to the wrapper's fallback), not a second fused step."""
+
+    def run(attach):
+        torch.manual_seed(0)
+        model = ToyModel()
+        base = torch.optim.Adam(model.parameters(), lr=0.01)
+        ex = Excitation.attach(base, model) if attach else Excitation(base, model, fused=False)
+        for step in range(3):
+            x, y = batch(step)
+
+            def closure(x=x, y=y, routes=ROUTES[step]):
+                base.zero_grad()
+                loss = F.mse_loss(model(x, routes), y)
+                loss.backward()
+                return loss
+
+            (base if attach else ex).step(closure)
+        return list(model.parameters())
+
+    assert all(torch.equal(p, q) for p, q in zip(run(True), run(False), strict=True))

@@ -194,8 +194,9 @@ class Excitation(torch.optim.Optimizer):
         self._begin()
         try:
             self.optimizer.step()
-        finally:
-            self._give_back_grads()
+        except BaseException:
+            self._abandon()
+            raise
         self._scale()
         return loss
 
@@ -232,7 +233,13 @@ class Excitation(torch.optim.Optimizer):
             fused=fused,
         )
         self._handles = [
-            optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._begin()),
+            # a closure runs inside the base step, after this hook: its gradients cannot be set aside.
+            # args are step's own, the optimizer first.
+            optimizer.register_step_pre_hook(
+                lambda opt, args, kwargs: self._begin(
+                    fuse=(args[1] if len(args) > 1 else kwargs.get("closure")) is None
+                )
+            ),
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self._scale()),
             optimizer.register_state_dict_post_hook(lambda opt, state: self._with_own(state)),
             optimizer.register_load_state_dict_pre_hook(lambda opt, state: self._load_own(state)),
@@ -246,17 +253,17 @@ class Excitation(torch.optim.Optimizer):
         self._handles = []
 
     @torch.no_grad()
-    def _begin(self) -> None:
+    def _begin(self, fuse: bool = True) -> None:
         """Before the base step: take the gradients of the experts that a fused step will update (so that
         the base optimizer skips them) and snapshot the rest."""
-        self._give_back_grads()  # of a base step that raised under attach()
+        self._abandon()  # a base step that raised under attach()
         groups = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
         steps: dict[int, FusedStep | None] = {}
         self._fusing, self._lerped = [], []
         for s in self._scaled:
             group, grad = groups[id(s.param)], s.param.grad
             if id(group) not in steps:
-                steps[id(group)] = fused_step(self.optimizer, group) if self.fused else None
+                steps[id(group)] = fused_step(self.optimizer, group) if self.fused and fuse else None
             step = steps[id(group)]
             if grad is None and step is not None:
                 continue  # a registered optimizer skips a parameter without gradient: nothing to scale
@@ -269,7 +276,13 @@ class Excitation(torch.optim.Optimizer):
 
     def _give_back_grads(self) -> None:
         for s, _, _, grad in self._fusing:
-            s.param.grad = grad
+            if s.param.grad is None:  # else a backward has run since (after a step that raised)
+                s.param.grad = grad
+
+    def _abandon(self) -> None:
+        """After a base step that raised: the gradients given back, nothing left over for the next step."""
+        self._give_back_grads()
+        self._fusing, self._lerped, self._before = [], [], []
 
     @torch.no_grad()
     def _scale(self) -> None:
