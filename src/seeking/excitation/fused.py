@@ -13,10 +13,12 @@ fallback's ``lerp`` by float rounding only (the fallback rounds the base step be
 ``Phi_k = 1`` they are torch's own bit for bit: the update term is rounded as torch rounds it and the
 factor (times the learning rate, a per-expert scalar) enters through one ``addcmul_``.
 
-Each implementation takes ``(optimizer, group, param, grad, weight)``: ``weight`` is ``Phi`` in float32
-(float64 for float64 parameters: the precision in which torch applies its scalar learning rate), shaped
-to broadcast over ``param`` (``(E, 1, ...)`` for stacked storage, ``()`` for one expert's tensor). It
-returns nothing and updates ``param`` and ``optimizer.state[param]``.
+Each implementation takes ``(optimizer, group, param, grad, weight)`` and updates ``param`` and
+``optimizer.state[param]``. ``weight`` is ``Phi`` either as a tensor in float32 (float64 for float64
+parameters: the precision in which torch applies its scalar learning rate) shaped to broadcast over
+``param`` (``(E, 1, ...)`` for stacked storage, ``()`` for one expert's tensor), or, for one expert's
+tensor whose factors are on the CPU (read without a device synchronisation), a Python float: the step
+is then torch's own operations with ``Phi * lr`` in place of ``lr``, no operation added.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-FusedStep = Callable[[torch.optim.Optimizer, dict[str, Any], Tensor, Tensor, Tensor], None]
+Weight = Tensor | float
+FusedStep = Callable[[torch.optim.Optimizer, dict[str, Any], Tensor, Tensor, Weight], None]
 
 
 class Fused(NamedTuple):
@@ -93,7 +96,7 @@ def _decayed(group: dict[str, Any], param: Tensor, grad: Tensor) -> Tensor:
 
 
 @register_fused(torch.optim.SGD)
-def _sgd(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor, grad: Tensor, weight: Tensor) -> None:
+def _sgd(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor, grad: Tensor, weight: Weight) -> None:
     """torch.optim.SGD (momentum, dampening, Nesterov, weight decay, maximize) with lr ``Phi * lr``."""
     grad = _decayed(group, param, grad)
     momentum = group["momentum"]
@@ -105,7 +108,25 @@ def _sgd(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor,
         else:
             buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
         grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-    param.addcmul_(grad, -group["lr"] * weight)
+    _add(param, grad, -group["lr"], weight)
+
+
+def _add(param: Tensor, update: Tensor, value: float, weight: Weight) -> None:
+    """``param += value * weight * update``, rounded as torch's ``param.add_(update, alpha=value)`` at weight 1."""
+    if isinstance(weight, float):
+        param.add_(update, alpha=value * weight)
+    else:
+        param.addcmul_(update, value * weight)
+
+
+def _addcdiv(param: Tensor, numerator: Tensor, denom: Tensor, value: float, weight: Weight) -> None:
+    """``param += value * weight * numerator / denom``, rounded as torch's ``param.addcdiv_(numerator,
+    denom, value=value)`` at weight 1; a tensor weight writes the quotient into ``denom`` (a temporary)."""
+    if isinstance(weight, float):
+        param.addcdiv_(numerator, denom, value=value * weight)
+    else:
+        zero = torch.zeros((), dtype=denom.dtype, device=denom.device)
+        param.addcmul_(torch.addcdiv(zero, numerator, denom, value=value, out=denom), weight)
 
 
 def _adam_state(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor) -> dict[str, Any]:
@@ -120,7 +141,7 @@ def _adam_state(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: 
 
 
 @register_fused(torch.optim.Adam, torch.optim.AdamW)
-def _adam(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor, grad: Tensor, weight: Tensor) -> None:
+def _adam(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor, grad: Tensor, weight: Weight) -> None:
     """torch.optim.Adam / AdamW (L2 or decoupled weight decay, amsgrad, maximize) with lr ``Phi * lr``."""
     state = _adam_state(optimizer, group, param)
     lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
@@ -131,7 +152,8 @@ def _adam(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor
     if weight_decay != 0:
         if decoupled:
             # in float64, so that at Phi = 1 the factor is torch's Python scalar 1 - lr * wd
-            param.mul_((1 - (lr * weight_decay) * weight.double()).to(weight.dtype))
+            decay = 1 - (lr * weight_decay) * (weight if isinstance(weight, float) else weight.double())
+            param.mul_(decay if isinstance(decay, float) else decay.to(weight.dtype))
         else:
             grad = grad.add(param, alpha=weight_decay)
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
@@ -144,14 +166,7 @@ def _adam(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor
         torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
         exp_avg_sq = state["max_exp_avg_sq"]
     denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
-    param.addcmul_(_quotient(exp_avg, denom, -step_size), weight)
-
-
-def _quotient(numerator: Tensor, denom: Tensor, value: float) -> Tensor:
-    """``value * numerator / denom`` rounded as torch's ``param.addcdiv_(numerator, denom, value=value)``
-    rounds its update, written into ``denom`` (a temporary)."""
-    zero = torch.zeros((), dtype=denom.dtype, device=denom.device)
-    return torch.addcdiv(zero, numerator, denom, value=value, out=denom)
+    _addcdiv(param, exp_avg, denom, -step_size, weight)
 
 
 def _rmsprop_state(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor) -> dict[str, Any]:
@@ -168,7 +183,7 @@ def _rmsprop_state(optimizer: torch.optim.Optimizer, group: dict[str, Any], para
 
 @register_fused(torch.optim.RMSprop)
 def _rmsprop(
-    optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor, grad: Tensor, weight: Tensor
+    optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor, grad: Tensor, weight: Weight
 ) -> None:
     """torch.optim.RMSprop (momentum, centered, weight decay, maximize) with lr ``Phi * lr``."""
     state = _rmsprop_state(optimizer, group, param)
@@ -187,14 +202,14 @@ def _rmsprop(
     if group["momentum"] > 0:
         buf = state["momentum_buffer"]
         buf.mul_(group["momentum"]).addcdiv_(grad, avg)
-        param.addcmul_(buf, -group["lr"] * weight)
+        _add(param, buf, -group["lr"], weight)
     else:
-        param.addcmul_(_quotient(grad, avg, -group["lr"]), weight)
+        _addcdiv(param, grad, avg, -group["lr"], weight)
 
 
 @register_fused(torch.optim.Adagrad)
 def _adagrad(
-    optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor, grad: Tensor, weight: Tensor
+    optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor, grad: Tensor, weight: Weight
 ) -> None:
     """torch.optim.Adagrad (lr decay, weight decay, initial accumulator, maximize) with lr ``Phi * lr``."""
     state = optimizer.state[param]
@@ -208,4 +223,4 @@ def _adagrad(
     state_sum = state["sum"]
     state_sum.addcmul_(grad, grad, value=1)
     std = state_sum.sqrt().add_(group["eps"])
-    param.addcmul_(_quotient(grad, std, -clr), weight)
+    _addcdiv(param, grad, std, -clr, weight)

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, SeekingWarning
 from ..moe.distributed import broadcast_counts
 from ..moe.protocol import ExpertLayer, expert_layers
-from .fused import FusedStep, fused_step
+from .fused import FusedStep, Weight, fused_step
 from .strategies import get_strategy
 
 _PROTOCOL = (
@@ -289,17 +289,12 @@ class Excitation(torch.optim.Optimizer):
         """After the base step: the fused experts' steps, and the others' changes scaled from the snapshot."""
         self._give_back_grads()
         factors = self._factors()
+        weights: dict[Any, Any] = {}
         for s, step, group, grad in self._fusing:
-            step(
-                self.optimizer,
-                group,
-                s.param,
-                grad,
-                _weight(s, factors, torch.promote_types(s.param.dtype, torch.float32)),
-            )
+            step(self.optimizer, group, s.param, grad, _fused_weight(s, factors, weights))
         for s, old in zip(self._lerped, self._before, strict=True):
             # old + weight * (new - old), exact at both ends: factor 0 keeps the old value, 1 the new one.
-            torch.lerp(old, s.param, _on_mesh_of(s.param, _weight(s, factors, s.param.dtype)), out=s.param)
+            torch.lerp(old, s.param, _on_mesh_of(s.param, _shaped(s, factors[s.layer].to(s.param.dtype))), out=s.param)
         self._fusing, self._lerped, self._before = [], [], []
         self.discard_counts()
         self.last_factors = factors
@@ -410,10 +405,25 @@ class Excitation(torch.optim.Optimizer):
         )
 
 
-def _weight(s: _Scaled, factors: list[Tensor], dtype: torch.dtype) -> Tensor:
-    """The factor of ``s``'s expert in ``dtype``: shape ``(E, 1, ...)`` for a stacked tensor, ``()`` else."""
-    phi = factors[s.layer].to(dtype)
+def _shaped(s: _Scaled, phi: Tensor) -> Tensor:
+    """The factors ``phi`` (E,) of ``s``'s layer as ``s`` takes them: shape ``(E, 1, ...)`` for a stacked
+    tensor, ``()`` (its expert's) else."""
     return phi.view(-1, *[1] * (s.param.dim() - 1)) if s.expert is None else phi[s.expert]
+
+
+def _fused_weight(s: _Scaled, factors: list[Tensor], cache: dict[Any, Any]) -> Weight:
+    """The factor of ``s``'s expert for a fused step: a Python float for one expert's tensor when the
+    factors are on the CPU (no device to wait for), else a tensor in float32 or wider (:func:`_shaped`). ``cache``
+    holds each layer's conversion for the step."""
+    phi = factors[s.layer]
+    if s.expert is not None and phi.device.type == "cpu":
+        if s.layer not in cache:
+            cache[s.layer] = phi.tolist()
+        return cache[s.layer][s.expert]
+    dtype = torch.promote_types(s.param.dtype, torch.float32)
+    if (s.layer, dtype) not in cache:
+        cache[s.layer, dtype] = phi.to(dtype)
+    return _shaped(s, cache[s.layer, dtype])
 
 
 def _dtensor(param: Tensor) -> Any:
