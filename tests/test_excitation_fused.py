@@ -197,3 +197,36 @@ def test_attached_step_with_a_closure_takes_the_fallback_and_steps_once():
         return list(model.parameters())
 
     assert all(torch.equal(p, q) for p, q in zip(run(True), run(False), strict=True))
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+@pytest.mark.parametrize("optimizer", list(FAST))
+def test_tensor_and_float_factors_give_the_same_step(optimizer, stacked):
+    """Factors on the CPU enter as Python floats (slice by slice for a stacked tensor), elsewhere as a
+    tensor (no host synchronisation): the same step to rounding, the same state bit for bit, and at
+    Phi = 1 the tensor form is the plain optimizer's step bit for bit."""
+    torch.manual_seed(0)
+    first = torch.randn(4, 3, 5)
+    params = [torch.nn.Parameter(first.clone()) for _ in range(4)]  # tensor Phi, float Phi, tensor 1, plain
+    optimizers = [FAST[optimizer]([p]) for p in params]
+    step = fused_step(optimizers[0], optimizers[0].param_groups[0])
+    phi = torch.tensor([0.0, 0.5, 1.0, 2.0])
+    if stacked:
+        weights = [phi.view(4, 1, 1), phi.tolist(), torch.ones(4, 1, 1)]
+    else:
+        weights = [phi[1], phi[1].item(), torch.ones(())]
+    for _ in range(3):
+        grad = torch.randn(4, 3, 5)
+        with torch.no_grad():
+            params[0].copy_(params[1])  # from the same values, so that the states can be compared bitwise
+            for p in params:
+                p.grad = grad.clone()
+            for p, o, w in zip(params, optimizers, weights, strict=False):
+                step(o, o.param_groups[0], p, p.grad, w)
+        optimizers[3].step()
+        torch.testing.assert_close(params[0], params[1], rtol=1e-6, atol=1e-7)
+        assert torch.equal(params[2], params[3])
+        states = [o.state_dict()["state"].get(0, {}) for o in optimizers]  # SGD without momentum: none
+        for key, value in states[3].items():
+            assert all(torch.equal(s[key], value) for s in states[2:]), key
+            assert torch.equal(states[0][key], states[1][key]), key

@@ -16,20 +16,21 @@ factor (times the learning rate, a per-expert scalar) enters through one ``addcm
 Each implementation takes ``(optimizer, group, param, grad, weight)`` and updates ``param`` and
 ``optimizer.state[param]``. ``weight`` is ``Phi`` either as a tensor in float32 (float64 for float64
 parameters: the precision in which torch applies its scalar learning rate) shaped to broadcast over
-``param`` (``(E, 1, ...)`` for stacked storage, ``()`` for one expert's tensor), or, for one expert's
-tensor whose factors are on the CPU (read without a device synchronisation), a Python float: the step
-is then torch's own operations with ``Phi * lr`` in place of ``lr``, no operation added.
+``param`` (``(E, 1, ...)`` for stacked storage, ``()`` for one expert's tensor), or, where the factors
+are on the CPU (read without a device synchronisation), Python floats: one for one expert's tensor, a
+list of E for a stacked tensor (applied slice by slice along dim 0). The step is then torch's own
+operations with ``Phi * lr`` in place of ``lr``, no operation and no memory pass added.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-Weight = Tensor | float
+Weight = Tensor | float | list[float]
 FusedStep = Callable[[torch.optim.Optimizer, dict[str, Any], Tensor, Tensor, Weight], None]
 
 
@@ -111,22 +112,42 @@ def _sgd(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor,
     _add(param, grad, -group["lr"], weight)
 
 
+def _slices(weight: float | list[float], *tensors: Tensor) -> Iterator[tuple[float, ...]]:
+    """``(w, *tensors)`` for one float; ``(w_k, *slices k)`` along dim 0 for a list."""
+    if isinstance(weight, float):
+        yield (weight, *tensors)
+    else:
+        yield from zip(weight, *(t.unbind(0) for t in tensors), strict=True)
+
+
 def _add(param: Tensor, update: Tensor, value: float, weight: Weight) -> None:
     """``param += value * weight * update``, rounded as torch's ``param.add_(update, alpha=value)`` at weight 1."""
-    if isinstance(weight, float):
-        param.add_(update, alpha=value * weight)
-    else:
+    if isinstance(weight, Tensor):
         param.addcmul_(update, value * weight)
+        return
+    for w, p, u in _slices(weight, param, update):
+        p.add_(u, alpha=value * w)
 
 
 def _addcdiv(param: Tensor, numerator: Tensor, denom: Tensor, value: float, weight: Weight) -> None:
     """``param += value * weight * numerator / denom``, rounded as torch's ``param.addcdiv_(numerator,
     denom, value=value)`` at weight 1; a tensor weight writes the quotient into ``denom`` (a temporary)."""
-    if isinstance(weight, float):
-        param.addcdiv_(numerator, denom, value=value * weight)
-    else:
+    if isinstance(weight, Tensor):
         zero = torch.zeros((), dtype=denom.dtype, device=denom.device)
         param.addcmul_(torch.addcdiv(zero, numerator, denom, value=value, out=denom), weight)
+        return
+    for w, p, n, d in _slices(weight, param, numerator, denom):
+        p.addcdiv_(n, d, value=value * w)
+
+
+def _decay(param: Tensor, rate: float, weight: Weight) -> None:
+    """``param *= 1 - rate * weight``; at weight 1 torch's Python scalar ``1 - rate`` (a tensor weight in
+    float64 for that)."""
+    if isinstance(weight, Tensor):
+        param.mul_((1 - rate * weight.double()).to(weight.dtype))
+        return
+    for w, p in _slices(weight, param):
+        p.mul_(1 - rate * w)
 
 
 def _adam_state(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor) -> dict[str, Any]:
@@ -151,9 +172,7 @@ def _adam(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor
     grad = -grad if group["maximize"] else grad
     if weight_decay != 0:
         if decoupled:
-            # in float64, so that at Phi = 1 the factor is torch's Python scalar 1 - lr * wd
-            decay = 1 - (lr * weight_decay) * (weight if isinstance(weight, float) else weight.double())
-            param.mul_(decay if isinstance(decay, float) else decay.to(weight.dtype))
+            _decay(param, lr * weight_decay, weight)
         else:
             grad = grad.add(param, alpha=weight_decay)
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]

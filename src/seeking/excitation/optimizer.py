@@ -412,14 +412,15 @@ def _shaped(s: _Scaled, phi: Tensor) -> Tensor:
 
 
 def _fused_weight(s: _Scaled, factors: list[Tensor], cache: dict[Any, Any]) -> Weight:
-    """The factor of ``s``'s expert for a fused step: a Python float for one expert's tensor when the
-    factors are on the CPU (no device to wait for), else a tensor in float32 or wider (:func:`_shaped`). ``cache``
+    """The factors for a fused step: Python floats when they are on the CPU (no device to wait for), one
+    for one expert's tensor, the layer's list for a stacked tensor; else a tensor in float32 or wider
+    (:func:`_shaped`). ``cache``
     holds each layer's conversion for the step."""
     phi = factors[s.layer]
-    if s.expert is not None and phi.device.type == "cpu":
+    if phi.device.type == "cpu":
         if s.layer not in cache:
             cache[s.layer] = phi.tolist()
-        return cache[s.layer][s.expert]
+        return cache[s.layer] if s.expert is None else cache[s.layer][s.expert]
     dtype = torch.promote_types(s.param.dtype, torch.float32)
     if (s.layer, dtype) not in cache:
         cache[s.layer, dtype] = phi.to(dtype)
