@@ -112,42 +112,45 @@ def _sgd(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor,
     _add(param, grad, -group["lr"], weight)
 
 
-def _slices(weight: float | list[float], *tensors: Tensor) -> Iterator[tuple[float, ...]]:
-    """``(w, *tensors)`` for one float; ``(w_k, *slices k)`` along dim 0 for a list."""
-    if isinstance(weight, float):
-        yield (weight, *tensors)
-    else:
-        yield from zip(weight, *(t.unbind(0) for t in tensors), strict=True)
+def _slices(weights: list[float], *tensors: Tensor) -> Iterator[tuple[Any, ...]]:
+    """``(w_k, *slices k)`` of stacked tensors along dim 0."""
+    return zip(weights, *(t.unbind(0) for t in tensors), strict=True)
 
 
 def _add(param: Tensor, update: Tensor, value: float, weight: Weight) -> None:
     """``param += value * weight * update``, rounded as torch's ``param.add_(update, alpha=value)`` at weight 1."""
-    if isinstance(weight, Tensor):
+    if isinstance(weight, float):  # the common case first: one expert's tensor, factors on the CPU
+        param.add_(update, alpha=value * weight)
+    elif isinstance(weight, Tensor):
         param.addcmul_(update, value * weight)
-        return
-    for w, p, u in _slices(weight, param, update):
-        p.add_(u, alpha=value * w)
+    else:
+        for w, p, u in _slices(weight, param, update):
+            p.add_(u, alpha=value * w)
 
 
 def _addcdiv(param: Tensor, numerator: Tensor, denom: Tensor, value: float, weight: Weight) -> None:
     """``param += value * weight * numerator / denom``, rounded as torch's ``param.addcdiv_(numerator,
     denom, value=value)`` at weight 1; a tensor weight writes the quotient into ``denom`` (a temporary)."""
-    if isinstance(weight, Tensor):
+    if isinstance(weight, float):
+        param.addcdiv_(numerator, denom, value=value * weight)
+    elif isinstance(weight, Tensor):
         zero = torch.zeros((), dtype=denom.dtype, device=denom.device)
         param.addcmul_(torch.addcdiv(zero, numerator, denom, value=value, out=denom), weight)
-        return
-    for w, p, n, d in _slices(weight, param, numerator, denom):
-        p.addcdiv_(n, d, value=value * w)
+    else:
+        for w, p, n, d in _slices(weight, param, numerator, denom):
+            p.addcdiv_(n, d, value=value * w)
 
 
 def _decay(param: Tensor, rate: float, weight: Weight) -> None:
     """``param *= 1 - rate * weight``; at weight 1 torch's Python scalar ``1 - rate`` (a tensor weight in
     float64 for that)."""
-    if isinstance(weight, Tensor):
+    if isinstance(weight, float):
+        param.mul_(1 - rate * weight)
+    elif isinstance(weight, Tensor):
         param.mul_((1 - rate * weight.double()).to(weight.dtype))
-        return
-    for w, p in _slices(weight, param):
-        p.mul_(1 - rate * w)
+    else:
+        for w, p in _slices(weight, param):
+            p.mul_(1 - rate * w)
 
 
 def _adam_state(optimizer: torch.optim.Optimizer, group: dict[str, Any], param: Tensor) -> dict[str, Any]:

@@ -416,11 +416,13 @@ def _fused_weight(s: _Scaled, factors: list[Tensor], cache: dict[Any, Any]) -> W
     for one expert's tensor, the layer's list for a stacked tensor; else a tensor in float32 or wider
     (:func:`_shaped`). ``cache``
     holds each layer's conversion for the step."""
+    floats = cache.get(s.layer)
+    if floats is None:
+        phi = factors[s.layer]
+        floats = cache[s.layer] = phi.tolist() if phi.device.type == "cpu" else False
+    if floats is not False:
+        return floats if s.expert is None else floats[s.expert]
     phi = factors[s.layer]
-    if phi.device.type == "cpu":
-        if s.layer not in cache:
-            cache[s.layer] = phi.tolist()
-        return cache[s.layer] if s.expert is None else cache[s.layer][s.expert]
     dtype = torch.promote_types(s.param.dtype, torch.float32)
     if (s.layer, dtype) not in cache:
         cache[s.layer, dtype] = phi.to(dtype)
