@@ -414,8 +414,7 @@ def _shaped(s: _Scaled, phi: Tensor) -> Tensor:
 def _fused_weight(s: _Scaled, factors: list[Tensor], cache: dict[Any, Any]) -> Weight:
     """The factors for a fused step: Python floats when they are on the CPU (no device to wait for), one
     for one expert's tensor, the layer's list for a stacked tensor; else a tensor in float32 or wider
-    (:func:`_shaped`). ``cache``
-    holds each layer's conversion for the step."""
+    (:func:`_shaped`). ``cache`` holds each layer's conversion for the step."""
     floats = cache.get(s.layer)
     if floats is None:
         phi = factors[s.layer]
