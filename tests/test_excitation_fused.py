@@ -230,3 +230,22 @@ def test_tensor_and_float_factors_give_the_same_step(optimizer, stacked):
         for key, value in states[3].items():
             assert all(torch.equal(s[key], value) for s in states[2:]), key
             assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_a_registered_fused_step_is_used_for_the_groups_it_supports(monkeypatch):
+    import seeking.excitation.fused as fused_module
+
+    class PlainSGD(torch.optim.SGD):
+        pass
+
+    monkeypatch.setattr(fused_module, "_FUSED", dict(fused_module._FUSED))
+    sgd_step = fused_module._FUSED[torch.optim.SGD].step
+    fused_module.register_fused(PlainSGD, supports=lambda group: group["momentum"] == 0)(sgd_step)
+    with pytest.raises(ValueError, match="registered twice"):
+        fused_module.register_fused(PlainSGD)(sgd_step)
+    model = ToyModel()
+    optimizer = PlainSGD(
+        [{"params": model.stacked.parameters()}, {"params": model.listed.parameters(), "momentum": 0.9}]
+    )
+    assert [fused_step(optimizer, g) for g in optimizer.param_groups] == [sgd_step, None]
+    assert "PlainSGD" in fused_types()
