@@ -1,74 +1,148 @@
-"""Benchmark: the optimizer step with and without Excitation, at 8, 64 and 256 experts.
+"""Benchmark: the optimizer step and the whole training step of a GPT-MoE, plain and with Excitation.
 
-One MoE feed-forward layer (width 128, expert hidden 256, top-2) with stacked or list experts.
-Times ``optimizer.step()`` alone (the part Excitation changes; the counts of a real forward are in
-place), and a whole training step of the layer (forward, backward, optimizer step) on the same
-tokens; medians over many steps, plain and wrapped in the same run.
+The model of issue 17 by default: ``GPTMoE(vocab 65, block 128, depth 4, width 256, heads 4, 64
+experts top-2)``, batch 16 x 128 random tokens, stacked or list experts. For each optimizer, one
+model is stepped by the plain optimizer and by ``Excitation(zero_sum)`` over an optimizer of its own,
+in turns (ABBA order, so that drift of a shared machine falls on both arms), and the medians are
+compared:
 
-    python benchmarks/excitation_overhead.py
+- "optimizer step": ``optimizer.step()`` alone, with the gradients and routing counts of one real
+  forward and backward in place; the Excitation arm twice: the fused step (the default) and the
+  general fallback (``fused=False``: snapshot, base step, ``lerp``), which the fused step replaces;
+- "training step": zero_grad, forward, loss (with the MoE auxiliary loss), backward and step.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/excitation_overhead.py
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/excitation_overhead.py --experts 16 --width 128
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
 from seeking.excitation import Excitation
-from seeking.moe import MoEFeedForward
+from seeking.models import GPTMoE, lm_loss
+from seeking.moe import expert_layers, moe_aux_loss
 
-OPTIMIZERS = {
-    "sgd+momentum": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
-    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-3),
+OPTIMIZERS: dict[str, Callable] = {
+    "sgd+momentum": lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9),
+    "sgd+nesterov+wd": lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3),
+    "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=1e-2),
 }
 
 
-def median_ms(layer: MoEFeedForward, make, wrapped: bool, x: torch.Tensor, repeats: int) -> tuple[float, float]:
-    """Median ms of ``optimizer.step()`` alone and of a whole training step."""
-    optimizer = make(layer.parameters())
-    if wrapped:
-        optimizer = Excitation(optimizer, layer, "zero_sum")
-    layer(x).square().mean().backward()  # gradients and counts stay in place for the optimizer steps
-    counts = layer.expert_counts.clone()
-    step_times, train_times = [], []
-    for _ in range(repeats + 3):
-        layer.expert_counts.copy_(counts)
-        start = time.perf_counter()
-        optimizer.step()
-        step_times.append(time.perf_counter() - start)
-    for _ in range(repeats + 3):
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        layer(x).square().mean().backward()
-        optimizer.step()
-        train_times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(step_times[3:]), 1000 * statistics.median(train_times[3:])
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return 1000 * (time.perf_counter() - start)
+
+
+def interleaved(arms: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median ms of each arm, run in turns (ABBA...) after ``warmup`` untimed rounds."""
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    order = list(arms)
+    for i in range(warmup + repeats):
+        for name in order if i % 2 == 0 else order[::-1]:
+            elapsed = timed(arms[name])
+            if i >= warmup:
+                times[name].append(elapsed)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(model: GPTMoE, make: Callable, tokens: torch.Tensor, repeats: int, train_repeats: int) -> dict[str, float]:
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    layers = expert_layers(model)
+
+    def backward() -> None:
+        loss = lm_loss(model(x), y) + moe_aux_loss(model)
+        loss.backward()
+
+    plain = make(model.parameters())
+    fused = Excitation(make(model.parameters()), model, "zero_sum")
+    lerped = Excitation(make(model.parameters()), model, "zero_sum", fused=False)
+    model.zero_grad()
+    backward()
+    counts = [layer.expert_counts.clone() for layer in layers]
+
+    def excited_step(optimizer: Excitation) -> Callable[[], object]:
+        def step() -> None:
+            for layer, c in zip(layers, counts, strict=True):
+                layer.expert_counts.copy_(c)
+            optimizer.step()
+
+        return step
+
+    result = {
+        f"step {k}": v
+        for k, v in interleaved(
+            {"plain": plain.step, "fused": excited_step(fused), "fallback": excited_step(lerped)}, repeats
+        ).items()
+    }
+    del lerped
+
+    def train(optimizer: torch.optim.Optimizer) -> Callable[[], object]:
+        def step() -> None:
+            optimizer.zero_grad()
+            for layer in layers:  # the counts of this batch only (the plain arm does not zero them)
+                layer.expert_counts.zero_()
+            backward()
+            optimizer.step()
+
+        return step
+
+    result |= {
+        f"train {k}": v for k, v in interleaved({"plain": train(plain), "fused": train(fused)}, train_repeats).items()
+    }
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experts", type=int, nargs="+", default=[8, 64, 256])
-    parser.add_argument("--tokens", type=int, default=2048)
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--experts", type=int, default=64)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--block", type=int, default=128)
+    parser.add_argument("--storage", nargs="+", default=["stacked", "list"])
+    parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+    parser.add_argument("--repeats", type=int, default=10, help="optimizer steps per arm (median)")
+    parser.add_argument("--train-repeats", type=int, default=6, help="training steps per arm (median)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median optimizer.step() over {args.repeats}")
     print(
-        "| experts | storage | optimizer | expert params | optimizer step ms: plain | excitation | overhead "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; GPTMoE(vocab 65, block {args.block}, depth "
+        f"{args.depth}, width {args.width}, heads 4, {args.experts} experts top-2), batch {args.batch}x{args.block}; "
+        f"medians of {args.repeats} optimizer steps and {args.train_repeats} training steps per arm, interleaved"
+    )
+    print(
+        "| storage | optimizer | expert params | optimizer step ms: plain | fused | overhead | fallback | overhead "
         "| training step ms: plain | excitation | overhead |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for experts, storage, name in itertools.product(args.experts, ("stacked", "list"), OPTIMIZERS):
-        torch.manual_seed(0)
-        layer = MoEFeedForward(128, 256, experts, 2, storage=storage)
-        x = torch.randn(args.tokens, 128)
-        plain = median_ms(layer, OPTIMIZERS[name], False, x, args.repeats)
-        excited = median_ms(layer, OPTIMIZERS[name], True, x, args.repeats)
-        n = sum(p.numel() for p, _ in layer.expert_parameters())
-        cells = [f"{a:.2f} | {b:.2f} | {100 * (b / a - 1):+.1f}%" for a, b in zip(plain, excited, strict=True)]
-        print(f"| {experts} | {storage} | {name} | {n / 1e6:.2f}M | {cells[0]} | {cells[1]} |", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for storage in args.storage:
+        for name in args.optimizers:
+            torch.manual_seed(0)
+            model = GPTMoE(65, args.block, args.depth, args.width, 4, args.experts, 2, storage=storage)
+            tokens = torch.randint(0, 65, (args.batch, args.block + 1))
+            r = measure(model, OPTIMIZERS[name], tokens, args.repeats, args.train_repeats)
+            n = sum(p.numel() for layer in expert_layers(model) for p, _ in layer.expert_parameters())
+
+            def pct(a: float, b: float) -> str:
+                return f"{100 * (b / a - 1):+.1f}%"
+
+            print(
+                f"| {storage} | {name} | {n / 1e6:.1f}M | {r['step plain']:.1f} | {r['step fused']:.1f} | "
+                f"{pct(r['step plain'], r['step fused'])} | {r['step fallback']:.1f} | "
+                f"{pct(r['step plain'], r['step fallback'])} | {r['train plain']:.0f} | {r['train fused']:.0f} | "
+                f"{pct(r['train plain'], r['train fused'])} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -206,12 +206,14 @@ def test_step_is_base_step_scaled_per_expert_and_moments_are_untouched(optimizer
         assert not torch.allclose(ex.last_factors[0], torch.ones(4))
 
 
-def test_global_strategy_is_bit_identical_to_the_plain_optimizer():
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd_nesterov", "rmsprop", "adagrad"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_global_strategy_is_bit_identical_to_the_plain_optimizer(fused, optimizer):
     torch.manual_seed(0)
     model = ToyModel()
     twin = copy.deepcopy(model)
-    ex = Excitation(torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1), model, "global")
-    plain = torch.optim.AdamW(twin.parameters(), lr=0.01, weight_decay=0.1)
+    ex = Excitation(OPTIMIZERS[optimizer](model.parameters()), model, "global", fused=fused)
+    plain = OPTIMIZERS[optimizer](twin.parameters())
     for step in range(3):
         for m, opt in ((model, ex), (twin, plain)):
             opt.zero_grad()

@@ -8,10 +8,16 @@
 At each step, for each MoE layer (see :mod:`seeking.moe.protocol`), the wrapper reads the tokens routed
 to each expert since the last step, turns them into utilizations ``u_k`` (fractions of the layer's
 routed assignments, summed over all processes when ``torch.distributed`` is initialized), computes one
-factor ``Phi_k`` per expert with the chosen strategy, lets the base optimizer step, and then moves each
-expert from its old value ``theta_k`` to ``theta_k + Phi_k * delta_k``, where ``delta_k`` is the base
-optimizer's change. The base optimizer's momentum and moment estimates are left exactly as it computed
-them; the wrapper keeps no per-parameter state and has no learnable parameters.
+factor ``Phi_k`` per expert with the chosen strategy, and moves each expert from its old value
+``theta_k`` to ``theta_k + Phi_k * delta_k``, where ``delta_k`` is the base optimizer's change. The base
+optimizer's momentum and moment estimates are left exactly as it computed them; the wrapper keeps no
+per-parameter state and has no learnable parameters.
+
+Two mechanisms compute the same step. For the optimizers of :mod:`seeking.excitation.fused` (SGD, Adam,
+AdamW, RMSprop, Adagrad with their usual options) the experts are stepped with learning rate
+``Phi_k * lr`` inside the update itself, at about the cost of the plain step. For any other optimizer or
+option, the general fallback snapshots the experts, lets the base optimizer step and ``lerp``s each
+expert from its snapshot by ``Phi_k``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, SeekingWarning
 from ..moe.distributed import broadcast_counts
 from ..moe.protocol import ExpertLayer, expert_layers
+from .fused import FusedStep, Weight, fused_step
 from .strategies import get_strategy
 
 _PROTOCOL = (
@@ -38,8 +45,9 @@ _PROTOCOL = (
 )
 
 
-_PICKLED = ("optimizer", "strategy", "gamma", "generator", "layers", "_scaled", "last_factors", "_unchecked")
-# not pickled: _before (empty between steps) and _handles (hooks are not copied: a copy is a wrapper)
+_PICKLED = ("optimizer", "strategy", "gamma", "generator", "layers", "_scaled", "last_factors", "_unchecked", "fused")
+# not pickled: _fusing, _lerped, _before (empty between steps) and _handles (hooks are not copied: a copy
+# is a wrapper)
 # Steps at whose start the counts are checked (one host sync each): a layer that counts nothing (a wrong
 # adapter, a counter that something else zeroes) shows from the first step; later steps stay sync-free.
 CHECKED_STEPS = 8
@@ -82,6 +90,10 @@ class Excitation(torch.optim.Optimizer):
         process_group: the processes over which the counts are summed when ``torch.distributed`` is
             initialised (default: the default group, all processes): under pipeline or expert
             parallelism, the group of the processes that hold the same experts and see different data.
+        fused: step the experts with learning rate ``Phi_k * lr`` inside the update where the optimizer
+            type and the param group's options allow it (:func:`seeking.excitation.fused_types`; default
+            True); False always takes the general fallback (snapshot, base step, ``lerp``). Both give
+            the same parameters up to float rounding and the same optimizer state bit for bit.
 
     Phi is computed per layer over that layer's experts; a layer that routed no token since the last
     step gets factors of 1. A loop that skips a step (a non-finite loss, a ``GradScaler`` skip) calls
@@ -102,6 +114,7 @@ class Excitation(torch.optim.Optimizer):
         seed: int = 0,
         include: Iterable[tuple[Tensor, nn.Module, int | None]] = (),
         process_group: dist.ProcessGroup | None = None,
+        fused: bool = True,
     ) -> None:
         # Optimizer.__init__ is deliberately not called: param_groups, state and defaults are the
         # wrapped optimizer's (properties below). __setstate__ sets up Optimizer's hooks instead.
@@ -139,6 +152,7 @@ class Excitation(torch.optim.Optimizer):
         self.last_factors: list[Tensor] = []
         self._unchecked = CHECKED_STEPS
         self.process_group = process_group
+        self.fused = bool(fused)
         if broadcast := broadcast_counts(model_or_layers):
             warnings.warn(
                 f"the model is in DistributedDataParallel, which broadcasts rank 0's {broadcast[0]} (and "
@@ -148,7 +162,9 @@ class Excitation(torch.optim.Optimizer):
                 SeekingWarning,
                 stacklevel=2,
             )
-        self._before: list[Tensor] = []  # the scaled parameters' values before the base step
+        self._fusing: list[tuple[_Scaled, FusedStep, dict[str, Any], Tensor]] = []  # stepped by a fused step
+        self._lerped: list[_Scaled] = []  # stepped by the base optimizer, then lerped from _before
+        self._before: list[Tensor] = []  # their values before the base step
         self._handles: list[Any] = []  # the hooks of attach()
 
     @property
@@ -175,8 +191,12 @@ class Excitation(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._snapshot()
-        self.optimizer.step()
+        self._begin()
+        try:
+            self.optimizer.step()
+        except BaseException:
+            self._abandon()
+            raise
         self._scale()
         return loss
 
@@ -191,6 +211,7 @@ class Excitation(torch.optim.Optimizer):
         seed: int = 0,
         include: Iterable[tuple[Tensor, nn.Module, int | None]] = (),
         process_group: dist.ProcessGroup | None = None,
+        fused: bool = True,
     ) -> Excitation:
         """Excitation as hooks on ``optimizer`` itself, for code that must keep its optimizer object
         (a framework's, an optimizer container): ``optimizer.step()`` then scales the experts' changes
@@ -198,11 +219,27 @@ class Excitation(torch.optim.Optimizer):
         carries the wrapper's settings under ``"excitation"``. Arguments as for the constructor.
 
         Returns the Excitation, for :meth:`discard_counts`, ``last_factors`` and :meth:`detach`; its own
-        :meth:`step` is refused. The hooks are a step pre hook (the experts' values before the step), a
-        step post hook (factors from the counts, then the scaling) and the state dict hooks."""
-        self = cls(optimizer, model_or_layers, strategy, gamma, seed=seed, include=include, process_group=process_group)
+        :meth:`step` is refused. The hooks are a step pre hook (which sets aside the gradients of the
+        experts that a fused step updates, and snapshots the others), a step post hook (factors from the
+        counts, then the experts' steps) and the state dict hooks."""
+        self = cls(
+            optimizer,
+            model_or_layers,
+            strategy,
+            gamma,
+            seed=seed,
+            include=include,
+            process_group=process_group,
+            fused=fused,
+        )
         self._handles = [
-            optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._snapshot()),
+            # a closure runs inside the base step, after this hook: its gradients cannot be set aside.
+            # args are step's own, the optimizer first.
+            optimizer.register_step_pre_hook(
+                lambda opt, args, kwargs: self._begin(
+                    fuse=(args[1] if len(args) > 1 else kwargs.get("closure")) is None
+                )
+            ),
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self._scale()),
             optimizer.register_state_dict_post_hook(lambda opt, state: self._with_own(state)),
             optimizer.register_load_state_dict_pre_hook(lambda opt, state: self._load_own(state)),
@@ -216,19 +253,49 @@ class Excitation(torch.optim.Optimizer):
         self._handles = []
 
     @torch.no_grad()
-    def _snapshot(self) -> None:
-        self._before = [s.param.clone() for s in self._scaled]
+    def _begin(self, fuse: bool = True) -> None:
+        """Before the base step: take the gradients of the experts that a fused step will update (so that
+        the base optimizer skips them) and snapshot the rest."""
+        self._abandon()  # a base step that raised under attach()
+        groups = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
+        steps: dict[int, FusedStep | None] = {}
+        self._fusing, self._lerped = [], []
+        for s in self._scaled:
+            group, grad = groups[id(s.param)], s.param.grad
+            if id(group) not in steps:
+                steps[id(group)] = fused_step(self.optimizer, group) if self.fused and fuse else None
+            step = steps[id(group)]
+            if grad is None and step is not None:
+                continue  # a registered optimizer skips a parameter without gradient: nothing to scale
+            if step is None or grad.is_sparse or s.param.is_complex() or _dtensor(s.param) is not None:
+                self._lerped.append(s)
+            else:
+                self._fusing.append((s, step, group, grad))
+                s.param.grad = None
+        self._before = [s.param.clone() for s in self._lerped]
+
+    def _give_back_grads(self) -> None:
+        for s, _, _, grad in self._fusing:
+            if s.param.grad is None:  # else a backward has run since (after a step that raised)
+                s.param.grad = grad
+
+    def _abandon(self) -> None:
+        """After a base step that raised: the gradients given back, nothing left over for the next step."""
+        self._give_back_grads()
+        self._fusing, self._lerped, self._before = [], [], []
 
     @torch.no_grad()
     def _scale(self) -> None:
+        """After the base step: the fused experts' steps, and the others' changes scaled from the snapshot."""
+        self._give_back_grads()
         factors = self._factors()
-        for s, old in zip(self._scaled, self._before, strict=True):
-            phi = factors[s.layer].to(s.param.dtype)
-            weight = phi.view(-1, *[1] * (s.param.dim() - 1)) if s.expert is None else phi[s.expert]
-            weight = _on_mesh_of(s.param, weight)
+        weights: dict[Any, Any] = {}
+        for s, step, group, grad in self._fusing:
+            step(self.optimizer, group, s.param, grad, _fused_weight(s, factors, weights))
+        for s, old in zip(self._lerped, self._before, strict=True):
             # old + weight * (new - old), exact at both ends: factor 0 keeps the old value, 1 the new one.
-            torch.lerp(old, s.param, weight, out=s.param)
-        self._before = []
+            torch.lerp(old, s.param, _on_mesh_of(s.param, _shaped(s, factors[s.layer].to(s.param.dtype))), out=s.param)
+        self._fusing, self._lerped, self._before = [], [], []
         self.discard_counts()
         self.last_factors = factors
 
@@ -325,7 +392,9 @@ class Excitation(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Optimizer's: adds empty hook registries and wraps ``step`` (once per class) to run the step hooks.
         super().__setstate__(state)
-        self.__dict__.setdefault("_before", [])
+        for transient in ("_fusing", "_lerped", "_before"):
+            self.__dict__.setdefault(transient, [])
+        self.__dict__.setdefault("fused", True)
         self.__dict__.setdefault("_handles", [])
         self.__dict__.setdefault("process_group", None)  # a process group is not copied: a copy sums over the default
 
@@ -336,13 +405,42 @@ class Excitation(torch.optim.Optimizer):
         )
 
 
-def _on_mesh_of(param: Tensor, weight: Tensor) -> Tensor:
-    """``weight`` as ``param`` needs it in ``lerp``: itself, or for a DTensor parameter (FSDP2's
-    ``fully_shard``, tensor parallelism) the same factors replicated on its device mesh, so that DTensor
-    gives each process the rows of its own shard (uneven shards included) without communication."""
+def _shaped(s: _Scaled, phi: Tensor) -> Tensor:
+    """The factors ``phi`` (E,) of ``s``'s layer as ``s`` takes them: shape ``(E, 1, ...)`` for a stacked
+    tensor, ``()`` (its expert's) else."""
+    return phi.view(-1, *[1] * (s.param.dim() - 1)) if s.expert is None else phi[s.expert]
+
+
+def _fused_weight(s: _Scaled, factors: list[Tensor], cache: dict[Any, Any]) -> Weight:
+    """The factors for a fused step: Python floats when they are on the CPU (no device to wait for), one
+    for one expert's tensor, the layer's list for a stacked tensor; else a tensor in float32 or wider
+    (:func:`_shaped`). ``cache`` holds each layer's conversion for the step."""
+    floats = cache.get(s.layer)
+    if floats is None:
+        phi = factors[s.layer]
+        floats = cache[s.layer] = phi.tolist() if phi.device.type == "cpu" else False
+    if floats is not False:
+        return floats if s.expert is None else floats[s.expert]
+    phi = factors[s.layer]
+    dtype = torch.promote_types(s.param.dtype, torch.float32)
+    if (s.layer, dtype) not in cache:
+        cache[s.layer, dtype] = phi.to(dtype)
+    return _shaped(s, cache[s.layer, dtype])
+
+
+def _dtensor(param: Tensor) -> Any:
+    """The DTensor module if ``param`` is a DTensor (FSDP2's ``fully_shard``, tensor parallelism), else None."""
     # Whoever made a DTensor imported its module; importing it here would add ~0.5 s to every start.
     dtensor = sys.modules.get("torch.distributed.tensor")
-    if dtensor is None or not isinstance(param, dtensor.DTensor):
+    return dtensor if dtensor is not None and isinstance(param, dtensor.DTensor) else None
+
+
+def _on_mesh_of(param: Tensor, weight: Tensor) -> Tensor:
+    """``weight`` as ``param`` needs it in ``lerp``: itself, or for a DTensor parameter the same factors
+    replicated on its device mesh, so that DTensor gives each process the rows of its own shard (uneven
+    shards included) without communication."""
+    dtensor = _dtensor(param)
+    if dtensor is None:
         return weight
     mesh = param.device_mesh
     return dtensor.DTensor.from_local(weight, mesh, [dtensor.Replicate()] * mesh.ndim, run_check=False)
