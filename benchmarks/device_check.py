@@ -242,9 +242,12 @@ def module_help(module: Any) -> str:
 benchmark(
     "excitation_overhead",
     "excitation_overhead.py",
-    tiny=["--experts", "8", "--tokens", "64", "--repeats", "2"],
-    full=[],
-    budget_s=60,
+    tiny=[
+        *["--experts", "4", "--width", "16", "--depth", "1", "--batch", "2", "--block", "8", "--storage", "stacked"],
+        *["--optimizers", "adamw", "--repeats", "1", "--train-repeats", "1"],
+    ],
+    full=["--repeats", "10", "--train-repeats", "6"],
+    budget_s=120,
 )
 benchmark(
     "moe_vs_dense",

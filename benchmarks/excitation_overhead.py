@@ -38,9 +38,17 @@ OPTIMIZERS: dict[str, Callable] = {
 }
 
 
+def synchronize() -> None:
+    """Wait for the device's queued work: a CUDA step returns before its kernels finish."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object]) -> float:
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return 1000 * (time.perf_counter() - start)
 
 
@@ -114,10 +122,12 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     parser.add_argument("--repeats", type=int, default=10, help="optimizer steps per arm (median)")
     parser.add_argument("--train-repeats", type=int, default=6, help="training steps per arm (median)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     args = parser.parse_args()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; GPTMoE(vocab 65, block {args.block}, depth "
-        f"{args.depth}, width {args.width}, heads 4, {args.experts} experts top-2), batch {args.batch}x{args.block}; "
+        f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads; GPTMoE(vocab 65, "
+        f"block {args.block}, depth {args.depth}, width {args.width}, heads 4, {args.experts} experts top-2), "
+        f"batch {args.batch}x{args.block}; "
         f"medians of {args.repeats} optimizer steps and {args.train_repeats} training steps per arm, interleaved"
     )
     print(
@@ -129,7 +139,8 @@ def main() -> None:
         for name in args.optimizers:
             torch.manual_seed(0)
             model = GPTMoE(65, args.block, args.depth, args.width, 4, args.experts, 2, storage=storage)
-            tokens = torch.randint(0, 65, (args.batch, args.block + 1))
+            model = model.to(args.device)
+            tokens = torch.randint(0, 65, (args.batch, args.block + 1)).to(args.device)
             r = measure(model, OPTIMIZERS[name], tokens, args.repeats, args.train_repeats)
             n = sum(p.numel() for layer in expert_layers(model) for p, _ in layer.expert_parameters())
 
