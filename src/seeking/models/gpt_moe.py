@@ -56,5 +56,17 @@ def gpt_moe_tiny(**kwargs) -> GPTMoE:
 
 
 @register_model
+def gpt_moe_2l(**kwargs) -> GPTMoE:
+    """GPT-MoE with 2 blocks of width 64 (4 heads, 8 experts, top-2): the base of a motivated MoE pair."""
+    return GPTMoE(**{"depth": 2, "width": 64, **kwargs})
+
+
+@register_model
+def gpt_moe_4l(**kwargs) -> GPTMoE:
+    """:func:`gpt_moe_2l` with 4 blocks: its two added blocks start as the identity in a motivated pair."""
+    return GPTMoE(**{"depth": 4, "width": 64, **kwargs})
+
+
+@register_model
 def gpt_moe_small(**kwargs) -> GPTMoE:
     return GPTMoE(**{"block_size": 256, "depth": 6, "width": 256, "heads": 8, "num_experts": 16, **kwargs})

@@ -167,6 +167,8 @@ class RunConfig:
         group="run",
     )
 
+    gamma: float = option(1.0, help="Excitation's utilization exponent", group="excitation")
+
     def validate(self: C) -> C:
         """``self`` if every field holds a value of its type and range, else a ``ConfigError`` naming
         the first one that does not; a subclass checks its own fields after these."""
@@ -214,6 +216,8 @@ class RunConfig:
             raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {self.device!r} was asked for but CUDA is not available here; use --device cpu")
+        if not self.gamma > 0 or not math.isfinite(self.gamma):
+            raise ConfigError(f"gamma must be a finite number > 0, got {self.gamma}")
         if self.tensorboard:
             require_tensorboard()
         if self.compile:
@@ -365,6 +369,14 @@ class TrainConfig(RunConfig):
         group="motivation",
         choices=SYNC_MODES,
     )
+    excitation: str = option(
+        BASELINE,
+        help="'none', or an Excitation strategy that wraps both models' optimizers (MoE models: gpt_moe_*, "
+        "transformers MoE folders...): {choices}",
+        group="excitation",
+        choices=lambda: (BASELINE, *list_strategies()),
+        noun="strategy",
+    )
     optimizer: str = override("optimizer", "nesterov")
     lr: float = override("lr", 0.05)
     momentum: float = override("momentum", 0.9)
@@ -403,6 +415,8 @@ class TrainConfig(RunConfig):
                         f"--{name.replace('_', '-')} does nothing with --condition {self.condition}, "
                         "which trains one model"
                     )
+        if self.changed("gamma") and self.excitation == BASELINE:
+            unused.append("--gamma does nothing without --excitation")
         if self.warmup_epochs > self.epochs:
             unused.append(
                 f"--warmup-epochs {self.warmup_epochs} is longer than the run's {self.epochs} epochs: "
@@ -476,7 +490,6 @@ class ExciteConfig(RunConfig):
         noun="strategy",
         metavar="ARM",
     )
-    gamma: float = option(1.0, help="utilization exponent", group="excitation")
     optimizer: str = override("optimizer", "sgd")
     lr: float = override("lr", 0.1)
     momentum: float = override("momentum", 0.0)
@@ -506,8 +519,6 @@ class ExciteConfig(RunConfig):
             raise ConfigError(f"arms must name each arm once and at least one, got {self.arms}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
-        if not self.gamma > 0 or not math.isfinite(self.gamma):
-            raise ConfigError(f"gamma must be a finite number > 0, got {self.gamma}")
         for name in ("steps", "eval_every_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -31,15 +31,18 @@ import torch
 from torch import nn
 
 from ..data import ImageDataset
-from ..errors import SeekingWarning
+from ..errors import ConfigError, SeekingWarning
+from ..excitation import Excitation
 from ..flops import loss_step_flops
 from ..io import write_json
 from ..model_file import save_model
 from ..models import create_model
 from ..models.registry import model_recipe
+from ..moe import expert_layers, moe_aux_loss
 from ..motivation import CONDITIONS, Condition, Motivator, Never, SingleModel, TrainingPlan, make_condition
 from ..motivation.batchnorm import deployable_copy
 from ..reporting.comparison import trained_steps
+from ..reporting.excitation import BASELINE
 from ..reporting.tensorboard import ScalarLog
 from ..runs import (
     CHECKPOINTS,
@@ -93,6 +96,27 @@ def build_models(config: TrainConfig, data: DataTask) -> dict[str, nn.Module]:
     return models
 
 
+def check_excitable(config: TrainConfig, name: str, model: nn.Module) -> None:
+    """Refuse ``--excitation`` for a model without MoE layers, naming it."""
+    if config.excitation != BASELINE and not expert_layers(model):
+        raise ConfigError(
+            f"--excitation {config.excitation} scales the steps of MoE experts, but model {name!r} has no MoE "
+            "layer: train MoE models (e.g. --pair gpt_moe_2l:gpt_moe_4l) or leave --excitation out"
+        )
+
+
+def build_optimizer(config: TrainConfig, name: str, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer of ``model`` (named ``name``), wrapped in Excitation under ``--excitation``.
+    Routing counts left by the FLOP probe are dropped: the first step scales by its own batch."""
+    optimizer = config.build_optimizer(model.parameters())
+    if config.excitation == BASELINE:
+        return optimizer
+    check_excitable(config, name, model)
+    excited = Excitation(optimizer, model, config.excitation, config.gamma, seed=config.seed)
+    excited.discard_counts()
+    return excited
+
+
 def probe_models(config: TrainConfig, data: DataTask, models: dict[str, nn.Module]) -> dict[str, int]:
     """FLOPs of one training step of each model, counted on a forward and backward pass of the probe
     batch (the real shape): this pass is also the probe that each model can take the data, so a model
@@ -126,6 +150,8 @@ def check_run(config: TrainConfig, dataset: ImageDataset | None, device: torch.d
         role: create_model(getattr(config, role), **data.model_kwargs(), **config.model_kwargs).to(device)
         for role in ("base", "motivated")
     }
+    for role, model in models.items():
+        check_excitable(config, getattr(config, role), model)
     run_condition(config, data.steps_per_epoch() * config.epochs, probe_models(config, data, models))
     # the map inferred and the start checked as in train(); its warnings are left to the arms
     unused = [torch.optim.SGD(m.parameters(), lr=0.0) for m in models.values()]
@@ -187,6 +213,8 @@ class MotivationTask:
         log: Callable[[str], None],
     ) -> None:
         self.config, self.data, self.models, self.plan, self.step_flops = config, data, models, plan, step_flops
+        self.optimizers = optimizers
+        self.moe = {m: bool(expert_layers(m)) for m in models.values()}
         self.log, self.per_epoch = log, data.steps_per_epoch()
         self.nets = {role: wrap(m, ranks, data.device) for role, m in models.items()}  # DDP under torchrun
         self.batches, self.ranks = data.batches(config.seed), ranks
@@ -226,10 +254,14 @@ class MotivationTask:
 
     def loss(self, net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         loss = self.data.loss(net(x), y)
-        return loss, loss
+        # an MoE model minimises its routers' auxiliary losses too; the condition reads the task loss
+        return loss, (loss + moe_aux_loss(model)) if self.moe[model] else loss
 
     def skip(self) -> None:
-        pass  # a skipped step reaches neither model's weights nor the condition
+        # a skipped step reaches neither model's weights nor the condition, nor its routing counts the next step
+        for optimizer in self.optimizers.values():
+            if isinstance(optimizer, Excitation):
+                optimizer.discard_counts()
 
     def after_step(self, step: int, role: str, loss: float, lr: float, finite: bool) -> None:
         self.record.flops[role] += self.step_flops[role]
@@ -309,7 +341,7 @@ def train(
     models = {role: m.to(device, memory_format=memory_format) for role, m in build_models(config, data).items()}
     step_flops = probe_models(config, data, models)  # also the probe that the models take the data
     total = data.steps_per_epoch() * config.epochs
-    optimizers = {role: config.build_optimizer(m.parameters()) for role, m in models.items()}
+    optimizers = {role: build_optimizer(config, getattr(config, role), m) for role, m in models.items()}
     plan = build_plan(config, models, optimizers, data, total, step_flops)  # checks the pair and its start
     if warn_unused and not resume:
         config.warn_unused()
