@@ -41,7 +41,9 @@ def main() -> None:
     torch.manual_seed(0)
     width = args.top_k * args.hidden
     arms: dict[str, nn.Module] = {
-        "dense": nn.Sequential(nn.Linear(args.dim, width, bias=False), nn.GELU(), nn.Linear(width, args.dim, bias=False)),
+        "dense": nn.Sequential(
+            nn.Linear(args.dim, width, bias=False), nn.GELU(), nn.Linear(width, args.dim, bias=False)
+        ),
         "moe stacked": MoEFeedForward(args.dim, args.hidden, args.experts, args.top_k, storage="stacked"),
         "moe list": MoEFeedForward(args.dim, args.hidden, args.experts, args.top_k, storage="list"),
     }
