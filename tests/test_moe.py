@@ -238,7 +238,7 @@ def test_kernel_for_falls_back_to_the_loop_where_grouped_mm_cannot_run():
     assert kernel_for(torch.zeros(3, 6), torch.zeros(E, 6, 8), torch.zeros(E, 8, 6)) == "loop"  # 24-byte rows
     assert kernel_for(torch.zeros(3, 8), w.transpose(1, 2), w) == "loop"  # strided weights
     assert kernel_for(torch.zeros(3, 8, device="meta"), w.to("meta"), w.to("meta")) == "loop"  # device type
-    with pytest.raises(ValueError, match="kernel must be one of"):
+    with pytest.raises(ConfigError, match="kernel must be one of"):
         grouped_mlp(w, w, kernel="fused")
 
 

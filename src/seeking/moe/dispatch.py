@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
+
 Expert = Callable[[int, Tensor], Tensor]  # (expert index, its tokens (n, dim), n >= 0) -> outputs (n, dim)
 # (tokens sorted by expert (N, dim), each expert's group size counts (E,) int64 on their device)
 #   -> outputs (N, dim). Rows after the last group belong to no expert: their outputs may be anything
@@ -143,7 +145,7 @@ def grouped_mlp(
     (E, hidden, dim)) as a :data:`Grouped` function; ``kernel`` (a :data:`KERNELS` name) or, by
     default, the one :func:`kernel_for` chooses for each call."""
     if kernel is not None and kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
+        raise ConfigError(f"kernel must be one of {sorted(KERNELS)} or None (chosen per call), got {kernel!r}")
 
     def run(x: Tensor, counts: Tensor) -> Tensor:
         return KERNELS[kernel or kernel_for(x, w1, w2)](x, counts, w1, w2, activation)
