@@ -2,10 +2,13 @@
 
 For each pair and sync mode, times ``Motivator.select()`` when the condition has just flipped (the
 full switch: shared weights, and the optimizer state under the ``carried`` policy) and one
-training step of the base (forward, backward, SGD update) on a CIFAR-shaped batch. Medians over
-many repetitions; both are measured in the same run, so their ratio is what to compare.
+training step of the base (forward, backward, optimizer update: SGD with momentum for the image
+models on a CIFAR-shaped batch, AdamW for the GPT on a batch of character ids). Steps and switches
+are interleaved (a step, then a few switches, in turn), so that a busy machine slows both alike;
+medians over all of them, whose ratio is what to compare. "copied MB" is what a switch moves:
+the shared tensors not aliased, and their optimizer state under ``carried``.
 
-    python benchmarks/switch_cost.py
+    OMP_NUM_THREADS=1 python benchmarks/switch_cost.py --steps 10 --states carried --syncs copy
 """
 
 from __future__ import annotations
@@ -22,34 +25,52 @@ import torch.nn.functional as F
 from seeking import ConsecutiveDecrease, Motivator, create_model
 
 SYNCS = ("copy", "share")
-DATA = {"num_classes": 10, "in_channels": 3, "image_size": [32, 32]}
+STATES = ("carried", "separate")
 VIT = {"patch_size": 4}
-# label -> (base, base kwargs, motivated, motivated kwargs)
-PAIRS = {
-    "resnet20 -> resnet32": ("resnet20", {}, "resnet32", {}),
-    "resnet20 -> resnet56": ("resnet20", {}, "resnet56", {}),
-    "resnet20 -> resnet32 (width x2)": ("resnet20", {}, "resnet32", {"width": 2}),
-    "timm resnet18 -> resnet34": ("resnet18", {}, "resnet34", {}),
-    "timm efficientnet_b0 -> b2": ("efficientnet_b0", {}, "efficientnet_b2", {}),
-    "timm vit_tiny -> vit_small (patch 4)": ("vit_tiny_patch16_224", VIT, "vit_small_patch16_224", VIT),
+VOCAB, BLOCK = 65, 64  # Tiny Shakespeare's characters, the text benchmarks' block
+
+
+def images(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+
+
+def characters(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randint(0, VOCAB, (batch_size, BLOCK)), torch.randint(0, VOCAB, (batch_size, BLOCK))
+
+
+# data kind -> (model kwargs, batch of inputs and targets, optimizer)
+DATA = {
+    "image": (
+        {"num_classes": 10, "in_channels": 3, "image_size": [32, 32]},
+        images,
+        partial(torch.optim.SGD, lr=0.01, momentum=0.9),
+    ),
+    "text": ({"vocab_size": VOCAB, "block_size": BLOCK}, characters, partial(torch.optim.AdamW, lr=1e-3)),
 }
-
-
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+# label -> (base, base kwargs, motivated, motivated kwargs, data kind)
+PAIRS = {
+    "resnet20 -> resnet32": ("resnet20", {}, "resnet32", {}, "image"),
+    "resnet20 -> resnet56": ("resnet20", {}, "resnet56", {}, "image"),
+    "resnet20 -> resnet32 (width x2)": ("resnet20", {}, "resnet32", {"width": 2}, "image"),
+    "timm resnet18 -> resnet34": ("resnet18", {}, "resnet34", {}, "image"),
+    "timm efficientnet_b0 -> b2": ("efficientnet_b0", {}, "efficientnet_b2", {}, "image"),
+    "timm vit_tiny -> vit_small (patch 4)": ("vit_tiny_patch16_224", VIT, "vit_small_patch16_224", VIT, "image"),
+    "gpt_4l -> gpt_8l": ("gpt_4l", {}, "gpt_8l", {}, "text"),
+}
 
 
 def train_step(motivator: Motivator, x: torch.Tensor, y: torch.Tensor) -> None:
     model, optimizer = motivator.select()
-    loss = F.cross_entropy(model(x), y)
+    loss = F.cross_entropy(model(x).flatten(0, -2), y.flatten())
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def switch(motivator: Motivator) -> None:
@@ -57,39 +78,58 @@ def switch(motivator: Motivator) -> None:
     motivator.select()
 
 
+def copied_mb(motivator: Motivator, state: str) -> float:
+    """What one switch copies: the shared tensors not aliased, and under ``carried`` their optimizer state."""
+    base = dict(motivator.models["base"].named_parameters())
+    entries = list(motivator.map.parameters())
+    weights = sum(base[e.base].nbytes for e in entries if e.base not in motivator.map.aliased)
+    optimizer = motivator.optimizers["base"]
+    states = sum(
+        v.nbytes for e in entries for v in optimizer.state.get(base[e.base], {}).values() if torch.is_tensor(v)
+    )
+    return (weights + (states if state == "carried" else 0)) / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--switches", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=128, help="images per batch; the GPT takes a quarter")
+    parser.add_argument("--switches", type=int, default=10, help="switches timed after each step")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS), metavar="PAIR")
+    parser.add_argument("--syncs", nargs="+", choices=SYNCS, default=list(SYNCS))
+    parser.add_argument("--states", nargs="+", choices=STATES, default=list(STATES))
     args = parser.parse_args()
 
-    x = torch.randn(args.batch_size, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch_size,))
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}x3x32x32; "
-        f"medians over {args.switches} switches and {args.steps} steps"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}x3x32x32 "
+        f"(GPT: {args.batch_size // 4}x{BLOCK} characters); medians over {args.steps} steps and "
+        f"{args.steps * args.switches} switches, interleaved"
     )
-    print("| pair | sync | optimizer state | aliased tensors | switch ms | base step ms | switch / step |")
-    print("|---|---|---|---|---|---|---|")
-    for label, state, sync in itertools.product(args.pairs, ("carried", "separate"), SYNCS):
-        base_name, base_kwargs, large_name, large_kwargs = PAIRS[label]
-        base, large = create_model(base_name, **DATA, **base_kwargs), create_model(large_name, **DATA, **large_kwargs)
-        optimizers = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (base, large)]
+    print("| pair | sync | optimizer state | aliased tensors | copied MB | switch ms | base step ms | switch / step |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, state, sync in itertools.product(args.pairs, args.states, args.syncs):
+        base_name, base_kwargs, large_name, large_kwargs, kind = PAIRS[label]
+        model_kwargs, batch, make_optimizer = DATA[kind]
+        x, y = batch(args.batch_size // 4 if kind == "text" else args.batch_size)
+        torch.manual_seed(0)
+        base = create_model(base_name, **model_kwargs, **base_kwargs)
+        large = create_model(large_name, **model_kwargs, **large_kwargs)
+        optimizers = [make_optimizer(m.parameters()) for m in (base, large)]
         motivator = Motivator(base, large, ConsecutiveDecrease(2), *optimizers, sync=sync, optimizer_state=state)
 
         for flag in (True, False):  # give both optimizers state, so the carry has work to do
             motivator.condition.motivated = flag
             train_step(motivator, x, y)
-        switch_ms = median_ms(partial(switch, motivator), args.switches)
-        motivator.condition.motivated = False
-        motivator.select()
-        step_ms = median_ms(partial(train_step, motivator, x, y), args.steps)
+        switches, steps = [], []
+        for _ in range(args.steps):
+            steps.append(timed(partial(train_step, motivator, x, y)))
+            switches += [timed(partial(switch, motivator)) for _ in range(2 * (args.switches // 2))]  # back on base
+        switch_ms, step_ms = 1000 * statistics.median(switches), 1000 * statistics.median(steps)
         aliased = f"{len(motivator.map.aliased)}/{len(motivator.map.entries)}"
         print(
-            f"| {label} | {sync} | {state} | {aliased} | {switch_ms:.3f} | {step_ms:.1f} | "
-            f"{100 * switch_ms / step_ms:.2f}% |"
+            f"| {label} | {sync} | {state} | {aliased} | {copied_mb(motivator, state):.1f} | {switch_ms:.3f} | "
+            f"{step_ms:.1f} | {100 * switch_ms / step_ms:.2f}% |",
+            flush=True,
         )
 
 

@@ -19,7 +19,10 @@ from seeking.moe import (
     TopKRouter,
     class_specialization,
     dead_fraction,
+    each_expert,
     expert_layers,
+    grouped_mlp,
+    kernel_for,
     layer_metrics,
     layer_utilization,
     load_balancing_loss,
@@ -158,7 +161,7 @@ def test_run_experts_matches_a_token_loop(tokens, experts, k, seed):
         calls.append(e)
         return h * (e + 1) + e
 
-    out = run_experts(x, indices, weights, expert, experts, valid)
+    out = run_experts(x, indices, weights, each_expert(expert), experts, valid)
     expected = torch.zeros_like(x)
     for t in range(tokens):
         for j in range(k):
@@ -166,6 +169,77 @@ def test_run_experts_matches_a_token_loop(tokens, experts, k, seed):
             expected[t] += valid[t] * weights[t, j] * (x[t] * (e + 1) + e)
     torch.testing.assert_close(out, expected)
     assert calls == list(range(experts))  # each expert runs once, an unused one on no tokens
+
+
+def _step(moe: MoEFeedForward, x: torch.Tensor, mask: torch.Tensor | None, grad: torch.Tensor) -> list[torch.Tensor]:
+    """Output, counts and every gradient (input, gate, experts) of one forward and backward."""
+    x = x.clone().requires_grad_()
+    moe.zero_grad(set_to_none=True)
+    out = moe(x, mask)
+    out.backward(grad.to(out.dtype))
+    experts = [p.grad for p, _ in moe.expert_parameters()]
+    return [out, moe.last_counts.clone(), x.grad, moe.router.gate.weight.grad, *experts]
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_grouped_mm_kernel_equals_the_loop_and_list_storage(autocast):
+    torch.manual_seed(0)
+    stacked = MoEFeedForward(8, 16, E, K)  # widths x 4 bytes multiples of 16: grouped_mm takes them on CPU
+    x, grad = torch.randn(2, 9, 8), torch.randn(2, 9, 8)
+    mask = torch.arange(9) < torch.tensor([[9], [3]])  # padding: rows after the groups in the sorted order
+    assert kernel_for(x, stacked.w1, stacked.w2) == "grouped_mm"
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loop_stacked = copy.deepcopy(stacked)
+        loop_stacked.kernel = "loop"
+        for m in (None, mask):
+            results = _step(stacked, x, m, grad)
+            loop = _step(loop_stacked, x, m, grad)
+            assert results[0].dtype == loop[0].dtype == (torch.bfloat16 if autocast else torch.float32)
+            tolerance = {"atol": 2e-2, "rtol": 2e-2} if autocast else {"atol": 1e-6, "rtol": 1e-5}
+            for a, b in zip(results, loop, strict=True):
+                torch.testing.assert_close(a, b, **tolerance)
+            if m is not None:  # padding tokens: no output, no gradient, not counted
+                assert results[0][~m].abs().sum() == 0 and results[2][~m].abs().sum() == 0
+                assert results[1].sum() == m.sum() * K
+    listed = copy.deepcopy(stacked)
+    listed.storage = "list"
+    listed.experts = torch.nn.ModuleList(
+        torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.GELU(), torch.nn.Linear(16, 8, bias=False))
+        for _ in range(E)
+    )
+    del listed.w1, listed.w2
+    with torch.no_grad():
+        for e, expert in enumerate(listed.experts):
+            expert[0].weight.copy_(stacked.w1[e].T)
+            expert[2].weight.copy_(stacked.w2[e].T)
+    *results, w1_grad, w2_grad = _step(stacked, x, mask, grad)
+    *list_results, list_grads = (*(r := _step(listed, x, mask, grad))[:4], r[4:])
+    for a, b in zip(results, list_results, strict=True):  # output, counts, input and gate gradients
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(w1_grad, torch.stack(list_grads[0::2]).transpose(1, 2))
+    torch.testing.assert_close(w2_grad, torch.stack(list_grads[1::2]).transpose(1, 2))
+
+
+def test_grouped_mm_gives_unused_experts_a_zero_gradient():
+    torch.manual_seed(0)
+    moe = MoEFeedForward(8, 16, E, K)
+    x = torch.randn(2, 8)  # 2 tokens x top-2: at most 4 of the 5 experts are used
+    moe(x).square().sum().backward()
+    used = set(moe.last_indices.flatten().tolist())
+    assert len(used) < E
+    for e in range(E):
+        assert (moe.w1.grad[e].abs().sum() > 0) == (moe.w2.grad[e].abs().sum() > 0) == (e in used)
+
+
+def test_kernel_for_falls_back_to_the_loop_where_grouped_mm_cannot_run():
+    w = torch.zeros(E, 8, 8)
+    assert kernel_for(torch.zeros(3, 8), w, w) == "grouped_mm"
+    assert kernel_for(torch.zeros(3, 8, dtype=torch.float64), w.double(), w.double()) == "loop"  # dtype
+    assert kernel_for(torch.zeros(3, 6), torch.zeros(E, 6, 8), torch.zeros(E, 8, 6)) == "loop"  # 24-byte rows
+    assert kernel_for(torch.zeros(3, 8), w.transpose(1, 2), w) == "loop"  # strided weights
+    assert kernel_for(torch.zeros(3, 8, device="meta"), w.to("meta"), w.to("meta")) == "loop"  # device type
+    with pytest.raises(ConfigError, match="kernel must be one of"):
+        grouped_mlp(w, w, kernel="fused")
 
 
 def test_layer_matches_reference_for_both_storages():

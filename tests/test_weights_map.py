@@ -107,6 +107,78 @@ def test_carried_optimizer_state_follows_the_weights():
     assert om.state[v]["momentum_buffer"].data_ptr() != ob.state[w]["momentum_buffer"].data_ptr()
 
 
+def _regions_equal(wmap, base, large, base_tensors=None, large_tensors=None):
+    b = base_tensors or {**dict(base.named_parameters()), **dict(base.named_buffers())}
+    m = large_tensors or {**dict(large.named_parameters()), **dict(large.named_buffers())}
+    return all(torch.equal(e.region(m[e.motivated]), e.source(b[e.base])) for e in wmap.entries if e.base in b)
+
+
+def test_switches_reuse_their_views_until_a_tensor_moves(monkeypatch):
+    base, large = pair(motivated="resnet32", width=2)  # width growth: strided regions
+    wmap = WeightMap.infer(base, large)
+    made = []
+    region = MapEntry.region
+    monkeypatch.setattr(MapEntry, "region", lambda self, t: made.append(1) or region(self, t))
+    wmap.copy(base, large, "to_motivated", buffers=True)
+    first = len(made)
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(1.0)
+    wmap.copy(base, large, "to_motivated", buffers=True)
+    assert first == len(wmap.entries) and len(made) == first  # the second switch made no view
+    assert _regions_equal(wmap, base, large)
+    # new storage everywhere (and new buffer objects): the views are made again, on the new tensors
+    base.double(), large.double()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.mul_(2.0)
+        for b in base.buffers():
+            b.add_(3)
+    before = len(made)
+    wmap.copy(base, large, "to_motivated", buffers=True)
+    assert len(made) == before + first
+    assert _regions_equal(wmap, base, large)
+    with torch.no_grad():
+        large.fc.weight.zero_()
+    wmap.copy(base, large, "to_base", buffers=False)
+    assert base.fc.weight.abs().sum() == 0
+
+
+def test_carried_adam_state_follows_the_weights_and_new_state_tensors():
+    base, large = pair()
+    ob, om = (torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (base, large))
+    wmap = WeightMap.infer(base, large)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    for model, opt in ((base, ob), (base, ob), (large, om)):
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+
+    def carried_equal():
+        b = {name: ob.state.get(p) for name, p in base.named_parameters()}
+        m = {name: om.state.get(p) for name, p in large.named_parameters()}
+        for e in wmap.parameters():
+            assert torch.equal(b[e.base]["step"], m[e.motivated]["step"])
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(e.region(m[e.motivated][key]), e.source(b[e.base][key]))
+        return True
+
+    wmap.carry_optimizer_state(ob, om, base, large, "to_motivated")
+    assert carried_equal() and int(om.state[large.fc.weight]["step"]) == 2
+    for state in ob.state.values():  # new state tensors (as after load_state_dict): the views follow them
+        state["exp_avg"] = state["exp_avg"] + 1
+    om.state.clear()  # no state yet on the motivated side: it is made, zeros outside the regions
+    wmap.carry_optimizer_state(ob, om, base, large, "to_motivated")
+    assert carried_equal()
+    extra = dict(large.named_parameters())["stages.0.4.conv1.weight"]  # an added block: not mapped
+    assert extra not in om.state or not om.state[extra]
+    with torch.no_grad():
+        for state in om.state.values():
+            state["exp_avg_sq"].fill_(0.5)
+    wmap.carry_optimizer_state(om, ob, base, large, "to_base")
+    assert carried_equal()
+
+
 def test_separate_optimizer_state_is_left_alone():
     base, large = pair()
     ob, om = sgd(base), sgd(large)

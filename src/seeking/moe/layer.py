@@ -16,11 +16,10 @@ import math
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .dispatch import run_experts
+from .dispatch import Grouped, each_expert, grouped_mlp, run_experts
 from .router import TopKRouter
 
 STORAGES = ("stacked", "list")
@@ -89,7 +88,13 @@ class RoutedLayer(nn.Module):
 
 
 class MoEFeedForward(RoutedLayer):
-    """Router + experts; ``aux_loss`` holds the last forward's weighted auxiliary loss (see :func:`moe_aux_loss`)."""
+    """Router + experts; ``aux_loss`` holds the last forward's weighted auxiliary loss (see :func:`moe_aux_loss`).
+
+    ``kernel``: how stacked experts run, a :data:`seeking.moe.dispatch.KERNELS` name, or None (the
+    default) for the fastest one the device and dtype allow (:func:`seeking.moe.dispatch.kernel_for`).
+    """
+
+    kernel: str | None = None
 
     def __init__(
         self,
@@ -137,13 +142,10 @@ class MoEFeedForward(RoutedLayer):
                 for p in expert.parameters():
                     yield p, k
 
-    def _experts(self) -> Callable[[int, Tensor], Tensor]:
+    def _experts(self) -> Grouped:
         if self.storage == "list":
-            return lambda k, x: self.experts[k](x)
-        # One unbind per forward: indexing w1[k] per expert would make every slice's backward
-        # write a zero-filled gradient of the whole stacked tensor (E times the memory traffic).
-        w1, w2 = self.w1.unbind(0), self.w2.unbind(0)
-        return lambda k, x: F.gelu(x @ w1[k]) @ w2[k]
+            return each_expert(lambda k, x: self.experts[k](x))
+        return grouped_mlp(self.w1, self.w2, kernel=self.kernel)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if mask is not None and (mask.dtype != torch.bool or mask.shape != x.shape[:-1]):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from ..errors import ConfigError, SeekingWarning
@@ -61,6 +61,10 @@ class MapEntry:
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     # Looked up on every use, not cached: ``model.to(...)`` replaces buffer objects.
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def _same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
 
 
 def _derived_buffers(model: nn.Module) -> set[str]:
@@ -372,6 +376,9 @@ class WeightMap:
     aliased: set[str] = field(default_factory=set)  # base names whose data is a view of the motivated tensor
     # added blocks that cannot start as the identity, with the reason (filled by init_extra_capacity)
     not_identity: dict[str, str] = field(default_factory=dict)
+    # what a switch reuses (see _located, _views): where each tensor lives, and the region views
+    _slots: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _view_cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def infer(
@@ -434,17 +441,49 @@ class WeightMap:
     @torch.no_grad()
     def copy(self, base: nn.Module, motivated: nn.Module, direction: Direction, buffers: bool) -> None:
         """Copy the shared weights (and the mapped buffers if ``buffers``) in one direction."""
-        todo = [e for e in self.selected(buffers) if e.base not in self.aliased]
+        todo = tuple(e for e in self.selected(buffers) if e.base not in self.aliased)
         if not todo:  # zero-copy sharing covers everything: skip even the name lookups
             return
-        b, m = _tensors(base), _tensors(motivated)
-        regions = [e.region(m[e.motivated]) for e in todo]
-        sources = [e.source(b[e.base]) for e in todo]
+        b = self._located(base, tuple(e.base for e in todo))
+        m = self._located(motivated, tuple(e.motivated for e in todo))
+        regions, sources = self._views("weights", todo, b, m)
         # one batched copy: per-tensor dispatch, not the bytes, dominates a switch of many small tensors
         if direction == "to_motivated":
             torch._foreach_copy_(regions, sources)
         else:
             torch._foreach_copy_(sources, regions)
+
+    def _located(self, model: nn.Module, names: tuple[str, ...]) -> list[torch.Tensor]:
+        """``model``'s tensors named ``names``, as they are now. Where each lives (its module's
+        parameter or buffer dict) is found once per model: a switch then reads each tensor from its
+        dict, so ``model.to(...)``, which replaces buffer objects, is still seen."""
+        found = self._slots.get((id(model), names))
+        if found is None or found[0] is not model:
+            slots = []
+            for name in names:
+                owner, _, leaf = name.rpartition(".")
+                module = model.get_submodule(owner)
+                slots.append((module._parameters if leaf in module._parameters else module._buffers, leaf))
+            found = self._slots[(id(model), names)] = (model, slots)
+        return [where[leaf] for where, leaf in found[1]]
+
+    def _views(
+        self, kind: str, entries: tuple[MapEntry, ...], base_side: list[Tensor], motivated_side: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Each entry's region of its motivated-side tensor and its base-side tensor shaped like it.
+
+        The views are made once and reused while every tensor still has the storage they view (the
+        same data pointers): a ``.data`` swap (zero-copy sharing, ``Module.to``) or a new optimizer
+        state tensor makes them again, so a cached view never writes to memory a model has left.
+        """
+        key = (kind, tuple(e.base for e in entries))
+        pointers = [t.data_ptr() for t in base_side] + [t.data_ptr() for t in motivated_side]
+        cached = self._view_cache.get(key)
+        if cached is None or cached[0] != pointers:
+            regions = [e.region(t) for e, t in zip(entries, motivated_side, strict=True)]
+            sources = [e.source(t) for e, t in zip(entries, base_side, strict=True)]
+            cached = self._view_cache[key] = (pointers, regions, sources)
+        return cached[1], cached[2]
 
     @torch.no_grad()
     def alias(self, base: nn.Module, motivated: nn.Module, buffers: bool) -> list[str]:
@@ -478,32 +517,38 @@ class WeightMap:
     ) -> None:
         """Copy the optimizer state of shared weights (momentum, Adam moments, step) along the map,
         so the state follows the weights like the weights follow the map."""
-        b, m = dict(base.named_parameters()), dict(motivated.named_parameters())
-        targets, sources = [], []
-        for e in self.parameters():
-            src_param, dst_param = (
-                (b[e.base], m[e.motivated]) if direction == "to_motivated" else (m[e.motivated], b[e.base])
-            )
+        entries = tuple(self.parameters())
+        b = self._located(base, tuple(e.base for e in entries))
+        m = self._located(motivated, tuple(e.motivated for e in entries))
+        to_motivated = direction == "to_motivated"
+        carried: list[MapEntry] = []  # per carried state tensor: its entry, base-side and motivated-side tensors
+        base_side, motivated_side, whole_targets, whole_sources = [], [], [], []
+        for e, base_param, motivated_param in zip(entries, b, m, strict=True):
+            src_param, dst_param = (base_param, motivated_param) if to_motivated else (motivated_param, base_param)
             src_state = source.state.get(src_param)
             if not src_state:
                 continue
             dst_state = target.state[dst_param]
             for key, value in src_state.items():
-                if not torch.is_tensor(value) or value.shape != src_param.shape:
-                    dst_state[key] = value.clone() if torch.is_tensor(value) else value
+                if not torch.is_tensor(value) or value.shape != src_param.shape:  # a step count, a scalar
+                    dst = dst_state.get(key)
+                    if torch.is_tensor(value) and torch.is_tensor(dst) and _same_kind(dst, value):
+                        whole_targets.append(dst)  # in place: the same values as a clone, one copy for all
+                        whole_sources.append(value)
+                    else:
+                        dst_state[key] = value.clone() if torch.is_tensor(value) else value
                     continue
                 dst = dst_state.get(key)
                 if dst is None or dst.shape != dst_param.shape:
                     dst = dst_state[key] = torch.zeros_like(dst_param)
-                if direction == "to_motivated":
-                    targets.append(e.region(dst))
-                    sources.append(e.source(value))
-                else:
-                    targets.append(e.source(dst))
-                    sources.append(e.region(value))
-        if targets:
+                carried.append(e)
+                base_side.append(value if to_motivated else dst)
+                motivated_side.append(dst if to_motivated else value)
+        regions, shaped = self._views("optimizer state", tuple(carried), base_side, motivated_side)
+        targets, sources = (regions, shaped) if to_motivated else (shaped, regions)
+        if targets or whole_targets:
             with torch.no_grad():
-                torch._foreach_copy_(targets, sources)
+                torch._foreach_copy_(targets + whole_targets, sources + whole_sources)
 
     def init_extra_capacity(self, motivated: nn.Module) -> list[str]:
         """Make every added residual block start as the identity, so that the motivated model
