@@ -214,7 +214,9 @@ class MotivationTask:
     ) -> None:
         self.config, self.data, self.models, self.plan, self.step_flops = config, data, models, plan, step_flops
         self.optimizers = optimizers
-        self.moe = {m: bool(expert_layers(m)) for m in models.values()}
+        # a pair is of one family: both MoE (minimising their routers' auxiliary losses too) or neither; one
+        # flag for both keeps a compiled loss to one graph per architecture
+        self.moe = any(expert_layers(m) for m in models.values())
         self.log, self.per_epoch = log, data.steps_per_epoch()
         self.nets = {role: wrap(m, ranks, data.device) for role, m in models.items()}  # DDP under torchrun
         self.batches, self.ranks = data.batches(config.seed), ranks
@@ -255,7 +257,7 @@ class MotivationTask:
     def loss(self, net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         loss = self.data.loss(net(x), y)
         # an MoE model minimises its routers' auxiliary losses too; the condition reads the task loss
-        return loss, (loss + moe_aux_loss(model)) if self.moe[model] else loss
+        return loss, (loss + moe_aux_loss(model)) if self.moe else loss
 
     def skip(self) -> None:
         # a skipped step reaches neither model's weights nor the condition, nor its routing counts the next step
