@@ -69,7 +69,7 @@ def test_excite_amp_trains_under_bfloat16_autocast_and_records_it(tmp_path):
         (["--model", "resnet20"], "has no MoE layer"),
         (["--gamma", "0"], "gamma must be a finite number > 0"),
         (["--arms", "none", "zero-sum"], "unknown strategy 'zero-sum'"),
-        (["--model", "gpt_moe_tiny"], "language models (gpt_*, gpt_moe_*, hf_*) train on a .txt file"),
+        (["--model", "gpt_moe_tiny"], "transformers folders) train on a .txt file"),
         (["--model-kwargs", '{"num_classes": 3}'], "must not set num_classes"),
         (["--steps", "0"], "steps must be >= 1"),
         (["--data", "/nonexistent/text.txt"], "no such text file"),

@@ -87,7 +87,10 @@ def test_run_file_names_are_written_only_in_runs_py():
         for path in PACKAGE.rglob("*.py")
         if path.name != "runs.py" or path.parent != PACKAGE
         for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.Constant) and node.value in names
+        if isinstance(node, ast.Constant)
+        and node.value in names
+        # transformers' own model file, which happens to share a run file's name
+        and not (path.relative_to(PACKAGE).as_posix() == "integrations/transformers.py" and node.value == CONFIG)
     ]
     assert found == []
 

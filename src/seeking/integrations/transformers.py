@@ -47,6 +47,9 @@ from . import require
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
+# transformers.utils.CONFIG_NAME, which every save_pretrained model folder holds (a literal: transformers is
+# imported lazily); the same name as a seeking run's own configuration file, by coincidence
+HF_CONFIG_FILE = "config.json"
 MIN_MAJOR = 5  # transformers 5 stacked the experts of every MoE family (4.x: a ModuleList of MLPs)
 COUNTER = "seeking_counter"  # the attribute name of the counting child on each experts module
 # MoE models of transformers 5 that these configs and the tests cover; any other model whose experts

@@ -32,7 +32,15 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..integrations import require
-from ..integrations.transformers import HF_FAMILIES, TINY_CONFIGS, causal_lm, excitable, is_experts_module, tiny_config
+from ..integrations.transformers import (
+    HF_CONFIG_FILE,
+    HF_FAMILIES,
+    TINY_CONFIGS,
+    causal_lm,
+    excitable,
+    is_experts_module,
+    tiny_config,
+)
 from .registry import ModelFolder, register_model, register_model_folder
 
 
@@ -133,7 +141,7 @@ def hf_causal_lm(vocab_size: int, block_size: int, config: dict[str, Any]) -> HF
 # a transformers save_pretrained folder is a model name wherever one is taken
 register_model_folder(
     "transformers",
-    ModelFolder(marker="config.json", like="hf_causal_lm", load=HFCausalLM.from_folder, recipe=HFCausalLM.recipe),
+    ModelFolder(marker=HF_CONFIG_FILE, like="hf_causal_lm", load=HFCausalLM.from_folder, recipe=HFCausalLM.recipe),
 )
 
 for _family in TINY_CONFIGS:
