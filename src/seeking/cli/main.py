@@ -201,6 +201,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     )
     print(markdown_table(result["rows"]))
     print(f"\n{gain_sentence(result['rows'])} (classical base as reference). {FLOPS_CONVENTION}.")
+    print(
+        f"One seed ({config.seed}): no confidence interval. For paired 95% intervals over seeds, run "
+        "seeking sweep compare --seeds 0 1 2 ... with these options."
+    )
     print(f"results: {out}/{COMPARISON_MD}, {COMPARISON_CSV}, {COMPARISON_JSON}; report: {out}/{REPORT}/report.html")
     return 0
 

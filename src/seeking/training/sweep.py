@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_text, write_json
-from ..reporting.comparison import METRICS, csv_table
+from ..reporting.comparison import METRICS, PAIRED, csv_table
 from ..reporting.excitation import BASELINE, arm_label
 from ..reporting.plots import png_bytes
 from ..reporting.sweep import (
@@ -50,14 +50,6 @@ SWEEP_JSON, SWEEP_MD, SWEEP_CSV, SWEEP_PLOT = "sweep.json", "sweep.md", "sweep.c
 SCALARS = ("int", "float", "str", "bool")
 # what the sweep sets itself: a grid over these would be silently overridden
 NOT_IN_GRID = ("seed", "seeds", "holdout", "arms")
-COMPARE_PAIRS = (
-    ("motivated base", "classical base"),
-    ("motivated large", "classical large"),
-    ("random-control base", "classical base"),
-    ("random-control large", "classical large"),
-    ("motivated base", "random-control base"),
-    ("motivated large", "random-control large"),
-)
 
 
 @dataclass(frozen=True)
@@ -87,7 +79,7 @@ SWEEP_KINDS = {
         _run_compare,
         lambda config, seed: dataclasses.replace(config, seed=seed),
         lambda result: {row["arm"]: row[METRICS["accuracy"].column] for row in result["rows"]},
-        lambda arms: list(COMPARE_PAIRS),
+        lambda arms: list(PAIRED),
         None,
     ),
     "excite": SweepKind(
