@@ -62,7 +62,8 @@ class SweepKind:
     one_seed: Callable[[RunConfig, int], RunConfig]
     values: Callable[[dict[str, Any]], dict[str, float]]
     pairs: Callable[[list[str]], list[tuple[str, str]]]
-    arm_option: Callable[[str], dict[str, Any]] | None  # the options that run one arm alone, if it can
+    # the options that run one arm (by its label) of a configuration alone, if the command can
+    arm_option: Callable[[Any, str], dict[str, Any]] | None
 
 
 def _run_compare(config: Any, folder: Path, resume: bool, progress: bool, log: Callable[[str], None]) -> dict:
@@ -88,9 +89,7 @@ SWEEP_KINDS = {
         lambda config, seed: dataclasses.replace(config, seeds=[seed]),
         lambda result: {arm_label(run["arm"]): run[result["metric"]] for run in result["runs"]},
         lambda arms: [(arm, arm_label(BASELINE)) for arm in arms if arm != arm_label(BASELINE)],
-        lambda label: {
-            "arms": [next(a for a in (BASELINE, label.removeprefix("excitation ")) if arm_label(a) == label)]
-        },
+        lambda config, label: {"arms": [arm for arm in config.arms if arm_label(arm) == label]},
     ),
 }
 
@@ -193,7 +192,7 @@ def sweep(
         folder = out / phase / setting_name(setting)
         if arm is not None and spec.arm_option is not None:
             cell_config, folder = (
-                dataclasses.replace(cell_config, **spec.arm_option(arm)),
+                dataclasses.replace(cell_config, **spec.arm_option(config, arm)),
                 folder / arm.replace(" ", "_"),
             )
         return [
