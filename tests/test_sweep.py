@@ -3,7 +3,9 @@ learning-rate range, paired intervals, and a sweep that continues where it stopp
 
 import json
 import math
+import re
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,7 +67,8 @@ def test_an_excite_sweep_chooses_on_validation_tests_on_test_and_continues(tmp_p
         arm = {"plain optimizer": "none", "excitation zero_sum": "zero_sum"}[row["arm"]]
         means = {}
         for lr in (0.03, 0.3):
-            runs = [json.loads((tmp_path / f"select/lr={lr}/seed{s}/excitation.json").read_text()) for s in (0, 1)]
+            cells = [tmp_path / f"select/lr={lr}/{row['arm'].replace(' ', '_')}/seed{s}" for s in (0, 1)]
+            runs = [json.loads((cell / "excitation.json").read_text()) for cell in cells]
             assert all(r["config"]["holdout"] == 150 for r in runs)
             means[lr] = statistics.fmean(run[r"test acc %"] for r in runs for run in r["runs"] if run["arm"] == arm)
         best = max(means, key=means.get)
@@ -99,7 +102,7 @@ def test_an_excite_sweep_chooses_on_validation_tests_on_test_and_continues(tmp_p
     lines.clear()
     again = sweep("excite", config, {"lr": [0.03, 0.3]}, [0, 1], tmp_path, progress=False, log=lines.append)
     assert again["rows"] == result["rows"] and all("finished before" in line for line in lines if "== cell" in line)
-    assert not any("step" in line for line in lines)
+    assert not any(re.search(r"step \d+/\d+", line) for line in lines)  # no training step
     # a cell that was run with other options is refused, naming it
     with pytest.raises(ConfigError, match="other options"):
         sweep(
@@ -165,3 +168,17 @@ def test_a_text_file_is_refused(tmp_path, capsys):
         str(tmp_path / "o"),
     ]
     assert main(argv) == 2 and "image data" in capsys.readouterr().err
+
+
+def test_a_diverging_cell_is_a_result_never_chosen_and_read_back(tmp_path):
+    config = ExciteConfig(**{**EXCITE, "seeds": [0], "max_nonfinite": 1})
+    lines = []
+    result = sweep("excite", config, {"lr": [0.1, 1e6]}, [0], tmp_path, progress=False, log=lines.append)
+    assert all(row["chosen setting"] == "lr=0.1" for row in result["rows"])
+    assert {Path(p).parent.name for p in result["diverged"]} == {"plain_optimizer", "excitation_zero_sum"}
+    assert "diverged" in (tmp_path / "select/lr=1000000.0/plain_optimizer/seed0/DIVERGED").read_text()
+    # no usable learning rate above 0.1: the diverged one ends the range (which reaches the low end)
+    assert all(row["usable lr high"] == 0.1 and row["usable lr decades"] == 0 for row in result["rows"])
+    lines.clear()
+    again = sweep("excite", config, {"lr": [0.1, 1e6]}, [0], tmp_path, progress=False, log=lines.append)
+    assert again["rows"] == result["rows"] and not any(re.search(r"step \d+/\d+", line) for line in lines)

@@ -81,11 +81,11 @@ def paired_interval(
 
 
 def interval_text(interval: Interval, fmt: str = "+.2f") -> str:
-    """``mean [low, high]`` for two or more values, ``mean (n=1: no interval)`` for one, ``-`` for none;
-    ``fmt`` formats the numbers."""
-    if interval.n == 0:
+    """``mean [low, high]`` for two or more values, ``mean (n=1: no interval)`` for one, ``-`` for none
+    (or a NaN mean); ``fmt`` formats the numbers."""
+    if interval.n == 0 or math.isnan(interval.mean):
         return "-"
-    if interval.low is None or interval.high is None:
+    if interval.n == 1 or interval.low is None or interval.high is None:
         return f"{interval.mean:{fmt}} (n=1: no interval)"
     return f"{interval.mean:{fmt}} [{interval.low:{fmt}}, {interval.high:{fmt}}]"
 

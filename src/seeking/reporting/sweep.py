@@ -18,7 +18,7 @@ grid is marked: the true range may be wider.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,16 +54,25 @@ def _by_setting(cells: Sequence[Cell], arm: str) -> dict[str, tuple[dict[str, An
     return out
 
 
+def _summary(values: Iterable[float]) -> Interval:
+    """The mean over seeds and its interval; NaN if some seed's run diverged (NaN): a setting that
+    diverges for any seed is not chosen and not usable."""
+    values = list(values)
+    if any(math.isnan(v) for v in values):
+        return Interval(len(values), math.nan, None, None, None)
+    return mean_interval(values)
+
+
 def arms_of(cells: Sequence[Cell]) -> list[str]:
     return list(dict.fromkeys(arm for cell in cells for arm in cell.values))
 
 
 def choose(cells: Sequence[Cell], arm: str, sign: int) -> dict[str, Any]:
     """The setting with the best mean metric of ``arm`` over seeds (``sign`` +1: higher is better), the
-    first in grid order on a tie. Raises ``ValueError`` if no setting has a defined mean."""
+    first in grid order on a tie; a setting where some seed diverged (NaN) is never chosen. Raises
+    ``ValueError`` if no setting has a defined mean."""
     means = {
-        name: (setting, mean_interval(values.values()).mean)
-        for name, (setting, values) in _by_setting(cells, arm).items()
+        name: (setting, _summary(values.values()).mean) for name, (setting, values) in _by_setting(cells, arm).items()
     }
     defined = [(setting, mean) for setting, mean in means.values() if not math.isnan(mean)]
     if not defined:
@@ -76,7 +85,7 @@ def lr_curve(cells: Sequence[Cell], arm: str, chosen: dict[str, Any], lr: float)
     when the grid has none), its other options held at ``chosen``; sorted by learning rate."""
     others = {k: v for k, v in chosen.items() if k != LR}
     points = [
-        (setting.get(LR, lr), mean_interval(values.values()))
+        (setting.get(LR, lr), _summary(values.values()))
         for setting, values in _by_setting(cells, arm).values()
         if {k: v for k, v in setting.items() if k != LR} == others
     ]
@@ -131,7 +140,7 @@ def sweep_rows(
     rows = []
     for arm, setting in chosen.items():
         selected = _by_setting(cells, arm).get(setting_name(setting))  # None: no selection was run
-        validation = mean_interval(selected[1].values()) if selected else None
+        validation = _summary(selected[1].values()) if selected else None
         test = mean_interval(tested[arm].values())
         lrs = usable_range(lr_curve(cells, arm, setting, lr), sign, within) if selected and LR in setting else None
         rows.append(
@@ -175,7 +184,8 @@ def rows_json(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _cell(value: Any, column: str) -> str:
     if isinstance(value, Interval):
         sign = "+" if column.startswith("difference") else ""
-        return f"{interval_text(value, sign + '.2f')}, n={value.n}" if value.n else "-"
+        text = interval_text(value, sign + ".2f")
+        return f"{text}, n={value.n}" if value.n > 1 else text
     if isinstance(value, UsableRange):
         return value.text()
     return "-" if value is None else str(value)

@@ -2,12 +2,14 @@
 reported at its own best setting, chosen on a validation split (see :mod:`seeking.reporting.sweep`
 for what is reported and the definition of the usable learning-rate range).
 
-The folder ``out`` holds one ordinary run folder per cell: ``select/<setting>/seed<s>/`` (trained
-without the ``holdout`` validation images and tested on them) and ``test/<setting>/[<arm>/]seed<s>/``
-(each arm at its chosen setting, trained on the whole training set, tested on the test set); then
-``sweep.{md,csv,json}`` and ``sweep_lr.png``. Running the same sweep again continues it: a finished
-cell is read back, an unfinished one resumed from its checkpoint, and a cell whose saved options
-differ from the sweep's is refused. Widening the grid or adding seeds reuses the cells already run.
+The folder ``out`` holds one ordinary run folder per cell: ``select/<setting>/[<arm>/]seed<s>/``
+(trained without the ``holdout`` validation images and tested on them) and
+``test/<setting>/[<arm>/]seed<s>/`` (each arm at its chosen setting, trained on the whole training
+set, tested on the test set; excite runs one arm a cell, compare all together); then
+``sweep.{md,csv,json}`` and ``sweep_lr.png``. A cell whose run diverged holds ``DIVERGED``.
+Running the same sweep again continues it: a finished cell is read back, an unfinished one resumed
+from its checkpoint, and a cell whose saved options differ from the sweep's is refused. Widening
+the grid or adding seeds reuses the cells already run.
 Image data only: a text file has a validation split but no test split apart from it.
 """
 
@@ -16,15 +18,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Diverged
 from ..io import atomic_write_bytes, atomic_write_text, write_json
-from ..reporting.comparison import METRICS, PAIRED, csv_table
+from ..reporting.comparison import ARMS, METRICS, PAIRED, csv_table
 from ..reporting.excitation import BASELINE, arm_label
 from ..reporting.plots import png_bytes
 from ..reporting.sweep import (
@@ -47,6 +50,7 @@ from .excite import compare_excitation
 from .tasks import data_kind
 
 SWEEP_JSON, SWEEP_MD, SWEEP_CSV, SWEEP_PLOT = "sweep.json", "sweep.md", "sweep.csv", "sweep_lr.png"
+DIVERGED = "DIVERGED"  # in a cell whose run diverged: the message; the cell counts as done, its arms as NaN
 SCALARS = ("int", "float", "str", "bool")
 # what the sweep sets itself: a grid over these would be silently overridden
 NOT_IN_GRID = ("seed", "seeds", "holdout", "arms")
@@ -61,6 +65,7 @@ class SweepKind:
     run: Callable[[RunConfig, Path, bool, bool, Callable[[str], None]], dict[str, Any]]
     one_seed: Callable[[RunConfig, int], RunConfig]
     values: Callable[[dict[str, Any]], dict[str, float]]
+    diverged: Callable[[Any], dict[str, float]]  # a diverged cell's values (NaN), from its configuration
     pairs: Callable[[list[str]], list[tuple[str, str]]]
     # the options that run one arm (by its label) of a configuration alone, if the command can
     arm_option: Callable[[Any, str], dict[str, Any]] | None
@@ -80,6 +85,7 @@ SWEEP_KINDS = {
         _run_compare,
         lambda config, seed: dataclasses.replace(config, seed=seed),
         lambda result: {row["arm"]: row[METRICS["accuracy"].column] for row in result["rows"]},
+        lambda config: {label: math.nan for label, _, _ in ARMS},  # its arms run together: all count
         lambda arms: list(PAIRED),
         None,
     ),
@@ -88,6 +94,7 @@ SWEEP_KINDS = {
         _run_excite,
         lambda config, seed: dataclasses.replace(config, seeds=[seed]),
         lambda result: {arm_label(run["arm"]): run[result["metric"]] for run in result["runs"]},
+        lambda config: {arm_label(arm): math.nan for arm in config.arms},
         lambda arms: [(arm, arm_label(BASELINE)) for arm in arms if arm != arm_label(BASELINE)],
         lambda config, label: {"arms": [arm for arm in config.arms if arm_label(arm) == label]},
     ),
@@ -123,9 +130,24 @@ def _expected_record(kind: str, config: RunConfig) -> dict[str, Any]:
     return json.loads(json.dumps(values))  # as config.json holds it: lists for tuples
 
 
-def _run_cell(kind: str, config: RunConfig, folder: Path, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """One cell's result: read back if finished, else run (resumed if started). A folder started with
-    other options is a ``ConfigError``."""
+def _run_cell(
+    kind: str, config: RunConfig, folder: Path, progress: bool, log: Callable[[str], None]
+) -> dict[str, float]:
+    """One cell's values by arm: read back if finished, else run (resumed if started). A run that
+    diverges is a result (a learning rate too high): its arms get NaN, and the cell is marked done
+    (``DIVERGED``). A folder started with other options is a ``ConfigError``."""
+    spec = SWEEP_KINDS[kind]
+    try:
+        return spec.values(_cell_result(kind, config, folder, progress, log))
+    except Diverged as exc:
+        atomic_write_text(folder / DIVERGED, f"{exc}\n")
+        log(f"== cell {folder}: diverged ({exc}); its arms count as NaN")
+        return spec.diverged(config)
+
+
+def _cell_result(
+    kind: str, config: RunConfig, folder: Path, progress: bool, log: Callable[[str], None]
+) -> dict[str, Any]:
     if (folder / CONFIG).exists():
         saved = json.loads((folder / CONFIG).read_text())
         expected = _expected_record(kind, config)
@@ -136,6 +158,8 @@ def _run_cell(kind: str, config: RunConfig, folder: Path, progress: bool, log: C
                 f"{folder} was run with other options ({what}) than this sweep's: choose another --out, "
                 "or run the sweep that started it"
             )
+        if (folder / DIVERGED).exists():
+            raise Diverged((folder / DIVERGED).read_text().strip())
         result_file = folder / RUN_KINDS[kind].result
         if result_file.exists():
             log(f"== cell {folder}: finished before, read back")
@@ -185,34 +209,33 @@ def sweep(
     out = Path(out)
     metric = METRICS["accuracy"]
 
-    def run(setting: dict[str, Any], phase: str, arm: str | None = None) -> list[Cell]:
-        """Every seed's cell of ``setting``: ``select`` on the holdout, ``test`` on the test set (``arm`` alone
-        if the command can run one arm)."""
+    def run(setting: dict[str, Any], phase: str, arms: list[str] | None) -> list[Cell]:
+        """Every seed's cells of ``setting``: ``select`` on the holdout, ``test`` on the test set; one cell
+        per arm of ``arms`` if the command can run one arm alone (a diverged arm then spoils no other)."""
         cell_config = dataclasses.replace(config, **setting, holdout=config.holdout if phase == "select" else None)
         folder = out / phase / setting_name(setting)
-        if arm is not None and spec.arm_option is not None:
-            cell_config, folder = (
-                dataclasses.replace(cell_config, **spec.arm_option(config, arm)),
-                folder / arm.replace(" ", "_"),
-            )
+        units = [(cell_config, folder)]
+        if arms is not None and spec.arm_option is not None:
+            units = [
+                (dataclasses.replace(cell_config, **spec.arm_option(config, arm)), folder / arm.replace(" ", "_"))
+                for arm in arms
+            ]
         return [
-            Cell(
-                setting,
-                seed,
-                spec.values(_run_cell(kind, spec.one_seed(cell_config, seed), folder / f"seed{seed}", progress, log)),
-            )
+            Cell(setting, seed, _run_cell(kind, spec.one_seed(unit, seed), where / f"seed{seed}", progress, log))
+            for unit, where in units
             for seed in seeds
         ]
 
+    every_arm = list(spec.diverged(config))  # the arm labels, in their order
     if config.holdout is None:  # one setting: nothing to choose, every arm is tested at it
-        selection, tests = [], run(settings[0], "test")
+        selection, tests = [], run(settings[0], "test", None)
         arms = arms_of(tests)
         chosen = dict.fromkeys(arms, settings[0])
     else:
-        selection = [cell for setting in settings for cell in run(setting, "select")]
+        selection = [cell for setting in settings for cell in run(setting, "select", every_arm)]
         arms = arms_of(selection)
         chosen = {arm: choose(selection, arm, metric.sign) for arm in arms}
-        tests = [cell for arm, setting in chosen.items() for cell in run(setting, "test", arm)]
+        tests = [cell for arm, setting in chosen.items() for cell in run(setting, "test", [arm])]
     tested = {
         arm: {cell.seed: cell.values[arm] for cell in tests if arm in cell.values and cell.setting == chosen[arm]}
         for arm in arms
@@ -232,6 +255,7 @@ def sweep(
         "paired": rows_json(paired),
         "selection": [dataclasses.asdict(cell) for cell in selection],
         "tested": tested,
+        "diverged": sorted(str(path.parent) for path in out.glob(f"**/{DIVERGED}")),
         "table": table,
     }
     if selection:
