@@ -1,16 +1,18 @@
-"""What the benchmark scripts share: the data default, the run arguments, mean ± std."""
+"""What the benchmark scripts share: the data default, the run arguments, mean ± std and the paired
+intervals (both from the library's :mod:`seeking.reporting.stats`, the one owner of the statistics)."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import scipy.stats
 
 from seeking import TrainConfig
+from seeking.reporting.stats import interval_text, mean_interval, paired_interval
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
@@ -45,12 +47,22 @@ def config_from(args: argparse.Namespace, **fields) -> TrainConfig:
 
 
 def mean_std(values: list[float | None], fmt: str = ".2f") -> str:
-    """``mean ± sample std`` of the defined values; ``-`` if there are none."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
+    """``mean ± sample std`` of the defined values (± 0 for one); ``-`` if there are none."""
+    summary = mean_interval(values)
+    if not summary.n:
         return "-"
-    s = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):{fmt}} ± {s:{fmt.lstrip('+')}}"
+    return f"{summary.mean:{fmt}} ± {summary.std or 0.0:{fmt.lstrip('+')}}"
+
+
+def paired_lines(arms: dict[str, dict[int, float]], pairs: Sequence[tuple[str, str]], fmt: str = "+.2f") -> str:
+    """One line per ``(arm, reference)`` of ``pairs`` present in ``arms`` (``{arm: {seed: value}}``): the
+    mean per-seed difference and its 95% t interval."""
+    lines = []
+    for arm, reference in pairs:
+        if arm in arms and reference in arms:
+            interval = paired_interval(arms[arm], arms[reference])
+            lines.append(f"{arm} - {reference} (paired by seed, n={interval.n}): {interval_text(interval, fmt)}")
+    return "\n".join(lines)
 
 
 def seeds_table(columns: list[str], arms: dict[str, list[dict]], formats: dict[str, str]) -> str:

@@ -2,7 +2,8 @@
 
 Each experiment runs ``seeking excite`` (every arm from the same initial weights, on the same
 batches, for each seed) and prints its table (mean ± std over seeds, and the paired difference to
-the plain optimizer), then the test metric at each evaluation step averaged over seeds (the curves).
+the plain optimizer with its 95% t interval), then the test metric at each evaluation step
+averaged over seeds (the curves).
 
     python benchmarks/excitation_compare.py                          # every experiment
     python benchmarks/excitation_compare.py --only micro_moe_sgd     # one
@@ -17,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import scipy.stats
 import torch
 from common import DEFAULT_DATA
 
@@ -67,23 +67,6 @@ def curves(result: dict, metric: str) -> str:
     return "\n".join(lines)
 
 
-def paired_intervals(runs: list[dict], metric: str) -> str:
-    """Per Excitation arm: the mean over seeds of (arm - plain) at the same seed, with its 95% t interval."""
-    plain = {r["seed"]: r[metric] for r in runs if r["arm"] == "none"}
-    lines = []
-    for arm in dict.fromkeys(r["arm"] for r in runs if r["arm"] != "none"):
-        diffs = [r[metric] - plain[r["seed"]] for r in runs if r["arm"] == arm and r["seed"] in plain]
-        mean = statistics.fmean(diffs)
-        half = (
-            scipy.stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
-            if len(diffs) > 1
-            else float("nan")
-        )
-        interval = f"95% CI [{mean - half:+.4f}, {mean + half:+.4f}]"
-        lines.append(f"{arm} - plain ({metric}, {len(diffs)} seeds): {mean:+.4f}, {interval}")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="image data for the image experiments")
@@ -105,7 +88,6 @@ def main() -> None:
         start = time.perf_counter()
         result = compare_excitation(config, Path(args.out) / name, log=lambda line: print(line, flush=True))
         print(result["table"])
-        print(paired_intervals(result["runs"], result["metric"]))
         print(f"\ncurves ({result['metric']}, mean over seeds):\n{curves(result['runs'], result['metric'])}")
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
 

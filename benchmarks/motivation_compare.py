@@ -2,8 +2,10 @@
 
 Every seed runs all arms of ``seeking compare`` (classical base, classical large, motivated run,
 random control on the motivated run's count of large-model steps) with the same data subset, order
-and schedule; the table gives mean and standard deviation over seeds. Accuracy, p, FLOPs and the paper's ACC/FLOPs are
-per arm; wall times are medians (the machine is shared, so compare arms by their ratio).
+and schedule; the table gives mean and standard deviation over seeds, then each arm's paired
+difference to its classical twin (and to the random control) with its 95% t interval. Accuracy,
+p, FLOPs and the paper's ACC/FLOPs are per arm; wall times are medians (the machine is shared, so
+compare arms by their ratio).
 
     python benchmarks/motivation_compare.py                      # CIFAR-10, the recorded configuration
     python benchmarks/motivation_compare.py --data digits --epochs 15 --batch-size 64 --lr 0.05  # the demo's setting
@@ -20,11 +22,11 @@ import sys
 from pathlib import Path
 
 import torch
-from common import config_from, run_arguments, seeds_table
+from common import config_from, paired_lines, run_arguments, seeds_table
 
 from seeking.flops import FLOPS_CONVENTION
 from seeking.io import atomic_write_text
-from seeking.reporting.comparison import COLUMNS
+from seeking.reporting.comparison import COLUMNS, PAIRED
 from seeking.training.compare import compare
 
 FORMATS = {
@@ -66,6 +68,8 @@ def main() -> None:
 
     arms = {row["arm"]: [per_seed[s][i] for s in args.seeds] for i, row in enumerate(per_seed[args.seeds[0]])}
     table = seeds_table(COLUMNS, arms, FORMATS)
+    accuracy = {arm: {s: r["test acc %"] for s, r in zip(args.seeds, rows, strict=True)} for arm, rows in arms.items()}
+    table += "\n\nTest accuracy, paired by seed (95% t interval):\n\n" + paired_lines(accuracy, PAIRED)
     header = (
         f"{args.pair} on {Path(args.data).name}: {args.train_subset} train / {args.test_subset} test images, "
         f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr} cosine, k={args.k}, "

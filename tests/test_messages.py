@@ -293,7 +293,7 @@ def test_one_seed_shows_no_spread_and_is_one_seed():
     rows = excitation_rows(result["runs"], "test acc %")
     assert rows[0]["test acc % std"] is None
     table = excitation_markdown(rows, "test acc %")
-    assert "±" not in table and "| 60.000 |" in table and "| +1.000 |" in table
+    assert "±" not in table and "| 60.000 |" in table and "| +1.000 (n=1: no interval) |" in table
     assert (
         excitation_csv(rows).splitlines()[1].startswith("plain optimizer,1,0,60.0,,")
     )  # arm, seeds, skipped steps, mean, no std

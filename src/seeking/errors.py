@@ -28,6 +28,10 @@ class RunFolderError(SeekingError):
     """A folder given to ``seeking report`` that is missing or holds no readable seeking run."""
 
 
+class Diverged(SeekingError):
+    """A run stopped because its loss or gradients stayed non-finite (``max_nonfinite`` steps in a row)."""
+
+
 class StorageError(SeekingError):
     """A run folder that cannot be written (a full disk, a read-only folder); ``error`` is the ``OSError``."""
 

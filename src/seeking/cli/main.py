@@ -201,6 +201,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     )
     print(markdown_table(result["rows"]))
     print(f"\n{gain_sentence(result['rows'])} (classical base as reference). {FLOPS_CONVENTION}.")
+    print(
+        f"One seed ({config.seed}): no confidence interval. For paired 95% intervals over seeds, run "
+        "seeking sweep compare --seeds 0 1 2 ... with these options."
+    )
     print(f"results: {out}/{COMPARISON_MD}, {COMPARISON_CSV}, {COMPARISON_JSON}; report: {out}/{REPORT}/report.html")
     return 0
 
@@ -271,6 +275,65 @@ def _cmd_excite(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid(option: str, config_type: type) -> tuple[str, list[Any]]:
+    """``NAME=V1,V2,...`` of ``--grid`` as the option's name and its values, typed as the option is."""
+    name, sep, text = option.partition("=")
+    name = name.strip().replace("-", "_")
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    if not sep or not text or name not in fields:
+        raise SeekingError(f"--grid takes NAME=V1,V2,... with NAME an option (e.g. lr=0.01,0.03,0.1), got {option!r}")
+    kind = _kind(fields[name])
+    if kind == "bool":
+        words = {"true": True, "false": False}
+        convert: Callable[[str], Any] = lambda word: words[word.lower()]  # noqa: E731
+    else:
+        convert = _TYPES.get(kind, str)  # the sweep refuses lists and objects, naming the option
+    try:
+        return name, [convert(v.strip()) for v in text.split(",")]
+    except (KeyError, ValueError):
+        raise SeekingError(f"--grid {name}: {text!r} is not a list of {kind} values") from None
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ..training.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PLOT, sweep
+
+    if args.sweep == "compare":
+        if args.seed != TrainConfig().seed:
+            raise SeekingError("seeking sweep compare runs every seed of --seeds; drop --seed")
+        config, seeds, config_type = config_from_args(args), args.seeds, TrainConfig
+    else:
+        config = ExciteConfig(**_config_values(args, ExciteConfig)).validate()
+        seeds, config_type = config.seeds, ExciteConfig
+    grid = dict(_grid(option, config_type) for option in args.grid or [])
+    out = args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = sweep(args.sweep, config, grid, seeds, out, within=args.within, progress=not args.quiet, log=_logger(args))
+    print(result["table"])
+    print(f"results: {out}/{SWEEP_MD}, {SWEEP_JSON}; the curve: {out}/{SWEEP_PLOT}")
+    return 0
+
+
+def _add_sweep_options(parser: argparse.ArgumentParser, config_type: type) -> dict[str, Any]:
+    groups = _add_config_options(parser, config_type)
+    group = parser.add_argument_group("sweep")
+    group.add_argument(
+        "--grid",
+        action="append",
+        metavar="NAME=V1,V2,...",
+        help="an option and its values to sweep (repeat for several options: every combination runs); "
+        "the sweep needs --holdout N, the validation images on which each arm's setting is chosen",
+    )
+    group.add_argument(
+        "--within",
+        type=float,
+        default=2.0,
+        help="usable learning rates: mean validation accuracy within this many points of the arm's best "
+        "(default: %(default)s)",
+    )
+    group.add_argument("--out", help="sweep folder; the same command again continues it (default: runs/sweep-<time>)")
+    group.add_argument("--quiet", action="store_true", help="no progress output")
+    return groups
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..reporting.report import write_report
 
@@ -326,6 +389,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("excite", help="train an MoE model with a base optimizer, plain and with Excitation: one table")
     _add_excite_options(p)
     p.set_defaults(func=_cmd_excite)
+    p = sub.add_parser(
+        "sweep",
+        help="compare or excite over a grid of settings and seeds; each arm at its best setting, chosen on "
+        "held-out training images, then tested",
+    )
+    kinds = p.add_subparsers(dest="sweep", required=True)
+    q = kinds.add_parser("compare", help="seeking compare's arms over the grid")
+    groups = _add_sweep_options(q, TrainConfig)
+    groups["data and models"].add_argument("--pair", help="BASE:MOTIVATED, as for compare")
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one comparison per seed and setting")
+    q = kinds.add_parser("excite", help="seeking excite's arms over the grid")
+    _add_sweep_options(q, ExciteConfig)
+    p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("report", help="plots (PNG) and one self-contained report.html of run folders")
     p.add_argument(
         "run_dirs",

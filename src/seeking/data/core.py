@@ -69,15 +69,37 @@ def require_classes(data: ImageData, what: str) -> None:
         )
 
 
+def holdout_split(data: ImageData, n: int) -> tuple[ImageData, ImageData]:
+    """``data`` less ``n`` held-out examples (class-stratified, always the same ones: seed 0), and those
+    ``n``: a validation split of a training set. Raises ``ConfigError`` unless 1 <= n < len(data)."""
+    if not 1 <= n < len(data):
+        raise ConfigError(f"holdout {n} must leave training images: the training set has {len(data)}; lower --holdout")
+    held = stratified_indices(data.labels, n, 0)
+    kept = torch.ones(len(data), dtype=torch.bool)
+    kept[held] = False
+    return ImageData(data.images[kept], data.labels[kept]), ImageData(data.images[held], data.labels[held])
+
+
 def run_splits(
-    dataset: ImageDataset, train_subset: int | None, test_subset: int | None, batch_size: int, seed: int
+    dataset: ImageDataset,
+    train_subset: int | None,
+    test_subset: int | None,
+    batch_size: int,
+    seed: int,
+    holdout: int | None = None,
 ) -> tuple[ImageData, ImageData]:
     """The training and test examples of a run: ``dataset``'s splits cut to ``train_subset`` (drawn
     with ``seed``) and ``test_subset`` (seed 0, so every run tests on the same examples), or whole when
-    None. Raises ``DataError`` for training data of one class and ``ConfigError`` when the training
-    examples cannot fill one batch of ``batch_size`` or there is nothing to test on."""
-    train = chosen_subset(dataset.train, train_subset, seed, "train_subset")
-    test = chosen_subset(dataset.test, test_subset, 0, "test_subset")
+    None. With ``holdout``, the run is tested on that many examples held out of the training split
+    (:func:`holdout_split`, the same for every seed) in place of the test split, and trains on the rest:
+    a validation run for choosing settings, which never sees the test split. Raises ``DataError`` for
+    training data of one class and ``ConfigError`` when the training examples cannot fill one batch of
+    ``batch_size`` or there is nothing to test on."""
+    train, test = dataset.train, dataset.test
+    if holdout is not None:
+        train, test = holdout_split(train, holdout)
+    train = chosen_subset(train, train_subset, seed, "train_subset")
+    test = chosen_subset(test, test_subset, 0, "test_subset")
     require_classes(train, "training data")
     if len(train) < batch_size:
         raise ConfigError(

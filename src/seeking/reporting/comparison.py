@@ -33,6 +33,17 @@ ARMS = (
     ("random-control large", "random_control", "motivated"),
 )
 
+# (arm, reference) pairs whose per-seed differences a comparison over seeds shows: each arm against its
+# classical twin, and the motivated run against the random control on as many large-model steps
+PAIRED = (
+    ("motivated base", "classical base"),
+    ("motivated large", "classical large"),
+    ("random-control base", "classical base"),
+    ("random-control large", "classical large"),
+    ("motivated base", "random-control base"),
+    ("motivated large", "random-control large"),
+)
+
 
 @dataclass(frozen=True)
 class Metric:

@@ -36,7 +36,7 @@ from .comparison import (
     markdown_table,
     trained_steps,
 )
-from .excitation import excitation_cells
+from .excitation import excitation_cells, excitation_rows
 from .excitation_plots import curves_figure, phi_figure, utilization_figure
 from .plots import accuracy_figure, cost_figure, loss_figure, png_bytes
 from .runs import Comparison, ExcitationRun, Run, TrainRun, read_run_folder, resume_hint
@@ -238,7 +238,8 @@ def _comparison_section(cmp: Comparison, label: str, output: _Output) -> list[st
 def _excitation_section(run: ExcitationRun, label: str, output: _Output) -> list[str]:
     result = run.result
     parts = [html.heading(2, f"Excitation experiment {run.path}")]
-    columns, rows = excitation_cells(result["rows"], result["metric"])
+    # the rows anew from the runs: a folder written before the table had intervals gets them too
+    columns, rows = excitation_cells(excitation_rows(result["runs"], result["metric"]), result["metric"])
     parts.append(html.table(columns, [[r[c] for c in columns] for r in rows]))
     parts.append(output.plot(f"{label}-routing.png", curves_figure(result), "loss, metric and routing per step"))
     for name, figure in (("utilization", utilization_figure(result)), ("phi", phi_figure(result))):

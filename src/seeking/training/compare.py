@@ -53,9 +53,10 @@ def compare(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Train every arm into ``out_dir/<arm>/``, write ``comparison.{md,csv,json}`` there and the report
-    (plots and report.html) into ``out_dir/report/``.
+    (plots and report.html; unless not ``report``: a sweep's cells) into ``out_dir/report/``.
 
     ``config.condition`` must be one the loss drives (``decrease``): the classical arms are already
     in the comparison and the control's count comes from the motivated run, so ``config.p`` is not
@@ -133,7 +134,8 @@ def compare(
         atomic_write_text(out / COMPARISON_CSV, csv_table(rows))
         write_json(out / COMPARISON_JSON, _without_nan(result))
         mark_complete(out)
-        write_report([out], out / REPORT)
+        if report:
+            write_report([out], out / REPORT)
     return result
 
 

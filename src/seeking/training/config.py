@@ -85,7 +85,7 @@ class RunConfig:
     # constructor arguments that come from the data set, never from model_kwargs
     data_kwargs: ClassVar[tuple[str, ...]] = ("num_classes", "in_channels", "image_size", "vocab_size", "block_size")
     # options that only image data uses (a text run warns that they do nothing)
-    image_only: ClassVar[tuple[str, ...]] = ("train_subset", "test_subset", "cache_dir", "channels_last")
+    image_only: ClassVar[tuple[str, ...]] = ("train_subset", "test_subset", "holdout", "cache_dir", "channels_last")
     # options that only text data uses (an image run warns that they do nothing)
     text_only: ClassVar[tuple[str, ...]] = ("block_size", "tokenizer")
 
@@ -104,6 +104,13 @@ class RunConfig:
         None, help="use this many training images (class-stratified)", group="data and models"
     )
     test_subset: int | None = option(None, help="use this many test images (class-stratified)", group="data and models")
+    holdout: int | None = option(
+        None,
+        help="hold N training images out (class-stratified, the same for every seed) and test on them instead "
+        "of the test set: a validation run for choosing settings (seeking sweep); --test-subset then cuts them",
+        group="data and models",
+        metavar="N",
+    )
     cache_dir: str | None = option(
         None,
         help="where decoded image folders are cached (default: $SEEKING_CACHE_DIR or ~/.cache/seeking)",
@@ -207,7 +214,7 @@ class RunConfig:
         for name in ("momentum", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("train_subset", "test_subset"):
+        for name in ("train_subset", "test_subset", "holdout"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         try:

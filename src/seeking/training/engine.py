@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from tqdm import tqdm
 
-from ..errors import CheckpointError, ConfigError, SeekingError
+from ..errors import CheckpointError, ConfigError, Diverged
 from ..motivation.plan import TrainingPlan
 from ..version import __version__
 from .checkpoint import Checkpoints, RunInterrupted, StopRequests, check_state, fitting, rng_state, set_rng_state
@@ -388,7 +388,7 @@ class Engine:
             c.nonfinite_run += 1
         task.after_step(c.step, role, loss, lr, finite)
         if c.nonfinite_run >= self.max_nonfinite:  # after the task's log: it holds every skipped step
-            raise SeekingError(
+            raise Diverged(
                 f"{self.task.name or 'training'} diverged: {c.nonfinite_run} non-finite losses or gradients in a row "
                 f"(last at step {c.step}, lr {lr:.3g}); lower --lr, or raise --max-nonfinite"
             )

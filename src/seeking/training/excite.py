@@ -232,8 +232,10 @@ def compare_excitation(
     *,
     resume: bool = False,
     progress: bool = True,
+    report: bool = True,
 ) -> dict[str, Any]:
-    """Train every arm for every seed; write ``excitation.{md,csv,json}`` and ``report/`` into ``out``.
+    """Train every arm for every seed; write ``excitation.{md,csv,json}`` and ``report/`` (unless not
+    ``report``: a sweep's cells) into ``out``.
 
     Returns the JSON's content: the config, the ``metric`` name, one row per arm (``rows``), every
     run with its evaluations (``runs``), and the markdown ``table``. ``resume=True`` continues the
@@ -297,7 +299,8 @@ def compare_excitation(
         atomic_write_text(out / EXCITATION_CSV, excitation_csv(rows))
         write_json(out / EXCITATION_JSON, result)
         mark_complete(out)
-        from ..reporting.report import write_report  # imports matplotlib: not on every start of the CLI
+        if report:
+            from ..reporting.report import write_report  # imports matplotlib: not on every start of the CLI
 
-        write_report([out], out / REPORT)
+            write_report([out], out / REPORT)
     return result

@@ -71,7 +71,8 @@ class ImageClassification:
 
     Args:
         dataset: the data set; its splits are cut to ``train_subset`` / ``test_subset`` with
-            ``split_seed`` (:func:`~seeking.data.core.run_splits`).
+            ``split_seed``, and ``holdout`` examples of the training split tested in place of the test
+            split (:func:`~seeking.data.core.run_splits`).
         augmentation: random crops (``crop_padding`` pixels, default image size / 8) and mirrors of
             the training batches.
         channels_last: inputs in the channels-last memory format.
@@ -94,12 +95,13 @@ class ImageClassification:
         train_subset: int | None = None,
         test_subset: int | None = None,
         split_seed: int = 0,
+        holdout: int | None = None,
         augmentation: bool = False,
         crop_padding: int | None = None,
         channels_last: bool = False,
         progress: bool = False,
     ) -> None:
-        train, test = run_splits(dataset, train_subset, test_subset, batch_size, split_seed)
+        train, test = run_splits(dataset, train_subset, test_subset, batch_size, split_seed, holdout)
         self.dataset, self.name, self.batch_size, self.device = dataset, dataset.name, batch_size, device
         self.train = ImageData(train.images.to(device), train.labels.to(device))
         self.test = test
@@ -127,6 +129,7 @@ class ImageClassification:
             train_subset=config.train_subset,
             test_subset=config.test_subset,
             split_seed=split_seed,
+            holdout=config.holdout,
             augmentation=augmentation,
             crop_padding=getattr(config, "crop_padding", None),  # a field of seeking train's configuration
             channels_last=config.channels_last,
