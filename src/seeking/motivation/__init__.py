@@ -1,6 +1,7 @@
 """Motivation training: a base model trains every batch; a larger model containing it trains
 only while the loss keeps falling; a weights map keeps their common weights in sync."""
 
+from .chain import Chain, level_name
 from .conditions import (
     CONDITIONS,
     ROLES,
@@ -27,6 +28,7 @@ __all__ = [
     "ROLES",
     "SYNC_MODES",
     "Always",
+    "Chain",
     "Condition",
     "ConsecutiveDecrease",
     "MapEntry",
@@ -38,6 +40,7 @@ __all__ = [
     "TrainingPlan",
     "WeightMap",
     "classical_condition",
+    "level_name",
     "make_condition",
     "make_identity",
     "register_condition",
