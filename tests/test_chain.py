@@ -4,14 +4,19 @@ continues bit for bit."""
 
 import copy
 import itertools
+import json
+import random
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from seeking import Chain, ConsecutiveDecrease, Motivator
+from seeking import Chain, ConsecutiveDecrease, Motivator, load_model
+from seeking.cli.main import main
+from seeking.flops import gpt_train_flops_per_token
 from seeking.models.cifar_resnet import CifarResNet
 from seeking.motivation import Condition
+from seeking.training.tasks import TextModeling
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +45,7 @@ def train(plan, data):
     chosen = []
     for x, y in data:
         model, optimizer = plan.select()
-        chosen.append(plan.active[-1] if plan.active.startswith("level") else plan.active[0])
+        chosen.append(str(plan.names.index(plan.active)) if hasattr(plan, "names") else plan.active[0])
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -168,3 +173,77 @@ def test_a_chain_built_with_state_resumes_bit_for_bit():
     resumed.finish()
     assert_same(tensors(models), tensors(whole.models.values()))
     assert resumed.state_dict() == whole.state_dict()
+
+
+# --- chains in seeking train / compare: a GPT 2 -> 4 -> 8 layers on a tiny text ---
+
+WIDTH = 16
+CHAIN = ["gpt_2l", "gpt_4l", "gpt_8l"]
+TINY = ["--model-kwargs", '{"width": 16}', "--block-size", "8", "--batch-size", "4", "--epochs", "1"]
+TINY += ["--optimizer", "adamw", "--lr", "3e-3", "--weight-decay", "0", "--warmup-epochs", "0.2", "--k", "1"]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    rng = random.Random(0)
+    words = [
+        "to",
+        "be",
+        "or",
+        "not",
+        "to",
+        "be",
+        "that",
+        "is",
+        "the",
+        "question",
+        "whether",
+        "tis",
+        "nobler",
+        "in",
+        "the",
+        "mind",
+    ]
+    path = tmp_path_factory.mktemp("text") / "play.txt"
+    path.write_text(" ".join(rng.choice(words) for _ in range(400))[:1200])  # 33 steps of 4 x 8 characters
+    return path
+
+
+def test_compare_of_a_chain_reports_every_level_against_its_classical_twin(text_file, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--chain", ":".join(CHAIN), "--data", str(text_file), *TINY, "--out", str(out)]) == 0
+    printed, errors = capsys.readouterr()
+    assert "warning: the random control is not built for chains" in errors
+    result = json.loads((out / "comparison.json").read_text())
+    rows = {r["arm"]: r for r in result["rows"]}
+    levels = ("base", "level1", "large")
+    assert list(rows) == [f"classical {n}" for n in levels] + [f"motivated {n}" for n in levels]
+    assert (
+        [rows[f"motivated {n}"]["model"] for n in levels] == [rows[f"classical {n}"]["model"] for n in levels] == CHAIN
+    )
+    assert not (out / "random_control").exists()
+
+    data = TextModeling(str(text_file), batch_size=4, block_size=8, device=torch.device("cpu"))
+    per_step = {  # the closed form, per step of 4 x 8 tokens
+        name: gpt_train_flops_per_token(depth, WIDTH, data.text.vocab_size, 8) * 4 * 8
+        for name, depth in zip(CHAIN, (2, 4, 8), strict=True)
+    }
+    chain = json.loads((out / "motivated" / "summary.json").read_text())
+    steps = [json.loads(line)["model"] for line in (out / "motivated" / "steps.jsonl").read_text().splitlines()]
+    counts = {role: steps.count(role) for role in ("base", "level1", "motivated")}
+    assert chain["steps_by_model"] == counts and all(counts.values()) and len(steps) == data.steps_per_epoch()
+    assert chain["p_by_model"] == {role: n / len(steps) for role, n in counts.items()}
+    assert chain["motivated_steps"] == counts["level1"] + counts["motivated"]
+    by_role = dict(zip(counts, CHAIN, strict=True))
+    assert chain["train_flops_by_model"] == {role: per_step[by_role[role]] * n for role, n in counts.items()}
+    last = json.loads((out / "motivated" / "epochs.jsonl").read_text().splitlines()[-1])
+    assert [last[f"p_{role}"] for role in counts] == list(chain["p_by_model"].values())
+    for role, record in chain["models"].items():  # every level saved, loadable alone, scoring what was reported
+        model, meta = load_model(out / "motivated" / record["checkpoint"])
+        assert meta["model"] == by_role[role]
+        assert data.evaluate(model)[0]["loss"] == pytest.approx(record["loss"], abs=1e-6)
+    twins = [json.loads((out / f"classical_{n}" / "summary.json").read_text()) for n in levels]
+    assert [next(iter(t["models"].values()))["model"] for t in twins] == CHAIN
+    assert [t["train_flops"] for t in twins] == [per_step[name] * len(steps) for name in CHAIN]
+    saving = sum(t["train_flops"] for t in twins) / chain["train_flops"]
+    assert f"({saving:.2f}x the chain)" in result["chain"] and result["chain"] in printed

@@ -1,7 +1,7 @@
 """Motivation training: a base model trains every batch; a larger model containing it trains
 only while the loss keeps falling; a weights map keeps their common weights in sync."""
 
-from .chain import Chain, level_name
+from .chain import Chain, chain_roles, run_models
 from .conditions import (
     CONDITIONS,
     ROLES,
@@ -39,10 +39,11 @@ __all__ = [
     "SingleModel",
     "TrainingPlan",
     "WeightMap",
+    "chain_roles",
     "classical_condition",
-    "level_name",
     "make_condition",
     "make_identity",
     "register_condition",
     "register_identity_rule",
+    "run_models",
 ]

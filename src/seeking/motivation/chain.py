@@ -40,7 +40,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .batchnorm import deployable_copy
-from .conditions import Condition
+from .conditions import ROLES, Condition
 from .motivator import (
     BatchNormPolicy,
     JointOptimizer,
@@ -52,9 +52,20 @@ from .motivator import (
 from .weights_map import WeightMap
 
 
-def level_name(level: int) -> str:
-    """The role of a chain's level ``level`` (0: the smallest model): ``"level0"``, ``"level1"``..."""
-    return f"level{level}"
+def chain_roles(n: int) -> list[str]:
+    """The roles of the ``n`` levels of a chain, smallest first: ``base``, ``level1``, ...,
+    ``level{n-2}``, ``motivated``. The ends keep the pair's roles (a chain of two is a pair, and the
+    files, logs and tables of a run name its smallest and largest models as a pair's)."""
+    return ["base", *(f"level{i}" for i in range(1, n - 1)), "motivated"]
+
+
+def run_models(names: Sequence[str], trained: Sequence[str]) -> dict[str, str]:
+    """The models a run trains, by role: ``names`` are the run's models smallest first (base, the
+    intermediate levels, motivated), ``trained`` its condition's roles (a subset of
+    :data:`~seeking.motivation.conditions.ROLES`). A condition of both roles trains every level; one
+    of a single role trains that end of the chain alone (``never``: the base, ``always``: the top)."""
+    models = dict(zip(chain_roles(len(names)), names, strict=True))
+    return {role: name for role, name in models.items() if role in trained or set(ROLES) <= set(trained)}
 
 
 class Chain:
@@ -108,7 +119,7 @@ class Chain:
                 )
         if len({id(c) for c in conditions}) != len(conditions):
             raise ConfigError("each pair of a chain needs its own condition object: one was given to two pairs")
-        self.names = [level_name(i) for i in range(n)]
+        self.names = chain_roles(n)
         self.models = dict(zip(self.names, models, strict=True))
         self.optimizers = dict(zip(self.names, optimizers, strict=True))
         self.average_loss, self.process_group = average_loss, process_group
@@ -148,7 +159,7 @@ class Chain:
 
     @property
     def active(self) -> str:
-        """The role (:func:`level_name`) of the level that trains the next batch."""
+        """The role (:func:`chain_roles`) of the level that trains the next batch."""
         return self.names[self.level]
 
     @property
@@ -160,6 +171,11 @@ class Chain:
     def p(self) -> float:
         """Fraction of the steps so far that trained a model above level 0."""
         return self.motivated_steps / self.steps if self.steps else 0.0
+
+    @property
+    def steps_by_model(self) -> dict[str, int]:
+        """Steps so far that trained each level, by role."""
+        return dict(zip(self.names, self.level_steps, strict=True))
 
     @property
     def level_p(self) -> list[float]:

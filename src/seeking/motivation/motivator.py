@@ -221,6 +221,11 @@ class Motivator:
         """Fraction of the steps so far that trained the motivated model."""
         return self.motivated_steps / self.steps if self.steps else 0.0
 
+    @property
+    def steps_by_model(self) -> dict[str, int]:
+        """Steps so far that trained each model, by role."""
+        return {"base": self.steps - self.motivated_steps, "motivated": self.motivated_steps}
+
     def select(self) -> tuple[nn.Module, JointOptimizer]:
         """The model that trains on the next batch and :attr:`optimizer`, whose ``step`` steps that
         model's optimizer; switches if the condition changed."""

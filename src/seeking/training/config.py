@@ -23,7 +23,14 @@ import torch
 from ..errors import ConfigError, SeekingWarning, unknown_choice
 from ..excitation import list_strategies
 from ..models.registry import model_exists, unknown_model_message
-from ..motivation import BATCHNORM_POLICIES, CONDITIONS, OPTIMIZER_STATE_POLICIES, SYNC_MODES
+from ..motivation import (
+    BATCHNORM_POLICIES,
+    CONDITIONS,
+    OPTIMIZER_STATE_POLICIES,
+    SYNC_MODES,
+    RandomPlacement,
+    run_models,
+)
 from ..reporting.excitation import BASELINE
 from ..reporting.tensorboard import require_tensorboard
 from .optim import OPTIMIZERS, SCHEDULES, build_optimizer, with_momentum
@@ -277,6 +284,13 @@ class TrainConfig(RunConfig):
     )
     base: str = option("resnet20", help="small model, trained on every non-motivated batch", group="data and models")
     motivated: str = option("resnet32", help="large model that contains the base", group="data and models")
+    intermediate: list[str] = option(  # noqa: RUF009 (a dataclass field)
+        [],
+        help="a chain (train once, deploy N): the models between --base and --motivated, smallest first, each "
+        "containing the one before (--pair A:B:C sets it to B)",
+        group="data and models",
+        metavar="MODEL",
+    )
     condition: str = option(
         "decrease",
         help="decrease: the loss rule; random: control, round(p * steps) large-model steps at random; "
@@ -356,11 +370,25 @@ class TrainConfig(RunConfig):
             )
         return unused
 
+    def model_names(self) -> dict[str, str]:
+        """The models this run trains, by role (its condition's roles; a chain's intermediate levels
+        ``level1``... when both ends train: :func:`~seeking.motivation.run_models`)."""
+        return run_models([self.base, *self.intermediate, self.motivated], CONDITIONS[self.condition].roles)
+
     def validate(self) -> TrainConfig:
         super().validate()
         for role in ("base", "motivated"):
             if not model_exists(getattr(self, role)):
                 raise ConfigError(unknown_model_message(getattr(self, role), role))
+        for name in self.intermediate:
+            if not model_exists(name):
+                raise ConfigError(unknown_model_message(name, "intermediate"))
+        if self.intermediate and self.condition == RandomPlacement.name:
+            raise ConfigError(
+                f"the random condition places an exact count of steps among a run's steps; a chain's pairs see "
+                f"only their own steps, so it is not built for chains (--intermediate {' '.join(self.intermediate)}): "
+                "use it on a pair"
+            )
         if self.k < 1:
             raise ConfigError(f"k (consecutive loss decreases before switching) must be >= 1, got {self.k}")
         if not 0.0 <= self.p <= 1.0:
