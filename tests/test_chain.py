@@ -10,12 +10,14 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import Crash, assert_same_run, crash_at
 
-from seeking import Chain, ConsecutiveDecrease, Motivator, load_model
+from seeking import Chain, ConsecutiveDecrease, Motivator, TrainConfig, load_model
 from seeking.cli.main import main
 from seeking.flops import gpt_train_flops_per_token
 from seeking.models.cifar_resnet import CifarResNet
 from seeking.motivation import Condition
+from seeking.training import train as run_training
 from seeking.training.tasks import TextModeling
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -179,6 +181,17 @@ def test_a_chain_built_with_state_resumes_bit_for_bit():
 
 WIDTH = 16
 CHAIN = ["gpt_2l", "gpt_4l", "gpt_8l"]
+KWARGS = dict(
+    model_kwargs={"width": WIDTH},
+    block_size=8,
+    batch_size=4,
+    epochs=1,
+    optimizer="adamw",
+    lr=3e-3,
+    weight_decay=0.0,
+    warmup_epochs=0.2,
+    k=1,
+)
 TINY = ["--model-kwargs", '{"width": 16}', "--block-size", "8", "--batch-size", "4", "--epochs", "1"]
 TINY += ["--optimizer", "adamw", "--lr", "3e-3", "--weight-decay", "0", "--warmup-epochs", "0.2", "--k", "1"]
 
@@ -205,7 +218,7 @@ def text_file(tmp_path_factory):
         "mind",
     ]
     path = tmp_path_factory.mktemp("text") / "play.txt"
-    path.write_text(" ".join(rng.choice(words) for _ in range(400))[:1200])  # 33 steps of 4 x 8 characters
+    path.write_text(" ".join(rng.choice(words) for _ in range(400))[:640])  # 18 steps of 4 x 8 characters
     return path
 
 
@@ -247,3 +260,18 @@ def test_compare_of_a_chain_reports_every_level_against_its_classical_twin(text_
     assert [t["train_flops"] for t in twins] == [per_step[name] * len(steps) for name in CHAIN]
     saving = sum(t["train_flops"] for t in twins) / chain["train_flops"]
     assert f"({saving:.2f}x the chain)" in result["chain"] and result["chain"] in printed
+
+
+def test_a_chain_run_that_dies_resumes_bit_for_bit(text_file, tmp_path, inject):
+    config = TrainConfig(
+        data=str(text_file), base=CHAIN[0], intermediate=CHAIN[1:-1], motivated=CHAIN[-1], **KWARGS, checkpoint_every=5
+    )
+    quiet = dict(progress=False, log=lambda line: None)
+    reference = run_training(config, tmp_path / "reference", **quiet)
+    assert all(reference.summary["steps_by_model"].values())  # every level trained
+    inject(crash_at(12))
+    with pytest.raises(Crash):
+        run_training(config, tmp_path / "run", **quiet)
+    inject.undo()
+    run_training(config, tmp_path / "run", resume=True, **quiet)
+    assert_same_run(reference.run_dir, tmp_path / "run")
