@@ -14,6 +14,7 @@ from helpers import Crash, assert_same_run, crash_at
 
 from seeking import Chain, ConsecutiveDecrease, Motivator, TrainConfig, load_model
 from seeking.cli.main import main
+from seeking.errors import ConfigError
 from seeking.flops import gpt_train_flops_per_token
 from seeking.models.cifar_resnet import CifarResNet
 from seeking.motivation import Condition
@@ -175,6 +176,23 @@ def test_a_chain_built_with_state_resumes_bit_for_bit():
     resumed.finish()
     assert_same(tensors(models), tensors(whole.models.values()))
     assert resumed.state_dict() == whole.state_dict()
+
+
+def test_what_is_not_a_chain_is_refused_before_anything_is_copied():
+    models = levels()
+    optimizers = [sgd(m) for m in models]
+    before = tensors(models)
+    shared = ConsecutiveDecrease()
+    for args, message in [
+        ((models[:1], [], optimizers[:1]), "at least two models"),
+        ((models, [ConsecutiveDecrease()], optimizers), "needs 2 conditions"),
+        ((models, [shared, shared], optimizers), "its own condition object"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Chain(*args)
+    assert_same(before, tensors(models))
+    with pytest.raises(ConfigError, match="not built for chains"):
+        TrainConfig(base="resnet20", intermediate=["resnet32"], motivated="resnet56", condition="random").validate()
 
 
 # --- chains in seeking train / compare: a GPT 2 -> 4 -> 8 layers on a tiny text ---

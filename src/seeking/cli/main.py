@@ -178,6 +178,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{counted(s['switches'], 'switch', 'switches')}), {counted(s['skipped_steps'], 'skipped step')}, "
         f"training {s['train_flops'] / 1e12:.4g} TFLOPs, {s['train_seconds']:.1f}s"
     )
+    if len(s["models"]) > 2:  # a chain: each level's share of the steps
+        print("p by level: " + ", ".join(f"{role} {p:.3f}" for role, p in s["p_by_model"].items()))
     return 0
 
 

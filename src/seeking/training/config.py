@@ -357,7 +357,7 @@ class TrainConfig(RunConfig):
             if self.changed(name) and name not in condition.options:
                 unused.append(f"--{name} does nothing with --condition {self.condition}")
         if len(condition.roles) == 1:  # one model: nothing is shared
-            for name in ("sync", "batchnorm", "optimizer_state"):
+            for name in ("sync", "batchnorm", "optimizer_state", "intermediate"):
                 if self.changed(name):
                     unused.append(
                         f"--{name.replace('_', '-')} does nothing with --condition {self.condition}, "
