@@ -111,7 +111,7 @@ def train_task(config: TrainConfig, device: torch.device, progress: bool, datase
     after checking that both models are for that kind of data."""
     names = [config.base, *config.intermediate, config.motivated]
     for name in names:
-        check_model_kind(name, data_kind(config.data), "--pair (or --base, --intermediate, --motivated)")
+        check_model_kind(name, data_kind(config.data), "--pair (or --base, --motivated)")
     check_tokenizer(config, names)
     options = {"split_seed": config.seed, "augmentation": True, "progress": progress, "dataset": dataset}
     return load_data_task(config, device, **options)
