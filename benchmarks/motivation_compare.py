@@ -10,6 +10,7 @@ compare arms by their ratio).
     python benchmarks/motivation_compare.py                      # CIFAR-10, the recorded configuration
     python benchmarks/motivation_compare.py --data digits --epochs 15 --batch-size 64 --lr 0.05  # the demo's setting
     python benchmarks/motivation_compare.py --seeds 0 --epochs 1 --train-subset 1000   # smoke run
+    python benchmarks/motivation_compare.py --data digits --pair resnet20:resnet32:resnet56 --epochs 4  # a chain
 """
 
 from __future__ import annotations
@@ -42,29 +43,32 @@ FORMATS = {
 
 def main() -> None:
     parser = run_arguments(__doc__, epochs=10, train_subset=10000, out="bench-motivation")
-    parser.add_argument("--pair", default="resnet20:resnet32")
+    parser.add_argument("--pair", default="resnet20:resnet32", help="BASE:MOTIVATED, or BASE:...:MOTIVATED for a chain")
     parser.add_argument("--optimizer-state", default="carried")
     parser.add_argument("--batchnorm", default="separate")
     parser.add_argument("--eval-every-epochs", type=int, default=5)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
 
-    base, motivated = args.pair.split(":")
+    names = args.pair.split(":")
     config = config_from(
         args,
-        base=base,
-        motivated=motivated,
+        base=names[0],
+        intermediate=names[1:-1],
+        motivated=names[-1],
         eval_every_epochs=args.eval_every_epochs,
         optimizer_state=args.optimizer_state,
         batchnorm=args.batchnorm,
         channels_last=args.channels_last,
     )
     out = Path(args.out)
-    per_seed = {}
+    per_seed, chains = {}, []
     for seed in args.seeds:
         print(f"=== seed {seed}", file=sys.stderr, flush=True)
-        result = compare(dataclasses.replace(config, seed=seed), out / f"seed{seed}", random_control=True)
+        # a chain has no random control (docs/MOTIVATION.md, "Chains of models")
+        result = compare(dataclasses.replace(config, seed=seed), out / f"seed{seed}", random_control=len(names) == 2)
         per_seed[seed] = result["rows"]
+        chains += [f"seed {seed}: {result['chain']}"] if "chain" in result else []
 
     arms = {row["arm"]: [per_seed[s][i] for s in args.seeds] for i, row in enumerate(per_seed[args.seeds[0]])}
     table = seeds_table(COLUMNS, arms, FORMATS)
@@ -77,6 +81,7 @@ def main() -> None:
         f"mean ± std over seeds (wall: median); torch {torch.__version__}, {platform.machine()}, "
         f"{torch.get_num_threads()} threads. {FLOPS_CONVENTION}."
     )
+    table += "".join(f"\n\n{line}" for line in chains)
     print(header)
     print(table)
     atomic_write_text(out / "benchmark.md", header + "\n\n" + table + "\n")

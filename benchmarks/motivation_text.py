@@ -10,6 +10,7 @@ seeds; then the paired differences of validation loss between arms at the same s
 
     python benchmarks/motivation_text.py                                  # the recorded configuration
     python benchmarks/motivation_text.py --seeds 0 --epochs 1 --batch-size 8   # smoke run
+    python benchmarks/motivation_text.py --pair gpt_moe_2l:gpt_moe_4l --excitation zero_sum  # a motivated MoE
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup-epochs", type=float, default=0.1)
     parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--excitation", default="none", help="an Excitation strategy for both models (MoE pairs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/bench-motivation-text")
     args = parser.parse_args()
@@ -81,6 +83,7 @@ def main() -> None:
         weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs,
         k=args.k,
+        excitation=args.excitation,
     )
     out = Path(args.out)
     per_seed: dict[int, dict[str, dict]] = {}
@@ -96,7 +99,8 @@ def main() -> None:
     header = (
         f"{args.pair} (width {args.width}) on {Path(args.data).name}, character level: block {args.block_size}, "
         f"batch {args.batch_size}, {args.epochs} epochs ({steps} steps), "
-        f"AdamW lr {args.lr} cosine, warmup {args.warmup_epochs} epochs, weight decay {args.weight_decay}, k={args.k}; "
+        f"AdamW lr {args.lr} cosine, warmup {args.warmup_epochs} epochs, weight decay {args.weight_decay}, k={args.k}, "
+        f"Excitation {args.excitation}; "
         f"seeds {args.seeds}; mean ± std over seeds (wall: median); torch {torch.__version__}, "
         f"{platform.machine()}, {torch.get_num_threads()} threads. {FLOPS_CONVENTION}."
     )

@@ -15,6 +15,7 @@ from .model_file import load_model, save_model
 from .models import create_model, list_models, register_model
 from .motivation import (
     Always,
+    Chain,
     Condition,
     ConsecutiveDecrease,
     MapEntry,
@@ -29,6 +30,7 @@ from .version import __version__
 
 __all__ = [
     "Always",
+    "Chain",
     "CheckpointError",
     "Condition",
     "ConfigError",

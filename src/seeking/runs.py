@@ -51,6 +51,12 @@ def is_training_state(head: bytes) -> bool:
 MODEL_FILES = {"base": "base.safetensors", "motivated": "large.safetensors"}
 
 
+def model_file(role: str) -> str:
+    """The final model file of the model of ``role``: :data:`MODEL_FILES`' for a pair's roles, and
+    ``<role>.safetensors`` for a chain's intermediate levels (``level1.safetensors``...)."""
+    return MODEL_FILES.get(role, f"{role}.safetensors")
+
+
 def excite_run_name(arm: str, seed: int) -> str:
     """The name of one arm and seed of an Excitation experiment: its result file
     (``runs/<name>.json``), its checkpoint folder and its TensorBoard run."""

@@ -98,8 +98,11 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     groups = _add_config_options(parser, TrainConfig)
     groups["data and models"].add_argument(
         "--pair",
+        "--chain",
+        dest="pair",
         help="BASE:MOTIVATED, shorthand for --base and --motivated; timm names work too "
-        "(e.g. efficientnet_b0:efficientnet_b2)",
+        "(e.g. efficientnet_b0:efficientnet_b2); more names make a chain, BASE:...:MOTIVATED "
+        "(e.g. resnet20:resnet32:resnet56, the middle ones --intermediate)",
     )
     _add_run_options(groups["run"], "RUN_DIR", "run folder (default: runs/<command>-<time>)")
 
@@ -135,10 +138,16 @@ def _config_values(args: argparse.Namespace, config_type: type) -> dict[str, Any
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = _config_values(args, TrainConfig)
     if args.pair:
-        base, sep, motivated = args.pair.partition(":")
-        if not sep or not base or not motivated:
-            raise SeekingError(f"--pair must look like BASE:MOTIVATED (e.g. resnet20:resnet32), got {args.pair!r}")
-        values["base"], values["motivated"] = base, motivated
+        names = args.pair.split(":")
+        if len(names) < 2 or not all(names):
+            raise SeekingError(
+                f"--pair must look like BASE:MOTIVATED (e.g. resnet20:resnet32), or BASE:...:MOTIVATED for a chain "
+                f"(e.g. resnet20:resnet32:resnet56), got {args.pair!r}"
+            )
+        if len(names) > 2 and values["intermediate"]:
+            raise SeekingError("give a chain's middle models once: in --pair A:B:C or in --intermediate, not both")
+        values["base"], values["motivated"] = names[0], names[-1]
+        values["intermediate"] = names[1:-1] or values["intermediate"]
     return TrainConfig(**values).validate()
 
 
@@ -169,6 +178,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{counted(s['switches'], 'switch', 'switches')}), {counted(s['skipped_steps'], 'skipped step')}, "
         f"training {s['train_flops'] / 1e12:.4g} TFLOPs, {s['train_seconds']:.1f}s"
     )
+    if len(s["models"]) > 2:  # a chain: each level's share of the steps
+        print("p by level: " + ", ".join(f"{role} {p:.3f}" for role, p in s["p_by_model"].items()))
     return 0
 
 
@@ -201,6 +212,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     )
     print(markdown_table(result["rows"]))
     print(f"\n{gain_sentence(result['rows'])} (classical base as reference). {FLOPS_CONVENTION}.")
+    if "chain" in result:
+        print(result["chain"])
     print(
         f"One seed ({config.seed}): no confidence interval. For paired 95% intervals over seeds, run "
         "seeking sweep compare --seeds 0 1 2 ... with these options."

@@ -11,7 +11,7 @@ which :func:`seeking.motivation.weights_map.make_identity` zeroes the blocks a d
 ``gpt_4l`` inside ``gpt_8l`` starts as exactly ``gpt_4l``'s function. The attention module has
 ``qkv`` and ``num_heads``, so width growth maps its projections head by head.
 
-Variants (:func:`register_model`): ``gpt_2l``, ``gpt_4l``, ``gpt_8l`` (width 64, 4 heads of 16)
+Variants (:func:`register_model`): ``gpt_2l``, ``gpt_4l``, ``gpt_8l``, ``gpt_12l`` (width 64, 4 heads of 16)
 and ``gpt_4l_w128`` (width 128, 8 heads of 16: the 4-layer model twice as wide). Training FLOPs per
 token in closed form: :func:`seeking.flops.gpt_train_flops_per_token`.
 """
@@ -145,6 +145,11 @@ def gpt_4l(**kwargs) -> GPT:
 @register_model
 def gpt_8l(**kwargs) -> GPT:
     return GPT(**{"depth": 8, **kwargs})
+
+
+@register_model
+def gpt_12l(**kwargs) -> GPT:
+    return GPT(**{"depth": 12, **kwargs})
 
 
 @register_model

@@ -2,6 +2,7 @@
 only while the loss keeps falling; a weights map keeps their common weights in sync."""
 
 from .adaptive import BudgetController, SmoothedTrend, StepValue, motivated_share, slope_t
+from .chain import Chain, chain_roles, run_models
 from .conditions import (
     CONDITIONS,
     ROLES,
@@ -29,6 +30,7 @@ __all__ = [
     "SYNC_MODES",
     "Always",
     "BudgetController",
+    "Chain",
     "Condition",
     "ConsecutiveDecrease",
     "MapEntry",
@@ -41,11 +43,13 @@ __all__ = [
     "StepValue",
     "TrainingPlan",
     "WeightMap",
+    "chain_roles",
     "classical_condition",
     "make_condition",
     "make_identity",
     "motivated_share",
     "register_condition",
     "register_identity_rule",
+    "run_models",
     "slope_t",
 ]

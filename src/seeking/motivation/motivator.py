@@ -26,7 +26,7 @@ Resuming: build the Motivator over the restored models and optimizers with ``sta
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -37,24 +37,28 @@ from .batchnorm import deployable_copy
 from .conditions import Condition
 from .weights_map import WeightMap
 
+if TYPE_CHECKING:
+    from .chain import Chain
+
 
 class JointOptimizer(torch.optim.Optimizer):
-    """The two optimizers of a :class:`Motivator` as one, so that one PyTorch learning-rate scheduler
-    drives both: ``param_groups`` are the base optimizer's groups then the motivated one's (the very
-    same dicts, so a scheduler that sets ``group["lr"]`` or ``group["momentum"]`` sets both);
-    ``step`` steps the optimizer of the active model only; ``zero_grad`` clears both models'
-    gradients. ``state_dict`` holds both optimizers' states (``{"base": ..., "motivated": ...}``).
+    """The two optimizers of a :class:`Motivator` (or the N of a :class:`~seeking.motivation.chain.Chain`)
+    as one, so that one PyTorch learning-rate scheduler drives both: ``param_groups`` are the base
+    optimizer's groups then the motivated one's (the very same dicts, so a scheduler that sets
+    ``group["lr"]`` or ``group["momentum"]`` sets both); ``step`` steps the optimizer of the active
+    model only; ``zero_grad`` clears both models' gradients. ``state_dict`` holds both optimizers'
+    states (``{"base": ..., "motivated": ...}``; a chain's by level name).
 
     A scheduler per optimizer would not do: stepping both after each batch warns (PyTorch checks that
     a scheduler's optimizer stepped first, and the idle one did not), and stepping only the one that
     trained gives each model its own clock.
     """
 
-    def __init__(self, motivator: Motivator) -> None:
+    def __init__(self, motivator: Motivator | Chain) -> None:
         self.motivator = motivator
         # Optimizer.__init__ sets up the hooks and state schedulers expect; the group it builds (of a
         # placeholder tensor, as it needs one) goes to the setter below and is dropped
-        super().__init__([torch.empty(0)], dict(motivator.optimizers["base"].defaults))
+        super().__init__([torch.empty(0)], dict(next(iter(motivator.optimizers.values())).defaults))
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
@@ -75,6 +79,23 @@ class JointOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for name, o in self.motivator.optimizers.items():
             o.load_state_dict(state_dict[name])
+
+
+def loss_value(
+    loss: torch.Tensor | float, average: bool, process_group: dist.ProcessGroup | None, model: nn.Module
+) -> float:
+    """The loss as a Python float: averaged over the processes of ``process_group`` when ``average``
+    and ``torch.distributed`` is initialised (``model``: where a float loss goes to be all-reduced)."""
+    if not (average and dist.is_available() and dist.is_initialized()):
+        return float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+    # a copy: the all-reduce works in place, and the caller's loss must stay its own
+    if torch.is_tensor(loss):
+        value = loss.detach().reshape(1).to(torch.float32, copy=True)
+    else:  # on the models' device, where the group's backend (NCCL: CUDA) communicates
+        value = torch.tensor([float(loss)], device=next(model.parameters()).device)
+    dist.all_reduce(value, group=process_group)
+    # the sum divided on the host, as seeking's trainer does: the same float, the same decisions
+    return value.item() / dist.get_world_size(process_group)
 
 
 OptimizerStatePolicy = Literal["carried", "separate"]
@@ -200,15 +221,25 @@ class Motivator:
         """Fraction of the steps so far that trained the motivated model."""
         return self.motivated_steps / self.steps if self.steps else 0.0
 
+    @property
+    def steps_by_model(self) -> dict[str, int]:
+        """Steps so far that trained each model, by role."""
+        return {"base": self.steps - self.motivated_steps, "motivated": self.motivated_steps}
+
     def select(self) -> tuple[nn.Module, JointOptimizer]:
         """The model that trains on the next batch and :attr:`optimizer`, whose ``step`` steps that
         model's optimizer; switches if the condition changed."""
-        wanted = "motivated" if self.condition.motivated else "base"
-        if wanted != self.active:
-            self._sync(self.active, wanted)
-            self.active = wanted
-            self.switches += 1
+        self.switch("motivated" if self.condition.motivated else "base")
         return self.models[self.active], self.optimizer
+
+    def switch(self, role: str) -> None:
+        """Make ``role`` the active model: if it is not, sync the shared weights (and the optimizer
+        state, if carried) from the active model to it and count a switch. :meth:`select` calls it
+        with the condition's choice; a :class:`~seeking.motivation.chain.Chain` with its own."""
+        if role != self.active:
+            self._sync(self.active, role)
+            self.active = role
+            self.switches += 1
 
     def observe(self, loss: torch.Tensor | float) -> None:
         """Record that the active model stepped with this training loss (a tensor or a float).
@@ -222,17 +253,7 @@ class Motivator:
         self.condition.update(self._loss_value(loss))
 
     def _loss_value(self, loss: torch.Tensor | float) -> float:
-        """The loss as a Python float: averaged over the processes when they are to agree."""
-        if not (self.average_loss and dist.is_available() and dist.is_initialized()):
-            return float(loss.detach()) if torch.is_tensor(loss) else float(loss)
-        # a copy: the all-reduce works in place, and the caller's loss must stay its own
-        if torch.is_tensor(loss):
-            value = loss.detach().reshape(1).to(torch.float32, copy=True)
-        else:  # on the models' device, where the group's backend (NCCL: CUDA) communicates
-            value = torch.tensor([float(loss)], device=next(self.models[self.active].parameters()).device)
-        dist.all_reduce(value, group=self.process_group)
-        # the sum divided on the host, as seeking's trainer does: the same float, the same decisions
-        return value.item() / dist.get_world_size(self.process_group)
+        return loss_value(loss, self.average_loss, self.process_group, self.models[self.active])
 
     def finish(self) -> None:
         """Copy the shared weights from the model that stepped last to the other one."""

@@ -2,7 +2,8 @@
 
 A loop asks the plan for the model and optimizer of the next step (:meth:`TrainingPlan.select`),
 steps them, and tells the plan the step's loss (:meth:`TrainingPlan.observe`). :class:`Motivator`
-is the plan of a Motivation run (two models); :class:`SingleModel` that of classical training (one).
+is the plan of a Motivation run (two models), :class:`~seeking.motivation.chain.Chain` that of a
+chain (N nested models); :class:`SingleModel` that of classical training (one).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ class TrainingPlan(Protocol):
     @property
     def p(self) -> float:
         """The fraction of the steps so far that trained the motivated model (0 before any step)."""
+        ...
+
+    @property
+    def steps_by_model(self) -> dict[str, int]:
+        """Steps so far that trained each model of the plan, by role."""
         ...
 
     def select(self) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -70,6 +76,11 @@ class SingleModel:
     def p(self) -> float:
         """1 if the model is the motivated (large) one and it stepped, else 0."""
         return float(self.active == "motivated") if self.steps else 0.0
+
+    @property
+    def steps_by_model(self) -> dict[str, int]:
+        """Every step trained the one model."""
+        return {self.active: self.steps}
 
     def select(self) -> tuple[nn.Module, torch.optim.Optimizer]:
         """The one model and its optimizer."""

@@ -95,19 +95,42 @@ def _ratio(num: float, den: float) -> float:
 
 
 def trained_steps(summary: dict[str, Any], role: str) -> int:
-    """Steps on which the ``role`` model (``base`` or ``motivated``) of a run stepped, from its summary."""
+    """Steps on which the ``role`` model of a run stepped, from its summary (its ``steps_by_model``;
+    summaries written before chains have only ``base`` and ``motivated``, counted from ``motivated_steps``)."""
+    if "steps_by_model" in summary:
+        return summary["steps_by_model"].get(role, 0)
     return summary["motivated_steps"] if role == "motivated" else summary["steps"] - summary["motivated_steps"]
+
+
+def chain_arms(roles: Sequence[str]) -> list[tuple[str, str, str]]:
+    """The (label, folder, role) of each row of a chain's comparison, ``roles`` its levels' roles
+    (:func:`~seeking.motivation.chain_roles`): each level's classical twin (the base: ``never``;
+    level ``i``: the chain cut at level ``i``, condition ``always``, so it starts from the chain's own
+    initialisation of that level), then the chain's every level. The ends keep a pair's labels and folders."""
+    tags = {"base": "base", "motivated": "large"}
+    classical = [
+        (
+            f"classical {tags.get(role, role)}",
+            f"classical_{tags.get(role, role)}",
+            "base" if role == "base" else "motivated",
+        )
+        for role in roles
+    ]
+    return [*classical, *((f"motivated {tags.get(role, role)}", "motivated", role) for role in roles)]
 
 
 def comparison_rows(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (arm, model) present in ``summaries`` (keyed by arm folder name), its keys the
-    columns of the runs' metric (:func:`comparison_columns`)."""
+    columns of the runs' metric (:func:`comparison_columns`). A chain's comparison (a motivated run of
+    more than two models) has a row per level and twin (:func:`chain_arms`) and no random control."""
+    chain = list(summaries.get("motivated", {}).get("models", {}))
+    arms = chain_arms(chain) if len(chain) > 2 else ARMS
     ref = summaries["classical_base"]
     metric = METRICS[ref.get("metric", "accuracy")]  # summaries before text runs have no "metric"
     ref_acc, ref_flops = ref["models"]["base"][metric.key], ref["train_flops"]
     large_flops = summaries.get("classical_large", {}).get("train_flops")
     rows = []
-    for label, arm, role in ARMS:
+    for label, arm, role in arms:
         summary = summaries.get(arm)
         if summary is None or role not in summary["models"]:
             continue
@@ -215,3 +238,30 @@ def gain_sentence(rows: list[dict[str, Any]]) -> str:
     else:
         why = "the classical large model did not beat the classical base, so there is no scaling gain to compare with"
     return f"{name} gain of motivation over classical scaling: not defined ({why})"
+
+
+def chain_sentence(summaries: dict[str, dict[str, Any]]) -> str:
+    """What a chain's one run cost against training each of its levels alone ("train once, deploy N"),
+    with the steps and share ``p`` of each level, from the arms' summaries (keyed by folder: the
+    ``motivated`` arm is the chain, the others its classical twins, :func:`chain_arms`)."""
+    chain = summaries["motivated"]
+    roles = list(chain["models"])
+    twins = [
+        summaries[folder]["train_flops"] for _, folder, _ in chain_arms(roles)[: len(roles)] if folder in summaries
+    ]
+    steps = ", ".join(
+        f"{role} {trained_steps(chain, role)} (p {trained_steps(chain, role) / max(chain['steps'], 1):.3f})"
+        for role in roles
+    )
+    flops = chain["train_flops"]
+    text = (
+        f"Train once, deploy {len(roles)}: the chain trained its {len(roles)} models in {flops / 1e12:.4g} TFLOPs "
+        f"(steps by level: {steps})"
+    )
+    if len(twins) == len(roles):
+        text += (
+            f"; its {len(roles)} classical twins cost {sum(twins) / 1e12:.4g} TFLOPs together "
+            f"({_ratio(sum(twins), flops):.2f}x the chain), the largest alone {twins[-1] / 1e12:.4g} "
+            f"({_ratio(twins[-1], flops):.2f}x)"
+        )
+    return text + "."

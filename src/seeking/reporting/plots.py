@@ -115,10 +115,11 @@ def _lines(ax, runs: dict[str, TrainRun], x_key: str, x_scale: float = 1.0) -> N
             points = [(e[x_key] / x_scale, e[f"{role}_accuracy"]) for e in run.epochs if f"{role}_accuracy" in e]
             if not points:
                 continue
-            label = f"{arm.replace('_', ' ')}: " * bool(arm) + f"{ROLE_NAMES[role]} ({model})"
+            label = f"{arm.replace('_', ' ')}: " * bool(arm) + f"{ROLE_NAMES.get(role, role)} ({model})"
             x, y = zip(*points, strict=True)
-            style = ARM_STYLES.get(arm, "-")
-            ax.plot(x, y, style, marker="o", markersize=3, color=ROLE_COLORS[role], label=label)
+            style = ARM_STYLES.get(arm, "--" if arm.startswith("classical") else "-")  # a chain's classical_level<i>
+            color = ROLE_COLORS.get(role, "tab:green")  # a chain's intermediate levels
+            ax.plot(x, y, style, marker="o", markersize=3, color=color, label=label)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     if ax.has_data():  # beside the plot: lines of several arms fill any corner

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunFolderError
-from ..motivation.conditions import CONDITIONS, ROLES
+from ..motivation.chain import run_models
+from ..motivation.conditions import CONDITIONS
 from ..runs import (
     COMPARISON_JSON,
     CONFIG,
@@ -44,16 +45,21 @@ class TrainRun:
 
     @property
     def model_names(self) -> dict[str, str]:
-        """Role (``base``, ``motivated``) to model name, for the models this run trained (its
-        condition's ``roles``). Raises :class:`RunFolderError` if the condition is not registered."""
+        """Role (``base``, a chain's ``level1``..., ``motivated``) to model name, for the models this run
+        trained (its condition's ``roles``: :func:`~seeking.motivation.run_models`). Raises
+        :class:`RunFolderError` if the condition is not registered."""
         condition = self.config.get("condition")
         if condition not in CONDITIONS:
             raise RunFolderError(
                 f"{self.path} was trained with the condition {condition!r}, which is not registered here: "
                 "register it (seeking.motivation.register_condition) before reading the run"
             )
-        roles = CONDITIONS[condition].roles
-        return {role: self.config.get(role, role) for role in ROLES if role in roles}
+        names = [
+            self.config.get("base", "base"),
+            *self.config.get("intermediate", []),
+            self.config.get("motivated", "motivated"),
+        ]
+        return run_models(names, CONDITIONS[condition].roles)
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -61,13 +67,15 @@ class TrainRun:
         ``p``, ``switches``, ``skipped_steps``. From the summary of a finished run; for an unfinished one
         counted from ``steps.jsonl``, which runs to its last step (its last epoch record may be far behind)."""
         if self.summary is not None:
-            return {key: self.summary[key] for key in ("steps", "motivated_steps", "p", "switches", "skipped_steps")}
+            keys = ("steps", "motivated_steps", "p", "switches", "skipped_steps", "steps_by_model")
+            return {key: self.summary[key] for key in keys if key in self.summary}  # older runs: no steps_by_model
         trained = [s for s in self.steps if "skipped" not in s]
-        motivated = sum(s["model"] == "motivated" for s in trained)
+        motivated = sum(s["model"] != "base" for s in trained)  # a chain's every level above the base
         models = [s["model"] for s in self.steps]
         return {
             "steps": len(trained),
             "motivated_steps": motivated,
+            "steps_by_model": {role: sum(s["model"] == role for s in trained) for role in self.model_names},
             "p": motivated / len(trained) if trained else 0.0,
             "switches": sum(a != b for a, b in itertools.pairwise(models)),
             "skipped_steps": len(self.steps) - len(trained),
@@ -104,7 +112,8 @@ def read_run_folder(path: str | Path) -> Run:
     config = _read_json(path / CONFIG) if (path / CONFIG).is_file() else {}
     if (path / EXCITATION_JSON).is_file():
         return ExcitationRun(path, config, _read_json(path / EXCITATION_JSON))
-    arms = {arm: read_train_run(path / arm) for arm in ARM_FOLDERS if (path / arm / CONFIG).is_file()}
+    levels = sorted(p.name for p in path.glob("classical_level*"))  # a chain's twins of its intermediate levels
+    arms = {arm: read_train_run(path / arm) for arm in [*ARM_FOLDERS, *levels] if (path / arm / CONFIG).is_file()}
     if arms or "random_control" in config:  # compare saves its config (with this key) before any arm starts
         return Comparison(path, config, arms, (path / COMPARISON_JSON).is_file())
     if (path / CONFIG).is_file():

@@ -3,7 +3,8 @@
 Arms, all with the same seed, data order and schedule: the classical base (condition ``never``),
 the classical large model alone (``always``), the motivated run (the configured condition, one the
 loss drives), and optionally the random control: exactly as many large-model steps as the motivated
-run took, at random positions (:class:`~seeking.motivation.RandomPlacement`).
+run took, at random positions (:class:`~seeking.motivation.RandomPlacement`). For a chain
+(``intermediate`` models): a classical twin of every level and the chain's run (no random control).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 from ..errors import ConfigError, SeekingWarning
 from ..flops import FLOPS_CONVENTION
 from ..io import atomic_write_text, write_json
-from ..motivation import CONDITIONS, RandomPlacement, classical_condition
+from ..motivation import CONDITIONS, RandomPlacement, chain_roles, classical_condition
 from ..reporting import comparison_rows, csv_table, efficiency_gain, markdown_table
-from ..reporting.comparison import gain_sentence
+from ..reporting.comparison import chain_arms, chain_sentence, gain_sentence
 from ..reporting.report import write_report
 from ..runs import (
     COMPARISON_CSV,
@@ -103,12 +104,17 @@ def compare(
             raise RunInterrupted(f"{exc.event} of arm {arm}", exc.command) from None
         return run.summary
 
-    classical = [
-        (f"classical_{name}", classical_condition(role)) for name, role in (("base", "base"), ("large", "motivated"))
-    ]
-    arms = [*classical, ("motivated", config.condition)]
+    arms = [*classical_twins(config), ("motivated", config)]
+    if random_control and config.intermediate:
+        warnings.warn(
+            "the random control is not built for chains (it places one exact count among a run's steps; a chain's "
+            "pairs see only their own steps): the comparison has the classical twins and the chain only",
+            SeekingWarning,
+            stacklevel=2,
+        )
+        random_control = False
     with StopRequests():  # a stop asked for during an arm's last step stops the next arm
-        summaries = {arm: run_arm(arm, dataclasses.replace(config, condition=condition)) for arm, condition in arms}
+        summaries = {arm: run_arm(arm, arm_config) for arm, arm_config in arms}
         if random_control:
             motivated = summaries["motivated"]
             count, total = motivated["motivated_steps"], motivated["steps"] + motivated["skipped_steps"]
@@ -129,14 +135,32 @@ def compare(
     rows = comparison_rows(summaries)
     table = markdown_table(rows)
     result = {"config": config.to_dict(), "rows": rows, "efficiency_gain": efficiency_gain(rows)}
+    sentences = gain_sentence(rows)
+    if config.intermediate:  # a chain: its one run against training every level alone
+        result["chain"] = chain_sentence(summaries)
+        sentences += f"\n\n{result['chain']}"
     if ranks.main:
-        atomic_write_text(out / COMPARISON_MD, table + f"\n\n{gain_sentence(rows)}\n\n{FLOPS_CONVENTION}.\n")
+        atomic_write_text(out / COMPARISON_MD, table + f"\n\n{sentences}\n\n{FLOPS_CONVENTION}.\n")
         atomic_write_text(out / COMPARISON_CSV, csv_table(rows))
         write_json(out / COMPARISON_JSON, _without_nan(result))
         mark_complete(out)
         if report:
             write_report([out], out / REPORT)
     return result
+
+
+def classical_twins(config: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    """The classical arms, by folder: the base alone (``never``) and each larger model alone (``always``):
+    a pair's large model, or each level ``i`` of a chain as the chain cut at level ``i``, so that each
+    twin is seeded as that level of the chain (:func:`~seeking.training.loop.build_models`)."""
+    chain = [config.base, *config.intermediate, config.motivated]
+    never, always = classical_condition("base"), classical_condition("motivated")
+    folders = [folder for _, folder, _ in chain_arms(chain_roles(len(chain)))[: len(chain)]]
+    twins = [
+        dataclasses.replace(config, intermediate=chain[1:level], motivated=chain[level], condition=always)
+        for level in range(1, len(chain))
+    ]
+    return list(zip(folders, [dataclasses.replace(config, condition=never), *twins], strict=True))
 
 
 def _without_nan(value: Any) -> Any:

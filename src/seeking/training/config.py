@@ -26,7 +26,14 @@ from ..data import data_source
 from ..errors import ConfigError, SeekingWarning, unknown_choice
 from ..excitation import list_strategies
 from ..models.registry import model_exists, model_folder, unknown_model_message
-from ..motivation import BATCHNORM_POLICIES, CONDITIONS, OPTIMIZER_STATE_POLICIES, SYNC_MODES
+from ..motivation import (
+    BATCHNORM_POLICIES,
+    CONDITIONS,
+    OPTIMIZER_STATE_POLICIES,
+    SYNC_MODES,
+    RandomPlacement,
+    run_models,
+)
 from ..reporting.excitation import BASELINE
 from ..reporting.tensorboard import require_tensorboard
 from .engine import compile_backend
@@ -240,9 +247,13 @@ class RunConfig:
         self.data = data_source(self.data)
         if self.tokenizer is not None:
             self.tokenizer = os.path.abspath(Path(self.tokenizer).expanduser())
+
+        def absolute(model: str) -> str:
+            return os.path.abspath(Path(model).expanduser()) if model_folder(model) is not None else model
+
         for name in self.model_fields:
-            if model_folder(getattr(self, name)) is not None:
-                setattr(self, name, os.path.abspath(Path(getattr(self, name)).expanduser()))
+            value = getattr(self, name)
+            setattr(self, name, [absolute(v) for v in value] if isinstance(value, list) else absolute(value))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -307,7 +318,7 @@ class TrainConfig(RunConfig):
     """
 
     image_only: ClassVar[tuple[str, ...]] = (*RunConfig.image_only, "crop_padding")
-    model_fields: ClassVar[tuple[str, ...]] = ("base", "motivated")
+    model_fields: ClassVar[tuple[str, ...]] = ("base", "intermediate", "motivated")
     # the fields a condition may read (its ``options``; seeking.motivation.make_condition)
     condition_options: ClassVar[tuple[str, ...]] = ("k", "p", "window", "z", "flops_saving", "epsilon")
 
@@ -327,6 +338,13 @@ class TrainConfig(RunConfig):
     )
     motivated: str = option(
         "resnet32", help="large model that contains the base (a name or a folder, as --base)", group="data and models"
+    )
+    intermediate: list[str] = option(  # noqa: RUF009 (a dataclass field)
+        [],
+        help="a chain (train once, deploy N): the models between --base and --motivated, smallest first, each "
+        "containing the one before (--pair A:B:C sets it to B)",
+        group="data and models",
+        metavar="MODEL",
     )
     condition: str = option(
         "decrease",
@@ -416,7 +434,7 @@ class TrainConfig(RunConfig):
         if {"p", "flops_saving"} <= set(condition.options) and self.changed("p") and self.changed("flops_saving"):
             unused.append("--p does nothing with --flops-saving, which sets the share of large-model steps")
         if len(condition.roles) == 1:  # one model: nothing is shared
-            for name in ("sync", "batchnorm", "optimizer_state"):
+            for name in ("sync", "batchnorm", "optimizer_state", "intermediate"):
                 if self.changed(name):
                     unused.append(
                         f"--{name.replace('_', '-')} does nothing with --condition {self.condition}, "
@@ -431,11 +449,25 @@ class TrainConfig(RunConfig):
             )
         return unused
 
+    def model_names(self) -> dict[str, str]:
+        """The models this run trains, by role (its condition's roles; a chain's intermediate levels
+        ``level1``... when both ends train: :func:`~seeking.motivation.run_models`)."""
+        return run_models([self.base, *self.intermediate, self.motivated], CONDITIONS[self.condition].roles)
+
     def validate(self) -> TrainConfig:
         super().validate()
         for role in ("base", "motivated"):
             if not model_exists(getattr(self, role)):
                 raise ConfigError(unknown_model_message(getattr(self, role), role))
+        for name in self.intermediate:
+            if not model_exists(name):
+                raise ConfigError(unknown_model_message(name, "intermediate"))
+        if self.intermediate and self.condition == RandomPlacement.name:
+            raise ConfigError(
+                f"the random condition places an exact count of steps among a run's steps; a chain's pairs see "
+                f"only their own steps, so it is not built for chains (--intermediate {' '.join(self.intermediate)}): "
+                "use it on a pair"
+            )
         if self.k < 1:
             raise ConfigError(f"k (consecutive loss decreases before switching) must be >= 1, got {self.k}")
         if not 0.0 <= self.p <= 1.0:

@@ -18,6 +18,7 @@ the current step, writes a checkpoint and raises :class:`~seeking.training.check
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -39,7 +40,7 @@ from ..model_file import save_model
 from ..models import create_model
 from ..models.registry import model_recipe
 from ..moe import expert_layers, moe_aux_loss
-from ..motivation import CONDITIONS, Condition, Motivator, Never, SingleModel, TrainingPlan, make_condition
+from ..motivation import Chain, Condition, Motivator, Never, SingleModel, TrainingPlan, chain_roles, make_condition
 from ..motivation.batchnorm import deployable_copy
 from ..reporting.comparison import trained_steps
 from ..reporting.excitation import BASELINE
@@ -48,12 +49,12 @@ from ..runs import (
     CHECKPOINTS,
     CONFIG,
     EPOCHS_LOG,
-    MODEL_FILES,
     STEPS_LOG,
     SUMMARY,
     TENSORBOARD,
     mark_complete,
     mark_incomplete,
+    model_file,
     open_run_dir,
     resume_command,
     run_config,
@@ -78,21 +79,22 @@ class RunResult:
 class Tested(Record):
     """What the Motivation task keeps besides the engine's counters."""
 
-    flops: dict[str, int] = field(default_factory=dict)  # training FLOPs so far, by role
+    flops: dict[str, int] = field(default_factory=dict)  # training FLOPs so far, by role (a chain's: by level)
     eval_seconds: float = 0.0
     results: dict[str, dict[str, float]] = field(default_factory=dict)  # the last test of each model
 
 
 def build_models(config: TrainConfig, data: DataTask) -> dict[str, nn.Module]:
-    """The models this run trains, those its condition's roles name. Each is seeded on its own, so
-    the classical base and the base of a motivated run start from identical weights, and likewise the
-    large models."""
+    """The models this run trains (:meth:`TrainConfig.model_names`). Each is seeded on its own, with
+    ``seed`` plus its level in the chain (base 0, a pair's large model 1), so the classical base and
+    the base of a motivated run start from identical weights, and likewise the large models."""
     kwargs = {**data.model_kwargs(), **config.model_kwargs}
+    names = config.model_names()
     models = {}
-    for offset, role in enumerate(("base", "motivated")):
-        if role in CONDITIONS[config.condition].roles:
+    for offset, role in enumerate(chain_roles(len(config.intermediate) + 2)):
+        if role in names:
             torch.manual_seed(config.seed + offset)
-            models[role] = create_model(getattr(config, role), **kwargs)
+            models[role] = create_model(names[role], **kwargs)
     return models
 
 
@@ -122,9 +124,9 @@ def probe_models(config: TrainConfig, data: DataTask, models: dict[str, nn.Modul
     batch (the real shape): this pass is also the probe that each model can take the data, so a model
     that cannot is a ``ConfigError`` naming the fix, before the run folder exists."""
     sample, targets = data.probe_batch()
-    flops = {}
+    flops, names = {}, config.model_names()
     for role, model in models.items():
-        with probing(getattr(config, role), model, tuple(sample.shape), data.describe):
+        with probing(names[role], model, tuple(sample.shape), data.describe):
             flops[role] = loss_step_flops(model, sample, targets, data.loss)
     return flops
 
@@ -132,9 +134,10 @@ def probe_models(config: TrainConfig, data: DataTask, models: dict[str, nn.Modul
 def train_task(config: TrainConfig, device: torch.device, progress: bool, dataset: ImageDataset | None) -> DataTask:
     """The data of ``seeking train`` (image classification, its training batches augmented, or text),
     after checking that both models are for that kind of data."""
-    for role in ("base", "motivated"):
-        check_model_kind(getattr(config, role), data_kind(config.data), "--pair (or --base, --motivated)")
-    check_tokenizer(config, [config.base, config.motivated])
+    names = [config.base, *config.intermediate, config.motivated]
+    for name in names:
+        check_model_kind(name, data_kind(config.data), "--pair (or --base, --motivated)")
+    check_tokenizer(config, names)
     options = {"split_seed": config.seed, "augmentation": True, "progress": progress, "dataset": dataset}
     data = load_data_task(config, device, **options)
     data.steps_per_epoch()  # refuses data too short for one step per epoch, before a comparison writes
@@ -146,24 +149,38 @@ def check_run(config: TrainConfig, dataset: ImageDataset | None, device: torch.d
     data sizes, the pair, both models on one forward and backward of a batch of the real shape, and
     the condition's options (a budget's ``flops_saving`` against the FLOPs that pass counts)."""
     data = train_task(config, device, False, dataset)
-    models = {
-        role: create_model(getattr(config, role), **data.model_kwargs(), **config.model_kwargs).to(device)
-        for role in ("base", "motivated")
-    }
-    for role, model in models.items():
-        check_excitable(config, getattr(config, role), model)
-    run_condition(config, data.steps_per_epoch() * config.epochs, probe_models(config, data, models))
-    # the map inferred and the start checked as in train(); its warnings are left to the arms
-    unused = [torch.optim.SGD(m.parameters(), lr=0.0) for m in models.values()]
+    names = [config.base, *config.intermediate, config.motivated]
+    models = [create_model(name, **data.model_kwargs(), **config.model_kwargs).to(device) for name in names]
+    for name, model in zip(names, models, strict=True):
+        check_excitable(config, name, model)
+    roles = chain_roles(len(models))
+    trained = config.model_names()
+    step_flops = probe_models(config, data, {r: m for r, m in zip(roles, models, strict=True) if r in trained})
+    # each pair's condition built: its options checked (a budget's flops_saving against these FLOPs)
+    pair_conditions(config, data.steps_per_epoch() * config.epochs, step_flops)
+    # the maps inferred and the starts checked as in train() (a chain of two is the pair's Motivator);
+    # their warnings are left to the arms
+    unused = [torch.optim.SGD(m.parameters(), lr=0.0) for m in models]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        Motivator(*models.values(), Never(), *unused, example_input=data.example())
+        Chain(models, [Never() for _ in models[1:]], unused, example_input=data.example())
 
 
-def run_condition(config: TrainConfig, total: int, step_flops: dict[str, int]) -> Condition:
-    """The run's condition, from its options, its number of steps and each model's FLOPs per step."""
+def run_condition(config: TrainConfig, total: int, step_flops: dict[str, int], seed: int) -> Condition:
+    """A condition of the run, from its options, its number of steps and the FLOPs per step of the
+    pair it decides for (``{"base": ..., "motivated": ...}``), seeded with ``seed``."""
     options = {name: getattr(config, name) for name in config.condition_options}
-    return make_condition(config.condition, seed=config.seed, total=total, step_flops=step_flops, **options)
+    return make_condition(config.condition, seed=seed, total=total, step_flops=step_flops, **options)
+
+
+def pair_conditions(config: TrainConfig, total: int, step_flops: dict[str, int]) -> list[Condition]:
+    """One condition per adjacent pair of the run's models (``step_flops`` by role: the trained ones'),
+    pair ``i`` seeded ``seed + i`` and given its own two levels' FLOPs."""
+    roles = [role for role in chain_roles(len(config.intermediate) + 2) if role in step_flops]
+    return [
+        run_condition(config, total, {"base": step_flops[low], "motivated": step_flops[high]}, config.seed + i)
+        for i, (low, high) in enumerate(itertools.pairwise(roles))
+    ]
 
 
 def build_plan(
@@ -174,22 +191,22 @@ def build_plan(
     total: int,
     step_flops: dict[str, int],
 ) -> TrainingPlan:
-    """A Motivator for a pair (built after the models are on their device), or one model alone."""
+    """A Motivator for a pair, a Chain for more models (built after the models are on their device;
+    pair ``i`` of a chain gets its own condition, seeded ``seed + i``), or one model alone."""
     if len(models) == 1:
         ((role, model),) = models.items()
         return SingleModel(role, model, optimizers[role])
-    return Motivator(
-        models["base"],
-        models["motivated"],
-        run_condition(config, total, step_flops),
-        optimizers["base"],
-        optimizers["motivated"],
-        optimizer_state=config.optimizer_state,
-        batchnorm=config.batchnorm,
-        sync=config.sync,
-        example_input=data.example(),
-        average_loss=False,  # the engine passes the loss it averaged over the processes
-    )
+    conditions = pair_conditions(config, total, step_flops)
+    policies = {
+        "optimizer_state": config.optimizer_state,
+        "batchnorm": config.batchnorm,
+        "sync": config.sync,
+        "example_input": data.example(),
+        "average_loss": False,  # the engine passes the loss it averaged over the processes
+    }
+    if len(models) == 2:  # the Motivator itself (a chain of two equals it; its checkpoints hold its state)
+        return Motivator(*models.values(), *conditions, *optimizers.values(), **policies)
+    return Chain(list(models.values()), conditions, list(optimizers.values()), **policies)
 
 
 class MotivationTask:
@@ -290,6 +307,7 @@ class MotivationTask:
             "epoch": epoch,
             "steps": plan.steps,
             "p": plan.p,
+            **{f"p_{role}": share for role, share in p_by_model(plan).items()},  # each model's share of the steps
             "switches": plan.switches,
             "train_loss": c.mean_loss,
             "skipped_steps": c.skipped,
@@ -306,8 +324,10 @@ class MotivationTask:
         self.epochs_log.write(record)
         self.board.write("epoch", c.step, record)
         tested = [n for n in self.models if f"{n}_{self.data.metric_key}" in record]
+        levels = list(self.models) if len(self.models) > 2 else []  # a chain: each level's share
         self.log(
             f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  p {plan.p:.2f}  "
+            + "".join(f"p_{role} {record[f'p_{role}']:.2f}  " for role in levels)
             + "".join(f"{n} {self.data.metric} {record[f'{n}_{self.data.metric_key}']:.4g}  " for n in tested)
             + (f"{c.skipped} skipped steps  " if c.skipped else "")
             + f"{c.train_seconds:.1f}s"
@@ -343,7 +363,8 @@ def train(
     models = {role: m.to(device, memory_format=memory_format) for role, m in build_models(config, data).items()}
     step_flops = probe_models(config, data, models)  # also the probe that the models take the data
     total = data.steps_per_epoch() * config.epochs
-    optimizers = {role: build_optimizer(config, getattr(config, role), m) for role, m in models.items()}
+    names = config.model_names()
+    optimizers = {role: build_optimizer(config, names[role], m) for role, m in models.items()}
     plan = build_plan(config, models, optimizers, data, total, step_flops)  # checks the pair and its start
     if warn_unused and not resume:
         config.warn_unused()
@@ -376,7 +397,7 @@ def train(
         log(f"{run_dir} has no checkpoint yet: starting the run again from step 0")
         write_json(run_dir / CONFIG, record)
         mark_incomplete(run_dir, continue_with)
-    names = {role: getattr(config, role) for role in models}
+    names = config.model_names()
     log(
         f"training {' -> '.join(names.values())} on {data.name} ({data.sizes}), condition {config.condition}, "
         f"{counted(config.epochs, 'epoch')} x {counted(data.steps_per_epoch(), 'step')}, run folder {run_dir}"
@@ -393,12 +414,12 @@ def train(
     for role, model in task.tested.items():  # the last test's figures describe exactly these models
         if ranks.main:
             metadata = data.file_metadata(config.data, config.test_subset)
-            save_model(model, run_dir / MODEL_FILES[role], *model_recipe(names[role], model, kwargs), metadata)
+            save_model(model, run_dir / model_file(role), *model_recipe(names[role], model, kwargs), metadata)
         summary["models"][role] = {
             "model": names[role],
             **task.record.results[role],
             "parameters": sum(p.numel() for p in model.parameters()),
-            "checkpoint": MODEL_FILES[role],
+            "checkpoint": model_file(role),
         }
     if ranks.main:
         write_json(run_dir / SUMMARY, summary)
@@ -417,6 +438,8 @@ def run_summary(config: TrainConfig, task: MotivationTask, counters: Counters) -
         "motivated_steps": plan.motivated_steps,
         "p": plan.p,
         "switches": plan.switches,
+        "steps_by_model": plan.steps_by_model,
+        "p_by_model": p_by_model(plan),
         "skipped_steps": counters.skipped,
         "train_flops": sum(flops.values()),
         "train_flops_by_model": flops,
@@ -427,6 +450,11 @@ def run_summary(config: TrainConfig, task: MotivationTask, counters: Counters) -
         "eval_seconds": task.record.eval_seconds,
         "models": {},
     }
+
+
+def p_by_model(plan: TrainingPlan) -> dict[str, float]:
+    """The fraction of the plan's steps so far that trained each of its models (0 before any step)."""
+    return {role: count / plan.steps if plan.steps else 0.0 for role, count in plan.steps_by_model.items()}
 
 
 def warn_untrained(summary: dict[str, Any], names: dict[str, str], run_dir: Path) -> None:
@@ -441,7 +469,7 @@ def warn_untrained(summary: dict[str, Any], names: dict[str, str], run_dir: Path
         if trained_steps(summary, role) == 0:
             warnings.warn(
                 f"the {role} model {names[role]} of {run_dir} was never trained: none of the run's "
-                f"{counted(summary['steps'], 'step')} were its (p = {summary['p']:.3f}), so {MODEL_FILES[role]} "
+                f"{counted(summary['steps'], 'step')} were its (p = {summary['p']:.3f}), so {model_file(role)} "
                 f"holds {shared}its starting weights; check --condition, --k and --p",
                 SeekingWarning,
                 stacklevel=4,  # the caller of train(), past its storage-error wrapper
