@@ -455,3 +455,22 @@ def test_routing_metrics_read_a_layer_written_from_the_protocol():
     model[0].last_counts = torch.zeros(E + 1)
     with pytest.raises(ConfigError, match="last_counts has shape"):
         routing_metrics(model)
+
+
+def test_rows_after_the_groups_never_reach_a_gradient_even_as_nan():
+    """A grouped kernel may leave the padding rows (after the last group) as uninitialised memory, which
+    can hold NaN: neither the output nor any gradient (inputs, routing weights) may see them."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, requires_grad=True)
+    logits = torch.randn(6, 3, requires_grad=True)
+    weights, indices = logits.softmax(-1).topk(2, dim=-1)
+    valid = torch.tensor([True, True, True, True, False, False])
+
+    def garbage_after_groups(inputs, counts):
+        out = inputs * 2
+        return torch.cat([out[: int(counts.sum())], torch.full_like(out[int(counts.sum()) :], math.nan)])
+
+    out = run_experts(x, indices, weights, garbage_after_groups, 3, valid)
+    out.sum().backward()
+    assert out.isfinite().all() and x.grad.isfinite().all() and logits.grad.isfinite().all()
+    assert (out[4:] == 0).all()

@@ -79,9 +79,11 @@ def run_experts(
     if routed is not None:  # the rows after the groups: no gradient back to the padding tokens
         inputs = torch.where(routed, inputs, 0)
     y = grouped(inputs, counts)
-    y = y * weights.flatten().index_select(0, order)[:, None].to(y.dtype)
-    if routed is not None:  # those rows' outputs may be uninitialised memory (not even 0 * NaN)
+    # those rows' outputs may be uninitialised memory: masked before anything multiplies them, or the
+    # routing weights' gradient (upstream gradient times these outputs) would be 0 * NaN
+    if routed is not None:
         y = torch.where(routed, y, 0)
+    y = y * weights.flatten().index_select(0, order)[:, None].to(y.dtype)
     return y.new_zeros(x.shape[0], y.shape[1]).index_add_(0, tokens, y)
 
 
