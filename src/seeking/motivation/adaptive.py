@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any
 
 from ..errors import ConfigError
-from .conditions import ROLES, Condition, register_condition
+from .conditions import ROLES, Condition, check_placement, register_condition
 
 
 def slope_t(losses: list[float] | deque[float]) -> float:
@@ -167,12 +167,7 @@ class BudgetController(_LossWindow):
 
     def __init__(self, count: int, total: int, window: int = 10) -> None:
         super().__init__(window)
-        if not 0 <= count <= total or total < 1:
-            raise ConfigError(
-                f"the budget condition places count in [0, total] motivated steps among total >= 1 steps, "
-                f"got count={count!r}, total={total!r}"
-            )
-        self.count, self.total = int(count), int(total)
+        self.count, self.total = check_placement("the budget condition", count, total)
         self.decided = 0  # steps decided so far (the current one included)
         self.placed = 0  # of which motivated
         self.scores: deque[float] = deque(maxlen=self.MEMORY * self.window)

@@ -220,6 +220,17 @@ class RandomRate(Condition):  # not registered: a run knows its length, and uses
         return f"RandomRate(p={self.p})"
 
 
+def check_placement(what: str, count: int, total: int) -> tuple[int, int]:
+    """``(count, total)`` as ints for a condition that places exactly ``count`` motivated steps among
+    ``total``; ``ConfigError`` naming ``what`` unless ``0 <= count <= total`` and ``total >= 1``."""
+    if not 0 <= count <= total or total < 1:
+        raise ConfigError(
+            f"{what} places count in [0, total] motivated steps among total >= 1 steps, "
+            f"got count={count!r}, total={total!r}"
+        )
+    return int(count), int(total)
+
+
 @register_condition
 class RandomPlacement(Condition):
     """The control: exactly ``count`` of the run's ``total`` steps train the motivated model, at
@@ -240,12 +251,7 @@ class RandomPlacement(Condition):
 
     def __init__(self, count: int, total: int, seed: int = 0) -> None:
         super().__init__()
-        if not 0 <= count <= total or total < 1:
-            raise ConfigError(
-                f"the random control places count in [0, total] motivated steps among total >= 1 steps, "
-                f"got count={count!r}, total={total!r}"
-            )
-        self.count, self.total = int(count), int(total)
+        self.count, self.total = check_placement("the random control", count, total)
         self.decided = 0  # steps decided so far (the current one included)
         self.placed = 0  # of which motivated
         self.rng = random.Random(seed)
