@@ -191,8 +191,10 @@ def test_what_is_not_a_chain_is_refused_before_anything_is_copied():
         with pytest.raises(ConfigError, match=message):
             Chain(*args)
     assert_same(before, tensors(models))
-    with pytest.raises(ConfigError, match="not built for chains"):
-        TrainConfig(base="resnet20", intermediate=["resnet32"], motivated="resnet56", condition="random").validate()
+    for condition in ("random", "budget"):  # an exact count of the run's steps: a chain's pairs see only their own
+        with pytest.raises(ConfigError, match=f"the {condition} condition .* not built for chains"):
+            chain = {"base": "resnet20", "intermediate": ["resnet32"], "motivated": "resnet56"}
+            TrainConfig(**chain, condition=condition).validate()
 
 
 # --- chains in seeking train / compare: a GPT 2 -> 4 -> 8 layers on a tiny text ---

@@ -127,7 +127,8 @@ def kernel_for(x: Tensor, w1: Tensor, w2: Tensor) -> str:
     contiguous weights, rows starting on 16-byte boundaries: ``dim`` and ``hidden`` times the
     element size multiples of 16 bytes), else ``loop``."""
     device = x.device.type
-    if device not in GROUPED_MM_DTYPES:
+    # torch.compile's CPU meta kernel of _grouped_mm takes bfloat16/float16 only (torch 2.14): traced, the loop
+    if device not in GROUPED_MM_DTYPES or (device == "cpu" and torch.compiler.is_compiling()):
         return "loop"
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     takes = (

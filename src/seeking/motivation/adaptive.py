@@ -159,6 +159,7 @@ class BudgetController(_LossWindow):
     """
 
     name = "budget"
+    counts_run_steps = True
     reads_loss = True
     options = ("p", "window", "flops_saving", "step_flops")
     # statistics ranked, in windows: long enough to hold phases of fall and of noise (a rank among the

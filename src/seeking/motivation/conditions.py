@@ -84,6 +84,9 @@ class Condition:
     # the run options (k, p, window, ...) that from_options reads, others do nothing; besides k and p
     # (always given) from_options receives these by keyword, and ``step_flops`` if named
     options: ClassVar[tuple[str, ...]] = ()
+    # places an exact count of the run's steps (from ``total``): a chain's pairs see only their own
+    # levels' steps, so such a condition is refused for chains
+    counts_run_steps: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.motivated = False
@@ -247,6 +250,7 @@ class RandomPlacement(Condition):
     """
 
     name = "random"
+    counts_run_steps = True
     options = ("p",)
 
     def __init__(self, count: int, total: int, seed: int = 0) -> None:

@@ -31,7 +31,6 @@ from ..motivation import (
     CONDITIONS,
     OPTIMIZER_STATE_POLICIES,
     SYNC_MODES,
-    RandomPlacement,
     run_models,
 )
 from ..reporting.excitation import BASELINE
@@ -462,11 +461,11 @@ class TrainConfig(RunConfig):
         for name in self.intermediate:
             if not model_exists(name):
                 raise ConfigError(unknown_model_message(name, "intermediate"))
-        if self.intermediate and self.condition == RandomPlacement.name:
+        if self.intermediate and CONDITIONS[self.condition].counts_run_steps:
             raise ConfigError(
-                f"the random condition places an exact count of steps among a run's steps; a chain's pairs see "
-                f"only their own steps, so it is not built for chains (--intermediate {' '.join(self.intermediate)}): "
-                "use it on a pair"
+                f"the {self.condition} condition places an exact count of steps among a run's steps; a chain's pairs "
+                f"see only their own steps, so it is not built for chains (--intermediate "
+                f"{' '.join(self.intermediate)}): use it on a pair"
             )
         if self.k < 1:
             raise ConfigError(f"k (consecutive loss decreases before switching) must be >= 1, got {self.k}")
