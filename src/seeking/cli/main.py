@@ -96,7 +96,13 @@ def _add_run_options(group: argparse._ActionsContainer, folder: str, out_help: s
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     groups = _add_config_options(parser, TrainConfig)
-    groups["data and models"].add_argument(
+    _add_pair_option(groups["data and models"])
+    _add_run_options(groups["run"], "RUN_DIR", "run folder (default: runs/<command>-<time>)")
+
+
+def _add_pair_option(group: argparse._ArgumentGroup) -> None:
+    """``--pair`` (also spelled ``--chain``) of train, compare and sweep compare."""
+    group.add_argument(
         "--pair",
         "--chain",
         dest="pair",
@@ -104,7 +110,6 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         "(e.g. efficientnet_b0:efficientnet_b2); more names make a chain, BASE:...:MOTIVATED "
         "(e.g. resnet20:resnet32:resnet56, the middle ones --intermediate)",
     )
-    _add_run_options(groups["run"], "RUN_DIR", "run folder (default: runs/<command>-<time>)")
 
 
 def _json_object(option: str, text: str) -> dict:
@@ -410,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = p.add_subparsers(dest="sweep", required=True)
     q = kinds.add_parser("compare", help="seeking compare's arms over the grid")
     groups = _add_sweep_options(q, TrainConfig)
-    groups["data and models"].add_argument("--pair", help="BASE:MOTIVATED, as for compare")
+    _add_pair_option(groups["data and models"])
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one comparison per seed and setting")
     q = kinds.add_parser("excite", help="seeking excite's arms over the grid")
     _add_sweep_options(q, ExciteConfig)
