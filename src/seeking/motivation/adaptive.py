@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any
 
 from ..errors import ConfigError
-from .conditions import ROLES, Condition, check_placement, register_condition
+from .conditions import ROLES, Condition, check_placement, load_placement, placement_state, register_condition
 
 
 def slope_t(losses: list[float] | deque[float]) -> float:
@@ -220,21 +220,13 @@ class BudgetController(_LossWindow):
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
-            "count": self.count,
-            "total": self.total,
-            "decided": self.decided,
-            "placed": self.placed,
+            **placement_state(self),
             "scores": list(self.scores),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if (state["count"], state["total"]) != (self.count, self.total):
-            raise ConfigError(
-                f"condition state was saved for {state['count']} of {state['total']} steps, "
-                f"this condition places {self.count} of {self.total}"
-            )
+        load_placement(self, state)
         super().load_state_dict(state)
-        self.decided, self.placed = int(state["decided"]), int(state["placed"])
         self.scores = deque((float(v) for v in state["scores"]), maxlen=self.MEMORY * self.window)
 
     def __repr__(self) -> str:

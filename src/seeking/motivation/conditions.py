@@ -234,6 +234,21 @@ def check_placement(what: str, count: int, total: int) -> tuple[int, int]:
     return int(count), int(total)
 
 
+def placement_state(condition: Any) -> dict[str, int]:
+    """The state every exact-count condition has: ``count`` of ``total`` steps, ``decided`` and ``placed`` so far."""
+    return {k: getattr(condition, k) for k in ("count", "total", "decided", "placed")}
+
+
+def load_placement(condition: Any, state: dict[str, Any]) -> None:
+    """Restore :func:`placement_state`; ``ConfigError`` for a state saved for another count or total."""
+    if (state["count"], state["total"]) != (condition.count, condition.total):
+        raise ConfigError(
+            f"condition state was saved for {state['count']} of {state['total']} steps, "
+            f"this condition places {condition.count} of {condition.total}"
+        )
+    condition.decided, condition.placed = int(state["decided"]), int(state["placed"])
+
+
 @register_condition
 class RandomPlacement(Condition):
     """The control: exactly ``count`` of the run's ``total`` steps train the motivated model, at
@@ -282,23 +297,11 @@ class RandomPlacement(Condition):
         self._decide()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "motivated": self.motivated,
-            "count": self.count,
-            "total": self.total,
-            "decided": self.decided,
-            "placed": self.placed,
-            "rng": self.rng.getstate(),
-        }
+        return {"motivated": self.motivated, **placement_state(self), "rng": self.rng.getstate()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if (state["count"], state["total"]) != (self.count, self.total):
-            raise ConfigError(
-                f"condition state was saved for {state['count']} of {state['total']} steps, "
-                f"this condition places {self.count} of {self.total}"
-            )
+        load_placement(self, state)
         super().load_state_dict(state)
-        self.decided, self.placed = int(state["decided"]), int(state["placed"])
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
 
