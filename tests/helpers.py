@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -149,3 +150,30 @@ def run_processes(worker, *args, nprocs=2, timeout=120.0):
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+WORDS = [
+    "to",
+    "be",
+    "or",
+    "not",
+    "to",
+    "be",
+    "that",
+    "is",
+    "the",
+    "question",
+    "whether",
+    "tis",
+    "nobler",
+    "in",
+    "the",
+    "mind",
+]
+
+
+def write_words(path: Path, characters: int) -> Path:
+    """A small text file of seeded random words from :data:`WORDS`, cut to ``characters``."""
+    rng = random.Random(0)
+    path.write_text(" ".join(rng.choice(WORDS) for _ in range(400))[:characters])
+    return path

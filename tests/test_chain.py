@@ -5,12 +5,11 @@ continues bit for bit."""
 import copy
 import itertools
 import json
-import random
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Crash, assert_same_run, crash_at
+from helpers import Crash, assert_same_run, crash_at, write_words
 
 from seeking import Chain, ConsecutiveDecrease, Motivator, TrainConfig, load_model
 from seeking.cli.main import main
@@ -218,28 +217,7 @@ TINY += ["--optimizer", "adamw", "--lr", "3e-3", "--weight-decay", "0", "--warmu
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    rng = random.Random(0)
-    words = [
-        "to",
-        "be",
-        "or",
-        "not",
-        "to",
-        "be",
-        "that",
-        "is",
-        "the",
-        "question",
-        "whether",
-        "tis",
-        "nobler",
-        "in",
-        "the",
-        "mind",
-    ]
-    path = tmp_path_factory.mktemp("text") / "play.txt"
-    path.write_text(" ".join(rng.choice(words) for _ in range(400))[:640])  # 18 steps of 4 x 8 characters
-    return path
+    return write_words(tmp_path_factory.mktemp("text") / "play.txt", 640)  # 18 steps of 4 x 8 characters
 
 
 def test_compare_of_a_chain_reports_every_level_against_its_classical_twin(text_file, tmp_path, capsys):

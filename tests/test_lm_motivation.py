@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 import torch
-from helpers import Crash, assert_same_run, crash_at
+from helpers import Crash, assert_same_run, crash_at, write_words
 
 from seeking import TrainConfig, train
 from seeking.cli.main import main
@@ -43,29 +42,7 @@ TINY = dict(
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    words = [
-        "to",
-        "be",
-        "or",
-        "not",
-        "to",
-        "be",
-        "that",
-        "is",
-        "the",
-        "question",
-        "whether",
-        "tis",
-        "nobler",
-        "in",
-        "the",
-        "mind",
-    ]
-    rng = random.Random(0)
-    text = " ".join(rng.choice(words) for _ in range(400))[:1200]
-    path = tmp_path_factory.mktemp("text") / "play.txt"
-    path.write_text(text)
-    return path
+    return write_words(tmp_path_factory.mktemp("text") / "play.txt", 1200)
 
 
 @pytest.fixture(scope="module")
