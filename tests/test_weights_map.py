@@ -245,7 +245,7 @@ def test_zero_copy_sharing_gives_the_same_result_as_copying(width, batchnorm):
 
 def test_zero_copy_base_tensors_are_views_of_the_motivated_ones():
     base, large, motivator = train_steps("share", steps=0)
-    assert motivator.map.aliased == {n for n, _ in base.named_parameters()}  # depth growth: everything
+    assert set(motivator.map.aliased) == {n for n, _ in base.named_parameters()}  # depth growth: everything
     with torch.no_grad():
         large.conv1.weight[0, 0, 0, 0] = 123.0
         large.fc.bias[3] = -7.0
@@ -255,8 +255,58 @@ def test_zero_copy_base_tensors_are_views_of_the_motivated_ones():
     # width growth: contiguous regions (leading output channels of the stem, norms, biases) are
     # shared; strided ones (an inner dimension grew) are copied
     base, large, motivator = train_steps("share", width=2, steps=0)
-    assert {"conv1.weight", "bn1.weight", "fc.bias"} <= motivator.map.aliased
+    assert {"conv1.weight", "bn1.weight", "fc.bias"} <= set(motivator.map.aliased)
     assert "fc.weight" not in motivator.map.aliased and "stages.0.0.conv1.weight" not in motivator.map.aliased
+
+
+def train_with_interruptions(sync, optimizer, width):
+    """12 steps of resnet20 in resnet32 (k = 1) where, after step 6, both optimizers reload their own state
+    (new tensors) and both models are moved through float64 and back (new storage), as a resume or a
+    careless ``Module.to`` would; returns the models, the optimizers and the Motivator."""
+    torch.manual_seed(0)
+    base = create_model("resnet20")
+    torch.manual_seed(1)
+    large = create_model("resnet32", width=width)
+    make = {"sgd": sgd, "adamw": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3)}[optimizer]
+    opts = make(base), make(large)
+    motivator = Motivator(base, large, ConsecutiveDecrease(k=1), *opts, sync=sync)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(12):
+        if step == 6:
+            for opt in opts:
+                opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+            for model in (base, large):
+                model.double().float()
+        x, y = torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        model, opt = motivator.select()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        motivator.observe(loss)
+    motivator.finish()
+    return base, large, opts, motivator
+
+
+@pytest.mark.parametrize("optimizer,width", [("sgd", 1), ("adamw", 1), ("adamw", 2)])
+def test_zero_copy_shares_the_optimizer_state_and_survives_new_tensors(optimizer, width):
+    copied = train_with_interruptions("copy", optimizer, width)
+    shared = train_with_interruptions("share", optimizer, width)
+    assert copied[3].switches >= 4 and shared[3].switches == copied[3].switches
+    for a, b in ((copied[0], shared[0]), (copied[1], shared[1])):  # the same weights, bit for bit
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    for a, b in zip(copied[2], shared[2], strict=True):  # the same optimizer states, bit for bit
+        for pa, pb in zip(a.state.values(), b.state.values(), strict=True):
+            assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    # the sharing came back after the new tensors: weights and their state are one storage again
+    base, large, (base_opt, large_opt), motivator = shared
+    assert base.conv1.weight.data_ptr() == large.conv1.weight.data_ptr()
+    key = "momentum_buffer" if optimizer == "sgd" else "exp_avg"
+    assert base_opt.state[base.conv1.weight][key].data_ptr() == large_opt.state[large.conv1.weight][key].data_ptr()
+    with torch.no_grad():
+        large_opt.state[large.conv1.weight][key].view(-1)[0] = 42.0
+    assert base_opt.state[base.conv1.weight][key].view(-1)[0].item() == 42.0
 
 
 def mlp(*widths):

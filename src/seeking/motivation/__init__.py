@@ -17,7 +17,7 @@ from .conditions import (
     register_condition,
 )
 from .identity import IDENTITY_RULES, make_identity, register_identity_rule
-from .motivator import BATCHNORM_POLICIES, OPTIMIZER_STATE_POLICIES, SYNC_MODES, Motivator
+from .motivator import BATCHNORM_POLICIES, DEFAULT_SYNC, OPTIMIZER_STATE_POLICIES, SYNC_MODES, Motivator
 from .plan import SingleModel, TrainingPlan
 from .weights_map import MapEntry, WeightMap
 
@@ -27,6 +27,7 @@ __all__ = [
     "IDENTITY_RULES",
     "OPTIMIZER_STATE_POLICIES",
     "ROLES",
+    "DEFAULT_SYNC",
     "SYNC_MODES",
     "Always",
     "BudgetController",

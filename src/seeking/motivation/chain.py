@@ -42,6 +42,7 @@ from ..errors import ConfigError
 from .batchnorm import deployable_copy
 from .conditions import ROLES, Condition
 from .motivator import (
+    DEFAULT_SYNC,
     BatchNormPolicy,
     JointOptimizer,
     Motivator,
@@ -99,7 +100,7 @@ class Chain:
         optimizer_state: OptimizerStatePolicy = "carried",
         batchnorm: BatchNormPolicy = "separate",
         preserve_function: bool = True,
-        sync: SyncMode = "copy",
+        sync: SyncMode = DEFAULT_SYNC,
         example_input: torch.Tensor | tuple[Any, ...] | None = None,
         state: dict[str, Any] | None = None,
         average_loss: bool = True,
@@ -140,6 +141,7 @@ class Chain:
                 example_input=example_input,
                 state=pair_states[i],
                 average_loss=False,  # the chain reads (and averages) each loss once, in observe()
+                sync="copy",
             )
             for i in range(n - 1)
         ]
@@ -147,7 +149,7 @@ class Chain:
             # top down: a level made a view of the level above before it becomes the storage of the one below,
             # so a weight shared by every level ends as one storage, the top model's
             for i in reversed(range(n - 1)):
-                self.pairs[i].map.alias(models[i], models[i + 1], buffers=batchnorm == "shared")
+                self.pairs[i].share()
         self.optimizer = JointOptimizer(self)
         self.steps = self.switches = 0
         self.level_steps = [0] * n

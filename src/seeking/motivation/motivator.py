@@ -104,6 +104,7 @@ SyncMode = Literal["copy", "share"]
 OPTIMIZER_STATE_POLICIES = ("carried", "separate")
 BATCHNORM_POLICIES = ("separate", "shared")
 SYNC_MODES = ("copy", "share")
+DEFAULT_SYNC: SyncMode = "share"  # bit-identical to "copy" and copies less: docs/MOTIVATION.md, "Sync"
 
 
 class Motivator:
@@ -144,9 +145,11 @@ class Motivator:
             all-reduce that also carries its non-finite and stop flags): averaging again would
             change nothing but cost a collective. Without ``torch.distributed`` it changes nothing.
         process_group: the processes over which the loss is averaged (default: all of them).
-        sync: ``"copy"`` (default) copies shared weights at each switch; ``"share"`` makes the
-            base's shared tensors views of the motivated ones (zero-copy; same results). Build
-            the Motivator after moving the models to their device.
+        sync: ``"share"`` (default) makes the base's shared tensors, and their carried optimizer
+            state, views of the motivated ones where the region is contiguous (zero-copy; the same
+            results as copying, bit for bit); ``"copy"`` copies shared weights at each switch, as the
+            paper describes. New storage (``Module.to``, an optimizer's ``load_state_dict``) ends
+            the sharing of those tensors until the next switch, which copies them and shares again.
     """
 
     def __init__(
@@ -161,7 +164,7 @@ class Motivator:
         optimizer_state: OptimizerStatePolicy = "carried",
         batchnorm: BatchNormPolicy = "separate",
         preserve_function: bool = True,
-        sync: SyncMode = "copy",
+        sync: SyncMode = DEFAULT_SYNC,
         example_input: torch.Tensor | tuple[Any, ...] | None = None,
         state: dict[str, Any] | None = None,
         average_loss: bool = True,
@@ -185,8 +188,9 @@ class Motivator:
         self._pending_check: list[Any] = []
         if state is None:
             self._start(example_input, preserve_function)
+        self.sync: SyncMode = "copy"
         if sync == "share":
-            self.map.alias(base, motivated, buffers=batchnorm == "shared")
+            self.share()
         self.active = "motivated" if condition.motivated else "base"
         self.optimizer = JointOptimizer(self)
         self.steps = 0
@@ -194,6 +198,13 @@ class Motivator:
         self.switches = 0
         if state is not None:
             self.load_state_dict(state)
+
+    def share(self) -> None:
+        """Zero-copy sharing (``sync="share"``): make the base's shared tensors views of their regions of
+        the motivated ones (:meth:`WeightMap.alias`); from the next switch on, the carried optimizer
+        state of those tensors is shared the same way."""
+        self.map.alias(self.models["base"], self.models["motivated"], buffers=self.batchnorm == "shared")
+        self.sync = "share"
 
     def _start(self, example_input: torch.Tensor | tuple[Any, ...] | None, preserve_function: bool) -> None:
         """The start of a run: the extra capacity initialised, the base's tensors copied into the
@@ -280,7 +291,9 @@ class Motivator:
         base, motivated = self.models["base"], self.models["motivated"]
         self.map.copy(base, motivated, direction, buffers=self.batchnorm == "shared")
         if self.optimizer_state == "carried":
-            self.map.carry_optimizer_state(self.optimizers[source], self.optimizers[target], base, motivated, direction)
+            self.map.carry_optimizer_state(
+                self.optimizers[source], self.optimizers[target], base, motivated, direction, share=self.sync == "share"
+            )
 
     def _cancel_pending_check(self) -> None:
         for handle in self._pending_check:

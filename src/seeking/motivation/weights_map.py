@@ -373,12 +373,16 @@ class WeightMap:
 
     entries: list[MapEntry]
     extra: list[str] = field(default_factory=list)
-    aliased: set[str] = field(default_factory=set)  # base names whose data is a view of the motivated tensor
+    # base names whose data is a view of the motivated tensor -> the data pointers (base, motivated) when
+    # aliased: a switch that finds others (``Module.to``, a ``.data`` swap) copies the entry and aliases it again
+    aliased: dict[str, tuple[int, int]] = field(default_factory=dict)
     # added blocks that cannot start as the identity, with the reason (filled by init_extra_capacity)
     not_identity: dict[str, str] = field(default_factory=dict)
     # what a switch reuses (see _located, _views): where each tensor lives, and the region views
     _slots: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     _view_cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # zero-copy optimizer state: (base name, state key) -> the (base, motivated) state tensors it aliased
+    _state_aliases: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def infer(
@@ -440,18 +444,32 @@ class WeightMap:
 
     @torch.no_grad()
     def copy(self, base: nn.Module, motivated: nn.Module, direction: Direction, buffers: bool) -> None:
-        """Copy the shared weights (and the mapped buffers if ``buffers``) in one direction."""
-        todo = tuple(e for e in self.selected(buffers) if e.base not in self.aliased)
-        if not todo:  # zero-copy sharing covers everything: skip even the name lookups
+        """Copy the shared weights (and the mapped buffers if ``buffers``) in one direction.
+
+        Aliased entries (:meth:`alias`) are skipped while they still share storage; one that no longer
+        does (``Module.to`` made new storage) is copied, then aliased again, so sharing never ends
+        silently."""
+        entries = tuple(self.selected(buffers))
+        b = self._located(base, tuple(e.base for e in entries))
+        m = self._located(motivated, tuple(e.motivated for e in entries))
+        todo, broken = [], []
+        for i, e in enumerate(entries):
+            pointers = self.aliased.get(e.base)
+            if pointers is None:
+                todo.append(i)
+            elif pointers != (b[i].data_ptr(), m[i].data_ptr()):
+                todo.append(i)
+                broken.append(i)
+        if not todo:  # zero-copy sharing covers everything
             return
-        b = self._located(base, tuple(e.base for e in todo))
-        m = self._located(motivated, tuple(e.motivated for e in todo))
-        regions, sources = self._views("weights", todo, b, m)
+        regions, sources = self._views("weights", tuple(entries[i] for i in todo), [b[i] for i in todo], [m[i] for i in todo])
         # one batched copy: per-tensor dispatch, not the bytes, dominates a switch of many small tensors
         if direction == "to_motivated":
             torch._foreach_copy_(regions, sources)
         else:
             torch._foreach_copy_(sources, regions)
+        for i in broken:
+            self._alias_one(entries[i], b[i], m[i])
 
     def _located(self, model: nn.Module, names: tuple[str, ...]) -> list[torch.Tensor]:
         """``model``'s tensors named ``names``, as they are now. Where each lives (its module's
@@ -493,19 +511,23 @@ class WeightMap:
         The base keeps its parameter objects (its optimizer stays valid); only their storage
         changes. Only regions that are contiguous are shared: a strided weight makes matrix
         multiplication sum in another order, so results would differ from copying at rounding level;
-        such entries (width growth on an inner dimension, chunked ``qkv``) stay on copying. Call it
-        after the models are on their device: ``Module.to`` makes new storage and ends the sharing.
-        Returns the aliased base names.
+        such entries (width growth on an inner dimension, chunked ``qkv``) stay on copying.
+        ``Module.to`` afterwards makes new storage: the next :meth:`copy` sees it, copies those
+        entries and aliases them again. Returns the aliased base names.
         """
         self.copy(base, motivated, "to_motivated", buffers=buffers)
         b, m = _tensors(base), _tensors(motivated)
         for e in self.selected(buffers):
-            region = e.region(m[e.motivated])
-            if not region.is_contiguous() or region.shape != b[e.base].shape:
-                continue
-            b[e.base].data = region
-            self.aliased.add(e.base)
+            self._alias_one(e, b[e.base], m[e.motivated])
         return sorted(self.aliased)
+
+    def _alias_one(self, e: MapEntry, base_tensor: Tensor, motivated_tensor: Tensor) -> None:
+        region = e.region(motivated_tensor)
+        if region.is_contiguous() and region.shape == base_tensor.shape and region.dtype == base_tensor.dtype:
+            base_tensor.data = region
+            self.aliased[e.base] = (base_tensor.data_ptr(), motivated_tensor.data_ptr())
+        else:
+            self.aliased.pop(e.base, None)
 
     def carry_optimizer_state(
         self,
@@ -514,21 +536,30 @@ class WeightMap:
         base: nn.Module,
         motivated: nn.Module,
         direction: Direction,
+        share: bool = False,
     ) -> None:
         """Copy the optimizer state of shared weights (momentum, Adam moments, step) along the map,
-        so the state follows the weights like the weights follow the map."""
+        so the state follows the weights like the weights follow the map.
+
+        With ``share``, the state of an aliased weight (:meth:`alias`) is aliased too: after one copy,
+        the base optimizer's state tensor becomes a view of its region of the motivated optimizer's,
+        and later switches copy nothing for it. Each switch checks that both optimizers still hold
+        those tensors (``load_state_dict`` and some optimizers replace them); where one does not,
+        the state is copied along the direction, as without ``share``, and aliased again."""
         entries = tuple(self.parameters())
         b = self._located(base, tuple(e.base for e in entries))
         m = self._located(motivated, tuple(e.motivated for e in entries))
         to_motivated = direction == "to_motivated"
         carried: list[MapEntry] = []  # per carried state tensor: its entry, base-side and motivated-side tensors
         base_side, motivated_side, whole_targets, whole_sources = [], [], [], []
+        to_alias = []  # (entry, key, base-side state, motivated-side state) to alias after the copy
         for e, base_param, motivated_param in zip(entries, b, m, strict=True):
             src_param, dst_param = (base_param, motivated_param) if to_motivated else (motivated_param, base_param)
             src_state = source.state.get(src_param)
             if not src_state:
                 continue
             dst_state = target.state[dst_param]
+            aliasable = share and e.base in self.aliased
             for key, value in src_state.items():
                 if not torch.is_tensor(value) or value.shape != src_param.shape:  # a step count, a scalar
                     dst = dst_state.get(key)
@@ -539,16 +570,29 @@ class WeightMap:
                         dst_state[key] = value.clone() if torch.is_tensor(value) else value
                     continue
                 dst = dst_state.get(key)
+                if aliasable:
+                    pair = (value, dst) if to_motivated else (dst, value)
+                    held = self._state_aliases.get((e.base, key))
+                    if held is not None and held[0] is pair[0] and held[1] is pair[1]:
+                        continue  # one storage already: nothing to carry
                 if dst is None or dst.shape != dst_param.shape:
                     dst = dst_state[key] = torch.zeros_like(dst_param)
                 carried.append(e)
                 base_side.append(value if to_motivated else dst)
                 motivated_side.append(dst if to_motivated else value)
+                if aliasable:
+                    states = (source.state[src_param], dst_state) if to_motivated else (dst_state, source.state[src_param])
+                    to_alias.append((e, key, *states))
         regions, shaped = self._views("optimizer state", tuple(carried), base_side, motivated_side)
         targets, sources = (regions, shaped) if to_motivated else (shaped, regions)
         if targets or whole_targets:
             with torch.no_grad():
                 torch._foreach_copy_(targets + whole_targets, sources + whole_sources)
+        for e, key, base_state, motivated_state in to_alias:
+            region = e.region(motivated_state[key])
+            if region.is_contiguous() and region.shape == base_state[key].shape and region.dtype == base_state[key].dtype:
+                base_state[key] = region
+                self._state_aliases[(e.base, key)] = (region, motivated_state[key])
 
     def init_extra_capacity(self, motivated: nn.Module) -> list[str]:
         """Make every added residual block start as the identity, so that the motivated model

@@ -29,6 +29,7 @@ from ..models.registry import model_exists, model_folder, unknown_model_message
 from ..motivation import (
     BATCHNORM_POLICIES,
     CONDITIONS,
+    DEFAULT_SYNC,
     OPTIMIZER_STATE_POLICIES,
     SYNC_MODES,
     run_models,
@@ -388,8 +389,9 @@ class TrainConfig(RunConfig):
         metavar="N",
     )
     sync: str = option(
-        "copy",
-        help="copy shared weights at each switch, or share them zero-copy (same results)",
+        DEFAULT_SYNC,
+        help="share the shared weights and their optimizer state zero-copy where their regions are contiguous, "
+        "or copy them at each switch (the same results, bit for bit)",
         group="motivation",
         choices=SYNC_MODES,
     )
