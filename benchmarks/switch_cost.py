@@ -6,7 +6,8 @@ training step of the base (forward, backward, optimizer update: SGD with momentu
 models on a CIFAR-shaped batch, AdamW for the GPT on a batch of character ids). Steps and switches
 are interleaved (a step, then a few switches, in turn), so that a busy machine slows both alike;
 medians over all of them, whose ratio is what to compare. "copied MB" is what a switch moves:
-the shared tensors not aliased, and their optimizer state under ``carried``.
+the shared tensors not aliased, and under ``carried`` their optimizer state not aliased (``share``
+aliases both where the regions are contiguous).
 
     OMP_NUM_THREADS=1 python benchmarks/switch_cost.py --steps 10 --states carried --syncs copy
 """
@@ -79,15 +80,25 @@ def switch(motivator: Motivator) -> None:
 
 
 def copied_mb(motivator: Motivator, state: str) -> float:
-    """What one switch copies: the shared tensors not aliased, and under ``carried`` their optimizer state."""
+    """What one switch copies: the shared tensors that are not one storage in both models, and under
+    ``carried`` their optimizer state tensors that are not one storage in both optimizers."""
     base = dict(motivator.models["base"].named_parameters())
-    entries = list(motivator.map.parameters())
-    weights = sum(base[e.base].nbytes for e in entries if e.base not in motivator.map.aliased)
-    optimizer = motivator.optimizers["base"]
-    states = sum(
-        v.nbytes for e in entries for v in optimizer.state.get(base[e.base], {}).values() if torch.is_tensor(v)
-    )
-    return (weights + (states if state == "carried" else 0)) / 1e6
+    large = dict(motivator.models["motivated"].named_parameters())
+    base_state, large_state = (motivator.optimizers[role].state for role in ("base", "motivated"))
+
+    def one_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+    total = 0
+    for e in motivator.map.parameters():
+        b, m = base[e.base], large[e.motivated]
+        total += 0 if one_storage(b, m) else b.nbytes
+        if state == "carried":
+            theirs = large_state.get(m, {})
+            for key, value in base_state.get(b, {}).items():
+                if torch.is_tensor(value) and not (key in theirs and one_storage(value, theirs[key])):
+                    total += value.nbytes
+    return total / 1e6
 
 
 def main() -> None:

@@ -300,7 +300,7 @@ def test_zero_copy_shares_the_optimizer_state_and_survives_new_tensors(optimizer
         for pa, pb in zip(a.state.values(), b.state.values(), strict=True):
             assert all(torch.equal(pa[k], pb[k]) for k in pa)
     # the sharing came back after the new tensors: weights and their state are one storage again
-    base, large, (base_opt, large_opt), motivator = shared
+    base, large, (base_opt, large_opt), _ = shared
     assert base.conv1.weight.data_ptr() == large.conv1.weight.data_ptr()
     key = "momentum_buffer" if optimizer == "sgd" else "exp_avg"
     assert base_opt.state[base.conv1.weight][key].data_ptr() == large_opt.state[large.conv1.weight][key].data_ptr()

@@ -24,10 +24,10 @@ from .weights_map import MapEntry, WeightMap
 __all__ = [
     "BATCHNORM_POLICIES",
     "CONDITIONS",
+    "DEFAULT_SYNC",
     "IDENTITY_RULES",
     "OPTIMIZER_STATE_POLICIES",
     "ROLES",
-    "DEFAULT_SYNC",
     "SYNC_MODES",
     "Always",
     "BudgetController",

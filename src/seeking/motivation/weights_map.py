@@ -63,6 +63,12 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
+def _shareable(region: Tensor, tensor: Tensor) -> bool:
+    """Whether ``tensor`` can become the view ``region`` with bit-identical results: a strided region
+    would make matrix products sum in another order."""
+    return region.is_contiguous() and region.shape == tensor.shape and region.dtype == tensor.dtype
+
+
 def _same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
 
@@ -462,7 +468,9 @@ class WeightMap:
                 broken.append(i)
         if not todo:  # zero-copy sharing covers everything
             return
-        regions, sources = self._views("weights", tuple(entries[i] for i in todo), [b[i] for i in todo], [m[i] for i in todo])
+        regions, sources = self._views(
+            "weights", tuple(entries[i] for i in todo), [b[i] for i in todo], [m[i] for i in todo]
+        )
         # one batched copy: per-tensor dispatch, not the bytes, dominates a switch of many small tensors
         if direction == "to_motivated":
             torch._foreach_copy_(regions, sources)
@@ -523,7 +531,7 @@ class WeightMap:
 
     def _alias_one(self, e: MapEntry, base_tensor: Tensor, motivated_tensor: Tensor) -> None:
         region = e.region(motivated_tensor)
-        if region.is_contiguous() and region.shape == base_tensor.shape and region.dtype == base_tensor.dtype:
+        if _shareable(region, base_tensor):
             base_tensor.data = region
             self.aliased[e.base] = (base_tensor.data_ptr(), motivated_tensor.data_ptr())
         else:
@@ -581,8 +589,7 @@ class WeightMap:
                 base_side.append(value if to_motivated else dst)
                 motivated_side.append(dst if to_motivated else value)
                 if aliasable:
-                    states = (source.state[src_param], dst_state) if to_motivated else (dst_state, source.state[src_param])
-                    to_alias.append((e, key, *states))
+                    to_alias.append((e, key, *((src_state, dst_state) if to_motivated else (dst_state, src_state))))
         regions, shaped = self._views("optimizer state", tuple(carried), base_side, motivated_side)
         targets, sources = (regions, shaped) if to_motivated else (shaped, regions)
         if targets or whole_targets:
@@ -590,7 +597,7 @@ class WeightMap:
                 torch._foreach_copy_(targets + whole_targets, sources + whole_sources)
         for e, key, base_state, motivated_state in to_alias:
             region = e.region(motivated_state[key])
-            if region.is_contiguous() and region.shape == base_state[key].shape and region.dtype == base_state[key].dtype:
+            if _shareable(region, base_state[key]):
                 base_state[key] = region
                 self._state_aliases[(e.base, key)] = (region, motivated_state[key])
 
