@@ -31,12 +31,15 @@ VIT = {"patch_size": 4}
 VOCAB, BLOCK = 65, 64  # Tiny Shakespeare's characters, the text benchmarks' block
 
 
-def images(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+def images(batch_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(batch_size, 3, 32, 32, device=device), torch.randint(0, 10, (batch_size,), device=device)
 
 
-def characters(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.randint(0, VOCAB, (batch_size, BLOCK)), torch.randint(0, VOCAB, (batch_size, BLOCK))
+def characters(batch_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.randint(0, VOCAB, (batch_size, BLOCK), device=device),
+        torch.randint(0, VOCAB, (batch_size, BLOCK), device=device),
+    )
 
 
 # data kind -> (model kwargs, batch of inputs and targets, optimizer)
@@ -68,9 +71,13 @@ def train_step(motivator: Motivator, x: torch.Tensor, y: torch.Tensor) -> None:
     optimizer.step()
 
 
-def timed(fn) -> float:
+def timed(fn, device: str) -> float:
+    """Wall seconds of ``fn()``, the device's queued work included (CUDA runs asynchronously)."""
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -109,10 +116,11 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS), metavar="PAIR")
     parser.add_argument("--syncs", nargs="+", choices=SYNCS, default=list(SYNCS))
     parser.add_argument("--states", nargs="+", choices=STATES, default=list(STATES))
+    parser.add_argument("--device", default="cpu", help="e.g. cuda: models, batches and optimizer state there")
     args = parser.parse_args()
 
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}x3x32x32 "
+        f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, batch {args.batch_size}x3x32x32 "
         f"(GPT: {args.batch_size // 4}x{BLOCK} characters); medians over {args.steps} steps and "
         f"{args.steps * args.switches} switches, interleaved"
     )
@@ -121,10 +129,10 @@ def main() -> None:
     for label, state, sync in itertools.product(args.pairs, args.states, args.syncs):
         base_name, base_kwargs, large_name, large_kwargs, kind = PAIRS[label]
         model_kwargs, batch, make_optimizer = DATA[kind]
-        x, y = batch(args.batch_size // 4 if kind == "text" else args.batch_size)
+        x, y = batch(args.batch_size // 4 if kind == "text" else args.batch_size, args.device)
         torch.manual_seed(0)
-        base = create_model(base_name, **model_kwargs, **base_kwargs)
-        large = create_model(large_name, **model_kwargs, **large_kwargs)
+        base = create_model(base_name, **model_kwargs, **base_kwargs).to(args.device)
+        large = create_model(large_name, **model_kwargs, **large_kwargs).to(args.device)
         optimizers = [make_optimizer(m.parameters()) for m in (base, large)]
         motivator = Motivator(base, large, ConsecutiveDecrease(2), *optimizers, sync=sync, optimizer_state=state)
 
@@ -133,8 +141,9 @@ def main() -> None:
             train_step(motivator, x, y)
         switches, steps = [], []
         for _ in range(args.steps):
-            steps.append(timed(partial(train_step, motivator, x, y)))
-            switches += [timed(partial(switch, motivator)) for _ in range(2 * (args.switches // 2))]  # back on base
+            steps.append(timed(partial(train_step, motivator, x, y), args.device))
+            # an even number of switches: back on the base for the next step
+            switches += [timed(partial(switch, motivator), args.device) for _ in range(2 * (args.switches // 2))]
         switch_ms, step_ms = 1000 * statistics.median(switches), 1000 * statistics.median(steps)
         aliased = f"{len(motivator.map.aliased)}/{len(motivator.map.entries)}"
         print(
