@@ -116,7 +116,7 @@ def test_the_shared_fields_are_declared_once():
         (TrainConfig(optimizer="adam", momentum=0.5), ["--momentum does nothing with --optimizer adam"]),
         (TrainConfig(condition="decrease", p=0.9), ["--p does nothing with --condition decrease"]),
         (TrainConfig(condition="random", k=3), ["--k does nothing with --condition random"]),
-        (TrainConfig(condition="never", sync="share"), ["--sync does nothing with --condition never"]),
+        (TrainConfig(condition="never", sync="copy"), ["--sync does nothing with --condition never"]),
         (TrainConfig(epochs=1, warmup_epochs=2.0), ["--warmup-epochs 2.0 is longer than the run's 1 epochs"]),
         (ExciteConfig(data="poem.txt", train_subset=10), ["--train-subset does nothing with text data"]),
         (ExciteConfig(block_size=32), ["--block-size does nothing with image data"]),
