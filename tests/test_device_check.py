@@ -38,6 +38,11 @@ def test_the_tiny_mode_runs_every_check(device_check, tmp_path, monkeypatch):
     assert checks["train"]["switches"] >= 1
     assert checks["compare"]["arms"] == checks["cifar10_resnet20_in_resnet32"]["arms"]
     assert {"none", "zero_sum"} == set(checks["excite"]["arms"])
+    # the trainer vs plain loop benchmark takes --device: it ran on the check's device, and says so
+    overhead = checks["trainer_overhead"]
+    assert overhead["argv"][-2:] == ["--device", "cpu"] and overhead["ran_on"] == "cpu"
+    assert ", device cpu, " in overhead["markdown"]
+    assert "largest parameter difference 0 (allowed on cpu: 0)" in overhead["markdown"]
     markdown = (out / "device_check.md").read_text()
     for name, record in checks.items():
         assert f"| {name} | {record['kind']} | {record['status']} |" in markdown
