@@ -212,13 +212,14 @@ def benchmark(name: str, script: str, tiny: list[str], full: list[str], budget_s
         on_device = "--device" in module_help(module)
         argv = [*(tiny if context.tiny else full), *(["--device", context.device] if on_device else [])]
         printed = io.StringIO()
-        saved = sys.argv
+        saved, threads = sys.argv, torch.get_num_threads()
         sys.argv = [str(path), *argv]
         try:
             with contextlib.redirect_stdout(printed):
                 module.main()
-        finally:
+        finally:  # a benchmark may pin one thread for its timings: the later checks get them all back
             sys.argv = saved
+            torch.set_num_threads(threads)
         output = printed.getvalue()
         context.log(output)
         where = context.device if on_device else "cpu (the script takes no --device)"
