@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 
 import pytest
 import torch
@@ -240,6 +241,22 @@ def test_kernel_for_falls_back_to_the_loop_where_grouped_mm_cannot_run():
     assert kernel_for(torch.zeros(3, 8, device="meta"), w.to("meta"), w.to("meta")) == "loop"  # device type
     with pytest.raises(ConfigError, match="kernel must be one of"):
         grouped_mlp(w, w, kernel="fused")
+
+
+def test_kernel_for_under_torch_compile_gives_grouped_mm_only_the_dtypes_its_meta_kernel_takes(monkeypatch):
+    # a traced CUDA float32 _grouped_mm would fail in the meta kernel; eager CUDA float32 runs it
+    def fake(dtype, *shape):  # what kernel_for reads of a CUDA tensor, without a GPU
+        return types.SimpleNamespace(device=torch.device("cuda"), dtype=dtype, shape=shape, is_contiguous=lambda: True)
+
+    def choice(dtype):
+        return kernel_for(fake(dtype, 3, 8), fake(dtype, E, 8, 8), fake(dtype, E, 8, 8))
+
+    assert choice(torch.float32) == choice(torch.bfloat16) == "grouped_mm"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert choice(torch.float32) == "loop" and choice(torch.bfloat16) == "grouped_mm"
+    assert (
+        kernel_for(torch.zeros(3, 8, dtype=torch.bfloat16), *[torch.zeros(E, 8, 8, dtype=torch.bfloat16)] * 2) == "loop"
+    )
 
 
 def test_layer_matches_reference_for_both_storages():

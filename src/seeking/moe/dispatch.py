@@ -48,6 +48,9 @@ GROUPED_MM_DTYPES = {
     "cpu": (torch.float32, torch.bfloat16, torch.float16),
     "cuda": (torch.float32, torch.bfloat16),
 }
+# what torch.compile's meta kernel of _grouped_mm takes on every device (torch 2.14, _meta_registrations.py):
+# eager CUDA also takes float32, a compiled graph does not
+COMPILED_GROUPED_MM_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def group_by_expert(indices: Tensor, num_experts: int, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -126,13 +129,13 @@ def kernel_for(x: Tensor, w1: Tensor, w2: Tensor) -> str:
     """``grouped_mm`` where torch's grouped GEMM takes these operands (device type, compute dtype,
     contiguous weights, rows starting on 16-byte boundaries: ``dim`` and ``hidden`` times the
     element size multiples of 16 bytes), else ``loop``."""
-    device = x.device.type
-    # torch.compile's CPU meta kernel of _grouped_mm takes bfloat16/float16 only (torch 2.14): traced, the loop
-    if device not in GROUPED_MM_DTYPES or (device == "cpu" and torch.compiler.is_compiling()):
+    device, compiling = x.device.type, torch.compiler.is_compiling()
+    # traced on the CPU, the loop: the meta kernel refuses float32, the dtype CPU training runs in
+    if device not in GROUPED_MM_DTYPES or (device == "cpu" and compiling):
         return "loop"
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     takes = (
-        dtype in GROUPED_MM_DTYPES[device]
+        dtype in (COMPILED_GROUPED_MM_DTYPES if compiling else GROUPED_MM_DTYPES[device])
         and w1.dtype == w2.dtype == x.dtype
         and w1.is_contiguous()
         and w2.is_contiguous()
