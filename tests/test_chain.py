@@ -186,6 +186,11 @@ def test_what_is_not_a_chain_is_refused_before_anything_is_copied():
         ((models[:1], [], optimizers[:1]), "at least two models"),
         ((models, [ConsecutiveDecrease()], optimizers), "needs 2 conditions"),
         ((models, [shared, shared], optimizers), "its own condition object"),
+        # out of order: the first adjacent pair named by position and role, the order by size as the fix
+        (
+            ([models[1], models[0], models[2]], [ConsecutiveDecrease(), ConsecutiveDecrease()], optimizers),
+            r"level 0 base \(\d[\d,]* parameters\) is not smaller than level 1 level1 .*by size, level1:base:motivated",
+        ),
     ]:
         with pytest.raises(ConfigError, match=message):
             Chain(*args)
@@ -194,6 +199,17 @@ def test_what_is_not_a_chain_is_refused_before_anything_is_copied():
         with pytest.raises(ConfigError, match=f"the {condition} condition .* not built for chains"):
             chain = {"base": "resnet20", "intermediate": ["resnet32"], "motivated": "resnet56"}
             TrainConfig(**chain, condition=condition).validate()
+
+
+def test_a_chain_out_of_order_is_refused_naming_the_pair_and_the_order(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--train-subset", "64", "--test-subset", "20", "--epochs", "1", "--out", str(out), "--quiet"]
+    assert main(["train", "--chain", "resnet20:resnet44:resnet32", *argv]) == 2
+    error = capsys.readouterr().err
+    sizes = {depth: sum(p.numel() for p in CifarResNet(depth=depth, in_channels=1).parameters()) for depth in (44, 32)}
+    assert f"level 1 resnet44 ({sizes[44]:,} parameters) is not smaller than level 2 resnet32 ({sizes[32]:,})" in error
+    assert "give them by size, resnet20:resnet32:resnet44" in error and "motivated" not in error
+    assert error.count("\n") == 1 and not out.exists()
 
 
 # --- chains in seeking train / compare: a GPT 2 -> 4 -> 8 layers on a tiny text ---

@@ -42,6 +42,7 @@ from ..models.registry import model_recipe
 from ..moe import expert_layers, moe_aux_loss
 from ..motivation import Chain, Condition, Motivator, Never, SingleModel, TrainingPlan, chain_roles, make_condition
 from ..motivation.batchnorm import deployable_copy
+from ..motivation.chain import check_growing
 from ..reporting.comparison import trained_steps
 from ..reporting.excitation import BASELINE
 from ..reporting.tensorboard import ScalarLog
@@ -161,6 +162,7 @@ def check_run(config: TrainConfig, dataset: ImageDataset | None, device: torch.d
     # the maps inferred and the starts checked as in train() (a chain of two is the pair's Motivator);
     # their warnings are left to the arms
     unused = [torch.optim.SGD(m.parameters(), lr=0.0) for m in models]
+    check_growing(models, names)  # the levels' order, said with the models' names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Chain(models, [Never() for _ in models[1:]], unused, example_input=data.example())
@@ -196,6 +198,7 @@ def build_plan(
     if len(models) == 1:
         ((role, model),) = models.items()
         return SingleModel(role, model, optimizers[role])
+    check_growing(list(models.values()), list(config.model_names().values()))  # said with the models' names
     conditions = pair_conditions(config, total, step_flops)
     policies = {
         "optimizer_state": config.optimizer_state,
