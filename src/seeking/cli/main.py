@@ -190,17 +190,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ..flops import FLOPS_CONVENTION
+    from ..motivation import CONDITIONS
     from ..reporting import markdown_table
     from ..reporting.comparison import gain_sentence
     from ..training.compare import compare
 
     random_control = not args.no_random_control
-    if args.p is not None:  # the compare parser's default is None, so that a given --p is seen
+    # the compare parser's default is None, so that a given --p is seen: the motivated arm's condition may
+    # take it (budget: its share), the random control never does (it takes the motivated run's count)
+    if args.p is None:
+        args.p = TrainConfig().p
+    elif not args.resume and "p" not in CONDITIONS[args.condition].options:
+        taking = [name for name, kind in CONDITIONS.items() if kind.reads_loss and "p" in kind.options]
         raise SeekingError(
-            "compare runs the random control on exactly as many large-model steps as the motivated run took, "
-            "so --p is not used; drop it (seeking train --condition random --p P runs a control at P)"
+            f"--condition {args.condition} takes no --p, and compare's random control takes the motivated run's "
+            f"count of large-model steps, so --p would do nothing: drop it (in compare it sets the share of "
+            f"{' and '.join(taking)}; seeking train --condition random --p P runs a control at P)"
         )
-    args.p = TrainConfig().p
     if args.resume:
         values = _resumed_values(args, TrainConfig, {**TRAIN_EXTRAS, "no_random_control": False})
         random_control = bool(values.pop("random_control", True))
