@@ -36,7 +36,7 @@ from .comparison import (
     markdown_table,
     trained_steps,
 )
-from .excitation import excitation_cells, excitation_rows
+from .excitation import BASELINE, arm_label, excitation_cells, excitation_rows
 from .excitation_plots import curves_figure, phi_figure, utilization_figure
 from .plots import accuracy_figure, cost_figure, loss_figure, png_bytes
 from .runs import Comparison, ExcitationRun, Run, TrainRun, read_run_folder, resume_hint
@@ -190,6 +190,9 @@ def _run_plots(run: TrainRun, label: str, output: _Output, title: str) -> list[s
 
 def _train_section(run: TrainRun, label: str, output: _Output) -> list[str]:
     title = f"{' inside '.join(run.model_names.values())}, condition {run.config.get('condition')}"
+    excitation = run.config.get("excitation", BASELINE)  # runs before Motivation with Excitation: none
+    if excitation != BASELINE:
+        title += f", {arm_label(excitation)} (gamma {run.config.get('gamma')})"
     parts = [html.heading(2, f"Training run {run.path}: {title}")]
     if not run.complete:
         parts.append(_incomplete_note(run))

@@ -437,6 +437,9 @@ def run_summary(config: TrainConfig, task: MotivationTask, counters: Counters) -
     return {
         "seeking_version": __version__,
         "condition": config.condition,
+        # Excitation of the MoE experts' steps, or "none" for a plain optimizer (gamma then unused: null)
+        "excitation": config.excitation,
+        "gamma": config.gamma if config.excitation != BASELINE else None,
         "steps": plan.steps,
         "motivated_steps": plan.motivated_steps,
         "p": plan.p,
