@@ -33,17 +33,6 @@ ARMS = (
     ("random-control large", "random_control", "motivated"),
 )
 
-# (arm, reference) pairs whose per-seed differences a comparison over seeds shows: each arm against its
-# classical twin, and the motivated run against the random control on as many large-model steps
-PAIRED = (
-    ("motivated base", "classical base"),
-    ("motivated large", "classical large"),
-    ("random-control base", "classical base"),
-    ("random-control large", "classical large"),
-    ("motivated base", "random-control base"),
-    ("motivated large", "random-control large"),
-)
-
 
 @dataclass(frozen=True)
 class Metric:
@@ -119,12 +108,32 @@ def chain_arms(roles: Sequence[str]) -> list[tuple[str, str, str]]:
     return [*classical, *((f"motivated {tags.get(role, role)}", "motivated", role) for role in roles)]
 
 
+def comparison_arms(roles: Sequence[str]) -> Sequence[tuple[str, str, str]]:
+    """The (label, folder, role) of each row of a comparison whose motivated run trains the models of
+    ``roles``: a pair's :data:`ARMS`, or a chain's levels and twins (:func:`chain_arms`)."""
+    return chain_arms(roles) if len(roles) > 2 else ARMS
+
+
+def paired_arms(labels: Sequence[str]) -> list[tuple[str, str]]:
+    """The (arm, reference) pairs among the row labels ``labels`` (``"<arm> <model>"``, :data:`ARMS` or
+    :func:`chain_arms`) whose per-seed differences a comparison over seeds shows: each motivated and
+    random-control row against its classical twin (of a chain: every level's), then the motivated run
+    against the random control on as many large-model steps, model by model."""
+    split = [(label, *label.split(" ", 1)) for label in labels]
+    twins = [(label, f"classical {model}") for label, arm, model in split if arm != "classical"]
+    controls = [(label, f"random-control {model}") for label, arm, model in split if arm == "motivated"]
+    return [(arm, reference) for arm, reference in [*twins, *controls] if reference in labels]
+
+
+# the pairs of a comparison of two models (the benchmarks' paired lines)
+PAIRED = tuple(paired_arms([label for label, _, _ in ARMS]))
+
+
 def comparison_rows(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (arm, model) present in ``summaries`` (keyed by arm folder name), its keys the
     columns of the runs' metric (:func:`comparison_columns`). A chain's comparison (a motivated run of
     more than two models) has a row per level and twin (:func:`chain_arms`) and no random control."""
-    chain = list(summaries.get("motivated", {}).get("models", {}))
-    arms = chain_arms(chain) if len(chain) > 2 else ARMS
+    arms = comparison_arms(list(summaries.get("motivated", {}).get("models", {})))
     ref = summaries["classical_base"]
     metric = METRICS[ref.get("metric", "accuracy")]  # summaries before text runs have no "metric"
     ref_acc, ref_flops = ref["models"]["base"][metric.key], ref["train_flops"]
