@@ -261,6 +261,18 @@ def test_compare_of_a_chain_reports_every_level_against_its_classical_twin(text_
     assert chain["steps_by_model"] == counts and all(counts.values()) and len(steps) == data.steps_per_epoch()
     assert chain["p_by_model"] == {role: n / len(steps) for role, n in counts.items()}
     assert chain["motivated_steps"] == counts["level1"] + counts["motivated"]
+    # each row shows its own level's share and count of steps, labelled so (not the run's p above the base)
+    for level, role in zip(levels, counts, strict=True):
+        assert (rows[f"motivated {level}"]["level p"], rows[f"motivated {level}"]["level steps"]) == (
+            counts[role] / len(steps),
+            counts[role],
+        )
+        assert (rows[f"classical {level}"]["level p"], rows[f"classical {level}"]["level steps"]) == (1.0, len(steps))
+        assert "p" not in rows[f"motivated {level}"] and "large steps" not in rows[f"motivated {level}"]
+    shares = ", ".join(f"{role} {n / len(steps):.3f}" for role, n in counts.items())
+    page = (out / "report" / "report.html").read_text()
+    assert f"p above the base = {chain['p']:.3f} (fraction of the trained steps on a level above the base; " in page
+    assert f"p by level: {shares})" in page
     by_role = dict(zip(counts, CHAIN, strict=True))
     assert chain["train_flops_by_model"] == {role: per_step[by_role[role]] * n for role, n in counts.items()}
     last = json.loads((out / "motivated" / "epochs.jsonl").read_text().splitlines()[-1])
@@ -274,6 +286,20 @@ def test_compare_of_a_chain_reports_every_level_against_its_classical_twin(text_
     assert [t["train_flops"] for t in twins] == [per_step[name] * len(steps) for name in CHAIN]
     saving = sum(t["train_flops"] for t in twins) / chain["train_flops"]
     assert f"({saving:.2f}x the chain)" in result["chain"] and result["chain"] in printed
+
+
+def test_a_chain_run_prints_p_by_level_against_its_counted_steps(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--chain", ":".join(CHAIN), "--data", str(text_file), *TINY, "--out", str(out)]) == 0
+    printed, log = capsys.readouterr()
+    steps = [json.loads(line)["model"] for line in (out / "steps.jsonl").read_text().splitlines()]
+    counts = {role: steps.count(role) for role in ("base", "level1", "motivated")}
+    above, n = counts["level1"] + counts["motivated"], len(steps)
+    assert all(counts.values())
+    assert f"p above the base = {above / n:.3f} ({above}/{n} steps above the base, " in printed
+    by_level = ", ".join(f"{role} {c / n:.3f} ({c}/{n})" for role, c in counts.items())
+    assert f"p by level (its share of the steps): {by_level}\n" in printed
+    assert f"p above the base {above / n:.2f}  p_base {counts['base'] / n:.2f}" in log  # the epoch's line
 
 
 def test_a_chain_run_that_dies_resumes_bit_for_bit(text_file, tmp_path, inject):

@@ -174,17 +174,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         config, out = config_from_args(args), args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(config, out, resume=bool(args.resume), progress=not args.quiet, log=_logger(args))
+    from ..reporting.comparison import level_p, p_name, trained_steps
+
     s = result.summary
     for name, m in s["models"].items():
         result_text = f"test accuracy {m['accuracy']:.2f}%" if "accuracy" in m else f"val loss {m['loss']:.4f}"
         print(f"{name:9s} {m['model']:10s} {result_text}  -> {result.run_dir / m['checkpoint']}")
+    chain = len(s["models"]) > 2
     print(
-        f"p = {s['p']:.3f} ({s['motivated_steps']}/{s['steps']} steps motivated, "
-        f"{counted(s['switches'], 'switch', 'switches')}), {counted(s['skipped_steps'], 'skipped step')}, "
-        f"training {s['train_flops'] / 1e12:.4g} TFLOPs, {s['train_seconds']:.1f}s"
+        f"{p_name(s['models'])} = {s['p']:.3f} ({s['motivated_steps']}/{s['steps']} steps "
+        f"{'above the base' if chain else 'motivated'}, {counted(s['switches'], 'switch', 'switches')}), "
+        f"{counted(s['skipped_steps'], 'skipped step')}, training {s['train_flops'] / 1e12:.4g} TFLOPs, "
+        f"{s['train_seconds']:.1f}s"
     )
-    if len(s["models"]) > 2:  # a chain: each level's share of the steps
-        print("p by level: " + ", ".join(f"{role} {p:.3f}" for role, p in s["p_by_model"].items()))
+    if chain:  # each level's share of the steps
+        print(
+            "p by level (its share of the steps): "
+            + ", ".join(
+                f"{role} {level_p(s, role):.3f} ({trained_steps(s, role)}/{s['steps']})" for role in s["models"]
+            )
+        )
     return 0
 
 

@@ -33,7 +33,9 @@ from .comparison import (
     comparison_rows,
     csv_table,
     gain_sentence,
+    level_p,
     markdown_table,
+    p_name,
     trained_steps,
 )
 from .excitation import BASELINE, arm_label, excitation_cells, excitation_rows
@@ -167,8 +169,13 @@ def _facts(run: TrainRun) -> str:
     def latest(key: str) -> float:
         return s.get(key, last.get(key, 0))
 
+    if len(run.model_names) > 2:  # a chain: its p counts every level above the base; each level's own share
+        shares = ", ".join(f"{role} {level_p(counts, role):.3f}" for role in run.model_names)
+        share = f"fraction of the trained steps on a level above the base; p by level: {shares}"
+    else:
+        share = "motivated fraction of the trained steps"
     cost = (
-        f"p = {counts['p']:.3f} (motivated fraction of the trained steps), "
+        f"{p_name(run.model_names)} = {counts['p']:.3f} ({share}), "
         f"{counted(counts['switches'], 'switch', 'switches')}, "
         f"{counted(counts['skipped_steps'], 'skipped step')} (non-finite loss or gradient), "
         f"{s.get('train_flops', last.get('flops', 0)) / 1e12:.4g} training TFLOPs, "

@@ -43,7 +43,7 @@ from ..moe import expert_layers, moe_aux_loss
 from ..motivation import Chain, Condition, Motivator, Never, SingleModel, TrainingPlan, chain_roles, make_condition
 from ..motivation.batchnorm import deployable_copy
 from ..motivation.chain import check_growing
-from ..reporting.comparison import trained_steps
+from ..reporting.comparison import p_name, trained_steps
 from ..reporting.excitation import BASELINE
 from ..reporting.tensorboard import ScalarLog
 from ..runs import (
@@ -329,13 +329,13 @@ class MotivationTask:
         tested = [n for n in self.models if f"{n}_{self.data.metric_key}" in record]
         levels = list(self.models) if len(self.models) > 2 else []  # a chain: each level's share
         self.log(
-            f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  p {plan.p:.2f}  "
+            f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  {p_name(self.models)} {plan.p:.2f}  "
             + "".join(f"p_{role} {record[f'p_{role}']:.2f}  " for role in levels)
             + "".join(f"{n} {self.data.metric} {record[f'{n}_{self.data.metric_key}']:.4g}  " for n in tested)
             + (f"{c.skipped} skipped steps  " if c.skipped else "")
             + f"{c.train_seconds:.1f}s"
         )
-        return {"p": f"{plan.p:.3f}"}
+        return {p_name(self.models): f"{plan.p:.3f}"}
 
 
 @reports_storage_errors
@@ -475,8 +475,8 @@ def warn_untrained(summary: dict[str, Any], names: dict[str, str], run_dir: Path
         if trained_steps(summary, role) == 0:
             warnings.warn(
                 f"the {role} model {names[role]} of {run_dir} was never trained: none of the run's "
-                f"{counted(summary['steps'], 'step')} were its (p = {summary['p']:.3f}), so {model_file(role)} "
-                f"holds {shared}its starting weights; check --condition, --k and --p",
+                f"{counted(summary['steps'], 'step')} were its ({p_name(names)} = {summary['p']:.3f}), so "
+                f"{model_file(role)} holds {shared}its starting weights; check --condition, --k and --p",
                 SeekingWarning,
                 stacklevel=4,  # the caller of train(), past its storage-error wrapper
             )
