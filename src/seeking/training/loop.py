@@ -65,7 +65,7 @@ from ..wording import counted
 from .checkpoint import Checkpoints
 from .config import TrainConfig
 from .distributed import Ranks, join, wrap
-from .engine import Counters, Engine, JsonLog, LearningRate, Parts, Record
+from .engine import Counters, Engine, JsonLog, LearningRate, Parts, Record, check_compiler
 from .preflight import probing, reports_storage_errors
 from .tasks import DataTask, check_model_kind, check_tokenizer, data_kind, load_data_task
 
@@ -148,8 +148,11 @@ def train_task(config: TrainConfig, device: torch.device, progress: bool, datase
 def check_run(config: TrainConfig, dataset: ImageDataset | None, device: torch.device) -> None:
     """Fail early (before a comparison's folder exists and any arm trains) if the run cannot work: the
     data sizes, the pair, both models on one forward and backward of a batch of the real shape, and
-    the condition's options (a budget's ``flops_saving`` against the FLOPs that pass counts)."""
+    the condition's options (a budget's ``flops_saving`` against the FLOPs that pass counts), and that
+    ``--compile``'s backend can compile (:func:`~seeking.training.engine.check_compiler`)."""
     data = train_task(config, device, False, dataset)
+    if config.compile:
+        check_compiler(device)
     names = [config.base, *config.intermediate, config.motivated]
     models = [create_model(name, **data.model_kwargs(), **config.model_kwargs).to(device) for name in names]
     for name, model in zip(names, models, strict=True):
