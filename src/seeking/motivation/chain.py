@@ -80,7 +80,7 @@ def check_growing(models: Sequence[nn.Module], names: Sequence[str]) -> None:
         if sizes[low] >= sizes[low + 1]:
             ordered = ":".join(name for _, name in sorted(zip(sizes, names, strict=True), key=lambda pair: pair[0]))
             raise ConfigError(
-                f"a pair's or chain's models go smallest first (each contains the one before), but level {low} "
+                f"a chain's models go smallest first (each contains the one before), but level {low} "
                 f"{names[low]} ({sizes[low]:,} parameters) is not smaller than level {low + 1} {names[low + 1]} "
                 f"({sizes[low + 1]:,}): give them by size, {ordered}"
             )
@@ -103,7 +103,7 @@ class Chain:
         state: what :meth:`state_dict` returned, to resume over restored models (nothing initialised,
             copied or checked); load the optimizers' states too (``chain.optimizer.load_state_dict``).
 
-    Raises ``ConfigError`` for fewer than two models, levels out of order (:func:`check_growing`), a
+    Raises ``ConfigError`` for fewer than two models, levels of three or more out of order (:func:`check_growing`), a
     count of conditions, optimizers or maps that is not the chain's, or one condition object given to two pairs.
     """
 
@@ -138,7 +138,8 @@ class Chain:
         if len({id(c) for c in conditions}) != len(conditions):
             raise ConfigError("each pair of a chain needs its own condition object: one was given to two pairs")
         self.names = chain_roles(n)
-        check_growing(models, self.names)
+        if n > 2:  # a pair's order is its Motivator's check (after the checks that it is a pair at all)
+            check_growing(models, self.names)
         self.models = dict(zip(self.names, models, strict=True))
         self.optimizers = dict(zip(self.names, optimizers, strict=True))
         self.average_loss, self.process_group = average_loss, process_group

@@ -165,7 +165,8 @@ def check_run(config: TrainConfig, dataset: ImageDataset | None, device: torch.d
     # the maps inferred and the starts checked as in train() (a chain of two is the pair's Motivator);
     # their warnings are left to the arms
     unused = [torch.optim.SGD(m.parameters(), lr=0.0) for m in models]
-    check_growing(models, names)  # the levels' order, said with the models' names
+    if len(models) > 2:
+        check_growing(models, names)  # a chain's order, said with the models' names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Chain(models, [Never() for _ in models[1:]], unused, example_input=data.example())
@@ -201,7 +202,6 @@ def build_plan(
     if len(models) == 1:
         ((role, model),) = models.items()
         return SingleModel(role, model, optimizers[role])
-    check_growing(list(models.values()), list(config.model_names().values()))  # said with the models' names
     conditions = pair_conditions(config, total, step_flops)
     policies = {
         "optimizer_state": config.optimizer_state,
@@ -212,6 +212,7 @@ def build_plan(
     }
     if len(models) == 2:  # the Motivator itself (a chain of two equals it; its checkpoints hold its state)
         return Motivator(*models.values(), *conditions, *optimizers.values(), **policies)
+    check_growing(list(models.values()), list(config.model_names().values()))  # said with the models' names
     return Chain(list(models.values()), conditions, list(optimizers.values()), **policies)
 
 
