@@ -164,6 +164,7 @@ def _resumed_values(args: argparse.Namespace, config_type: type, extra: dict[str
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ..reporting.comparison import level_p, p_name, trained_steps
     from ..training import train
 
     if args.resume:
@@ -174,8 +175,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         config, out = config_from_args(args), args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(config, out, resume=bool(args.resume), progress=not args.quiet, log=_logger(args))
-    from ..reporting.comparison import level_p, p_name, trained_steps
-
     s = result.summary
     for name, m in s["models"].items():
         result_text = f"test accuracy {m['accuracy']:.2f}%" if "accuracy" in m else f"val loss {m['loss']:.4f}"
