@@ -186,6 +186,11 @@ def test_what_is_not_a_chain_is_refused_before_anything_is_copied():
         ((models[:1], [], optimizers[:1]), "at least two models"),
         ((models, [ConsecutiveDecrease()], optimizers), "needs 2 conditions"),
         ((models, [shared, shared], optimizers), "its own condition object"),
+        # out of order: the first adjacent pair named by position and role, the order by size as the fix
+        (
+            ([models[1], models[0], models[2]], [ConsecutiveDecrease(), ConsecutiveDecrease()], optimizers),
+            r"level 0 base \(\d[\d,]* parameters\) is not smaller than level 1 level1 .*by size, level1:base:motivated",
+        ),
     ]:
         with pytest.raises(ConfigError, match=message):
             Chain(*args)
@@ -194,6 +199,17 @@ def test_what_is_not_a_chain_is_refused_before_anything_is_copied():
         with pytest.raises(ConfigError, match=f"the {condition} condition .* not built for chains"):
             chain = {"base": "resnet20", "intermediate": ["resnet32"], "motivated": "resnet56"}
             TrainConfig(**chain, condition=condition).validate()
+
+
+def test_a_chain_out_of_order_is_refused_naming_the_pair_and_the_order(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--train-subset", "64", "--test-subset", "20", "--epochs", "1", "--out", str(out), "--quiet"]
+    assert main(["train", "--chain", "resnet20:resnet44:resnet32", *argv]) == 2
+    error = capsys.readouterr().err
+    sizes = {depth: sum(p.numel() for p in CifarResNet(depth=depth, in_channels=1).parameters()) for depth in (44, 32)}
+    assert f"level 1 resnet44 ({sizes[44]:,} parameters) is not smaller than level 2 resnet32 ({sizes[32]:,})" in error
+    assert "give them by size, resnet20:resnet32:resnet44" in error and "motivated" not in error
+    assert error.count("\n") == 1 and not out.exists()
 
 
 # --- chains in seeking train / compare: a GPT 2 -> 4 -> 8 layers on a tiny text ---
@@ -245,6 +261,18 @@ def test_compare_of_a_chain_reports_every_level_against_its_classical_twin(text_
     assert chain["steps_by_model"] == counts and all(counts.values()) and len(steps) == data.steps_per_epoch()
     assert chain["p_by_model"] == {role: n / len(steps) for role, n in counts.items()}
     assert chain["motivated_steps"] == counts["level1"] + counts["motivated"]
+    # each row shows its own level's share and count of steps, labelled so (not the run's p above the base)
+    for level, role in zip(levels, counts, strict=True):
+        assert (rows[f"motivated {level}"]["level p"], rows[f"motivated {level}"]["level steps"]) == (
+            counts[role] / len(steps),
+            counts[role],
+        )
+        assert (rows[f"classical {level}"]["level p"], rows[f"classical {level}"]["level steps"]) == (1.0, len(steps))
+        assert "p" not in rows[f"motivated {level}"] and "large steps" not in rows[f"motivated {level}"]
+    shares = ", ".join(f"{role} {n / len(steps):.3f}" for role, n in counts.items())
+    page = (out / "report" / "report.html").read_text()
+    assert f"p above the base = {chain['p']:.3f} (fraction of the trained steps on a level above the base; " in page
+    assert f"p by level: {shares})" in page
     by_role = dict(zip(counts, CHAIN, strict=True))
     assert chain["train_flops_by_model"] == {role: per_step[by_role[role]] * n for role, n in counts.items()}
     last = json.loads((out / "motivated" / "epochs.jsonl").read_text().splitlines()[-1])
@@ -258,6 +286,20 @@ def test_compare_of_a_chain_reports_every_level_against_its_classical_twin(text_
     assert [t["train_flops"] for t in twins] == [per_step[name] * len(steps) for name in CHAIN]
     saving = sum(t["train_flops"] for t in twins) / chain["train_flops"]
     assert f"({saving:.2f}x the chain)" in result["chain"] and result["chain"] in printed
+
+
+def test_a_chain_run_prints_p_by_level_against_its_counted_steps(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--chain", ":".join(CHAIN), "--data", str(text_file), *TINY, "--out", str(out)]) == 0
+    printed, log = capsys.readouterr()
+    steps = [json.loads(line)["model"] for line in (out / "steps.jsonl").read_text().splitlines()]
+    counts = {role: steps.count(role) for role in ("base", "level1", "motivated")}
+    above, n = counts["level1"] + counts["motivated"], len(steps)
+    assert all(counts.values())
+    assert f"p above the base = {above / n:.3f} ({above}/{n} steps above the base, " in printed
+    by_level = ", ".join(f"{role} {c / n:.3f} ({c}/{n})" for role, c in counts.items())
+    assert f"p by level (its share of the steps): {by_level}\n" in printed
+    assert f"p above the base {above / n:.2f}  p_base {counts['base'] / n:.2f}" in log  # the epoch's line
 
 
 def test_a_chain_run_that_dies_resumes_bit_for_bit(text_file, tmp_path, inject):

@@ -150,6 +150,48 @@ def test_an_unknown_backend_is_refused_before_anything_runs(monkeypatch, tmp_pat
     ExciteConfig().validate()  # the variable does nothing without --compile
 
 
+@torch._dynamo.register_backend(name="seeking_test_cannot_compile")
+def _cannot_compile(graph, example_inputs):
+    """A backend that compiles nothing, as inductor without a C++ compiler."""
+    raise RuntimeError("no compiler here")
+
+
+@torch._dynamo.register_backend(name="seeking_test_no_convolutions")
+def _no_convolutions(graph, example_inputs):
+    """A backend that compiles small graphs but not a model's convolutions, as one missing an operation."""
+    if any("conv" in str(node.target) for node in graph.graph.nodes):
+        raise RuntimeError("convolution is not supported")
+    return graph.forward
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "excite"])
+def test_a_backend_that_cannot_compile_is_refused_before_anything_is_written(command, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(COMPILE_BACKEND, "seeking_test_cannot_compile")
+    tiny = ["--steps", "2"] if command == "excite" else ["--train-subset", "64", "--epochs", "1"]
+    assert main([command, "--compile", *tiny, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "backend 'seeking_test_cannot_compile' cannot compile on cpu: RuntimeError: no compiler here" in error
+    assert "run without --compile" in error and error.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_the_backend_cannot_compile_stops_at_its_first_step_and_resumes_cleanly(monkeypatch, tmp_path, capsys):
+    """Only the model's own graph shows this, at its first step: the folder is written by then, so the
+    message names the command that continues the run once the backend works; that command then finishes it."""
+    torch._dynamo.reset()  # no graph compiled by another backend is reused
+    monkeypatch.setenv(COMPILE_BACKEND, "seeking_test_no_convolutions")
+    out = tmp_path / "run"
+    argv = ["--train-subset", "64", "--test-subset", "20", "--epochs", "1", "--bn-recalibrate", "0", "--quiet"]
+    assert main(["train", "--compile", *argv, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "could not compile the training step: RuntimeError: convolution is not supported;" in error
+    assert f"continue it with seeking train --resume {out} once the backend works" in error
+    assert (out / "INCOMPLETE").exists() and not (out / "summary.json").exists()
+    monkeypatch.setenv(COMPILE_BACKEND, "aot_eager")
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 1 and not (out / "INCOMPLETE").exists()
+
+
 def test_a_compiled_stacked_moe_layer_equals_eager(aot_eager):
     """Traced on the CPU, stacked experts take the loop kernel (torch's meta kernel of _grouped_mm takes
     only 16-bit floats): the compiled layer trains as the eager one, counts included."""

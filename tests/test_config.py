@@ -27,7 +27,7 @@ def test_every_field_is_an_option_with_its_help_group_and_default(command, confi
     args = build_parser().parse_args([command])
     defaults = config_type()
     if command == "compare":
-        args.p = defaults.p  # compare's --p defaults to None, to see it given (and refuse it)
+        args.p = defaults.p  # compare's --p defaults to None, to see it given (refused unless the condition takes it)
     assert config_type(**_config_values(args, config_type)) == defaults
     text = help_of(command)
     for f in dataclasses.fields(config_type):

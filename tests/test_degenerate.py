@@ -13,6 +13,7 @@ from seeking import SeekingError, TrainConfig, train
 from seeking.cli.main import main
 from seeking.reporting.report import write_report
 from seeking.reporting.runs import TrainRun, read_run_folder
+from seeking.training import compare as compare_module
 
 FAST = ["--train-subset", "128", "--test-subset", "60", "--batch-size", "32", "--quiet"]  # 4 steps an epoch
 QUIET = dict(progress=False, log=lambda line: None)
@@ -77,7 +78,11 @@ def test_a_base_that_never_trained_is_warned_about(tmp_path, capsys):
         (["compare", "--condition", "never"], "compare's motivated arm needs a condition that the loss drives"),
         (["compare", "--condition", "always"], "seeking train --condition always"),
         (["compare", "--condition", "random"], "the loss drives (decrease, trend, budget, value), got 'random'"),
-        (["compare", "--p", "0.3"], "--p is not used; drop it"),
+        (["compare", "--p", "0.3"], "--condition decrease takes no --p"),
+        (
+            ["compare", "--condition", "trend", "--p", "0.3"],
+            "would do nothing: drop it (in compare it sets the share of budget",
+        ),
         (["train", "--lr", "0"], "lr must be > 0"),
         (["excite", "--lr", "0"], "lr must be > 0"),
         (["train", "--train-subset", "1", "--batch-size", "1"], "the training data hold only label"),
@@ -93,6 +98,19 @@ def test_degenerate_options_are_refused_before_anything_is_written(argv, message
     err = capsys.readouterr().err
     assert err.startswith("seeking: error: ") and message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_compare_passes_p_to_a_condition_that_takes_it(monkeypatch):
+    """budget spends round(p * steps) large-model steps: compare's --p is its share, not refused."""
+    given = []
+
+    def reached(config, out, **options):  # stands in for the comparison: what the command line gave it
+        given.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_module, "compare", reached)
+    assert main(["compare", "--condition", "budget", "--p", "0.3", "--quiet"]) == 130
+    assert [(c.condition, c.p) for c in given] == [("budget", 0.3)]
 
 
 def test_more_examples_than_the_data_holds_is_a_warning(tmp_path, capsys):

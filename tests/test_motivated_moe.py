@@ -18,6 +18,7 @@ from seeking.model_file import load_model
 from seeking.models import create_model, lm_loss
 from seeking.moe import expert_layers, moe_aux_loss
 from seeking.motivation import ConsecutiveDecrease, Motivator
+from seeking.reporting.report import write_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,4 +132,13 @@ def test_a_motivated_moe_run_with_excitation_saves_usable_models_and_resumes_bit
     assert_same_run(whole.run_dir, tmp_path / "cut")
     # Excitation changed the run: the same run without it trains other weights
     plain = train(config(tmp_path, excitation="none"), tmp_path / "plain", **QUIET)
-    assert json.loads((plain.run_dir / "summary.json").read_text())["models"] != summary["models"]
+    plain_summary = json.loads((plain.run_dir / "summary.json").read_text())
+    assert plain_summary["models"] != summary["models"]
+    # the summary and the report tell the Excitation run from the plain one
+    gamma = config(tmp_path).gamma
+    assert (summary["excitation"], summary["gamma"]) == ("zero_sum", gamma)
+    assert (plain_summary["excitation"], plain_summary["gamma"]) == ("none", None)
+    page = write_report([whole.run_dir, plain.run_dir], tmp_path / "report").files[-1].read_text()
+    title = "gpt_moe_2l inside gpt_moe_4l, condition decrease"
+    assert f"{whole.run_dir}: {title}, excitation zero_sum (gamma {gamma})</h2>" in page
+    assert f"{plain.run_dir}: {title}</h2>" in page

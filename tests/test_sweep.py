@@ -14,11 +14,11 @@ from scipy import stats
 from seeking.cli.main import main
 from seeking.data import load_dataset
 from seeking.data.core import holdout_split, run_splits
-from seeking.errors import ConfigError
+from seeking.errors import ConfigError, SeekingWarning
 from seeking.reporting.stats import mean_interval
 from seeking.reporting.sweep import Cell, choose, lr_curve, usable_range
 from seeking.training.config import ExciteConfig, TrainConfig
-from seeking.training.sweep import sweep
+from seeking.training.sweep import SWEEP_KINDS, sweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXCITE = dict(steps=4, eval_every_steps=4, batch_size=64, holdout=150, arms=["none", "zero_sum"], seeds=[0, 1])
@@ -133,6 +133,25 @@ def test_a_compare_sweep_pairs_each_arm_with_its_classical_twin_and_one_seed_has
     assert (row["difference n"], row["difference ci low"], row["difference ci high"]) == (1, None, None)
     assert "n=1: no interval" in result["table"]
     assert "usable lr low" not in result["rows"][0] and "validation" not in result["rows"][0]  # nothing chosen
+
+
+def test_a_compare_sweep_of_a_chain_pairs_every_level_with_its_classical_twin(tmp_path):
+    chain = dict(base="resnet20", intermediate=["resnet32"], motivated="resnet44")
+    config = TrainConfig(**chain, train_subset=32, test_subset=20, epochs=1, batch_size=32, k=1, bn_recalibrate=0)
+    with pytest.warns(SeekingWarning, match="random control is not built for chains"):
+        result = sweep("compare", config, {}, [0], tmp_path, progress=False, log=lambda line: None)
+    levels = ("base", "level1", "large")
+    pairs = {(r["arm"], r["reference"]): r["difference"] for r in result["paired"]}
+    assert list(pairs) == [(f"motivated {level}", f"classical {level}") for level in levels]
+    rows = json.loads((tmp_path / "test/default/seed0/comparison.json").read_text())["rows"]
+    acc = {r["arm"]: r["test acc %"] for r in rows}
+    for level in levels:
+        assert (
+            pairs[(f"motivated {level}", f"classical {level}")] == acc[f"motivated {level}"] - acc[f"classical {level}"]
+        )
+    assert "| motivated level1 | classical level1 |" in result["table"]
+    # a diverged cell of a chain counts for the chain's arms, not a pair's
+    assert list(SWEEP_KINDS["compare"].diverged(config)) == [r["arm"] for r in rows]
 
 
 @pytest.mark.parametrize(

@@ -164,6 +164,7 @@ def _resumed_values(args: argparse.Namespace, config_type: type, extra: dict[str
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ..reporting.comparison import level_p, p_name, trained_steps
     from ..training import train
 
     if args.resume:
@@ -178,29 +179,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for name, m in s["models"].items():
         result_text = f"test accuracy {m['accuracy']:.2f}%" if "accuracy" in m else f"val loss {m['loss']:.4f}"
         print(f"{name:9s} {m['model']:10s} {result_text}  -> {result.run_dir / m['checkpoint']}")
+    chain = len(s["models"]) > 2
     print(
-        f"p = {s['p']:.3f} ({s['motivated_steps']}/{s['steps']} steps motivated, "
-        f"{counted(s['switches'], 'switch', 'switches')}), {counted(s['skipped_steps'], 'skipped step')}, "
-        f"training {s['train_flops'] / 1e12:.4g} TFLOPs, {s['train_seconds']:.1f}s"
+        f"{p_name(s['models'])} = {s['p']:.3f} ({s['motivated_steps']}/{s['steps']} steps "
+        f"{'above the base' if chain else 'motivated'}, {counted(s['switches'], 'switch', 'switches')}), "
+        f"{counted(s['skipped_steps'], 'skipped step')}, training {s['train_flops'] / 1e12:.4g} TFLOPs, "
+        f"{s['train_seconds']:.1f}s"
     )
-    if len(s["models"]) > 2:  # a chain: each level's share of the steps
-        print("p by level: " + ", ".join(f"{role} {p:.3f}" for role, p in s["p_by_model"].items()))
+    if chain:  # each level's share of the steps
+        print(
+            "p by level (its share of the steps): "
+            + ", ".join(
+                f"{role} {level_p(s, role):.3f} ({trained_steps(s, role)}/{s['steps']})" for role in s["models"]
+            )
+        )
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ..flops import FLOPS_CONVENTION
+    from ..motivation import CONDITIONS
     from ..reporting import markdown_table
     from ..reporting.comparison import gain_sentence
     from ..training.compare import compare
 
     random_control = not args.no_random_control
-    if args.p is not None:  # the compare parser's default is None, so that a given --p is seen
+    # the compare parser's default is None, so that a given --p is seen: the motivated arm's condition may
+    # take it (budget: its share), the random control never does (it takes the motivated run's count)
+    if args.p is None:
+        args.p = TrainConfig().p
+    elif not args.resume and "p" not in CONDITIONS[args.condition].options:
+        taking = [name for name, kind in CONDITIONS.items() if kind.reads_loss and "p" in kind.options]
         raise SeekingError(
-            "compare runs the random control on exactly as many large-model steps as the motivated run took, "
-            "so --p is not used; drop it (seeking train --condition random --p P runs a control at P)"
+            f"--condition {args.condition} takes no --p, and compare's random control takes the motivated run's "
+            f"count of large-model steps, so --p would do nothing: drop it (in compare it sets the share of "
+            f"{' and '.join(taking)}; seeking train --condition random --p P runs a control at P)"
         )
-    args.p = TrainConfig().p
     if args.resume:
         values = _resumed_values(args, TrainConfig, {**TRAIN_EXTRAS, "no_random_control": False})
         random_control = bool(values.pop("random_control", True))

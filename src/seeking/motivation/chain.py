@@ -69,6 +69,23 @@ def run_models(names: Sequence[str], trained: Sequence[str]) -> dict[str, str]:
     return {role: name for role, name in models.items() if role in trained or set(ROLES) <= set(trained)}
 
 
+def check_growing(models: Sequence[nn.Module], names: Sequence[str]) -> None:
+    """Refuse levels given out of order: each model must have more parameters than the one below it
+    (it contains it). ``names`` name the levels in the message (a run's model names, or the roles).
+    Raises ``ConfigError`` naming the first adjacent pair out of order, by position and name, and the
+    order by size as the fix (before any pair's weights map is inferred, whose message speaks of a
+    pair's "base" and "motivated")."""
+    sizes = [sum(p.numel() for p in model.parameters()) for model in models]
+    for low in range(len(models) - 1):
+        if sizes[low] >= sizes[low + 1]:
+            ordered = ":".join(name for _, name in sorted(zip(sizes, names, strict=True), key=lambda pair: pair[0]))
+            raise ConfigError(
+                f"a chain's models go smallest first (each contains the one before), but level {low} "
+                f"{names[low]} ({sizes[low]:,} parameters) is not smaller than level {low + 1} {names[low + 1]} "
+                f"({sizes[low + 1]:,}): give them by size, {ordered}"
+            )
+
+
 class Chain:
     """Decides which of ``N`` nested models trains on each batch (the rule above) and keeps their
     shared weights in sync; a :class:`~seeking.motivation.plan.TrainingPlan`.
@@ -86,8 +103,8 @@ class Chain:
         state: what :meth:`state_dict` returned, to resume over restored models (nothing initialised,
             copied or checked); load the optimizers' states too (``chain.optimizer.load_state_dict``).
 
-    Raises ``ConfigError`` for fewer than two models, a count of conditions, optimizers or maps that
-    is not the chain's, or one condition object given to two pairs.
+    Raises ``ConfigError`` for fewer than two models, levels of three or more out of order (:func:`check_growing`), a
+    count of conditions, optimizers or maps that is not the chain's, or one condition object given to two pairs.
     """
 
     def __init__(
@@ -121,6 +138,8 @@ class Chain:
         if len({id(c) for c in conditions}) != len(conditions):
             raise ConfigError("each pair of a chain needs its own condition object: one was given to two pairs")
         self.names = chain_roles(n)
+        if n > 2:  # a pair's order is its Motivator's check (after the checks that it is a pair at all)
+            check_growing(models, self.names)
         self.models = dict(zip(self.names, models, strict=True))
         self.optimizers = dict(zip(self.names, optimizers, strict=True))
         self.average_loss, self.process_group = average_loss, process_group

@@ -33,17 +33,6 @@ ARMS = (
     ("random-control large", "random_control", "motivated"),
 )
 
-# (arm, reference) pairs whose per-seed differences a comparison over seeds shows: each arm against its
-# classical twin, and the motivated run against the random control on as many large-model steps
-PAIRED = (
-    ("motivated base", "classical base"),
-    ("motivated large", "classical large"),
-    ("random-control base", "classical base"),
-    ("random-control large", "classical large"),
-    ("motivated base", "random-control base"),
-    ("motivated large", "random-control large"),
-)
-
 
 @dataclass(frozen=True)
 class Metric:
@@ -102,6 +91,19 @@ def trained_steps(summary: dict[str, Any], role: str) -> int:
     return summary["motivated_steps"] if role == "motivated" else summary["steps"] - summary["motivated_steps"]
 
 
+def level_p(summary: dict[str, Any], role: str) -> float:
+    """The share of a run's trained steps that trained its ``role`` model (0 before any step): a
+    chain's p of that level. ``summary``: ``summary.json`` or a run's counts with its keys."""
+    return trained_steps(summary, role) / summary["steps"] if summary["steps"] else 0.0
+
+
+def p_name(roles: Sequence[str]) -> str:
+    """What a run's ``p`` (``summary.json`` ``p``) is called where it is shown: a pair's is the share of
+    motivated steps; a chain's (more than two ``roles``) counts the steps of every level above the base,
+    so it is named so, beside each level's own share (:func:`level_p`)."""
+    return "p above the base" if len(roles) > 2 else "p"
+
+
 def chain_arms(roles: Sequence[str]) -> list[tuple[str, str, str]]:
     """The (label, folder, role) of each row of a chain's comparison, ``roles`` its levels' roles
     (:func:`~seeking.motivation.chain_roles`): each level's classical twin (the base: ``never``;
@@ -119,12 +121,35 @@ def chain_arms(roles: Sequence[str]) -> list[tuple[str, str, str]]:
     return [*classical, *((f"motivated {tags.get(role, role)}", "motivated", role) for role in roles)]
 
 
+def comparison_arms(roles: Sequence[str]) -> Sequence[tuple[str, str, str]]:
+    """The (label, folder, role) of each row of a comparison whose motivated run trains the models of
+    ``roles``: a pair's :data:`ARMS`, or a chain's levels and twins (:func:`chain_arms`)."""
+    return chain_arms(roles) if len(roles) > 2 else ARMS
+
+
+def paired_arms(labels: Sequence[str]) -> list[tuple[str, str]]:
+    """The (arm, reference) pairs among the row labels ``labels`` (``"<arm> <model>"``, :data:`ARMS` or
+    :func:`chain_arms`) whose per-seed differences a comparison over seeds shows: each motivated and
+    random-control row against its classical twin (of a chain: every level's), then the motivated run
+    against the random control on as many large-model steps, model by model."""
+    split = [(label, *label.split(" ", 1)) for label in labels]
+    twins = [(label, f"classical {model}") for label, arm, model in split if arm != "classical"]
+    controls = [(label, f"random-control {model}") for label, arm, model in split if arm == "motivated"]
+    return [(arm, reference) for arm, reference in [*twins, *controls] if reference in labels]
+
+
+# the pairs of a comparison of two models (the benchmarks' paired lines)
+PAIRED = tuple(paired_arms([label for label, _, _ in ARMS]))
+
+
 def comparison_rows(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (arm, model) present in ``summaries`` (keyed by arm folder name), its keys the
     columns of the runs' metric (:func:`comparison_columns`). A chain's comparison (a motivated run of
-    more than two models) has a row per level and twin (:func:`chain_arms`) and no random control."""
-    chain = list(summaries.get("motivated", {}).get("models", {}))
-    arms = chain_arms(chain) if len(chain) > 2 else ARMS
+    more than two models) has a row per level and twin (:func:`chain_arms`) and no random control, and
+    its rows show their own level's share and count of steps (``level p``, ``level steps``) in place of
+    the run's ``p`` and ``large steps``."""
+    roles = list(summaries.get("motivated", {}).get("models", {}))
+    arms = comparison_arms(roles)
     ref = summaries["classical_base"]
     metric = METRICS[ref.get("metric", "accuracy")]  # summaries before text runs have no "metric"
     ref_acc, ref_flops = ref["models"]["base"][metric.key], ref["train_flops"]
@@ -149,8 +174,12 @@ def comparison_rows(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]
                 metric.column: model[metric.key],
                 **{column: model[key] for column, key in metric.extra},
                 "train TFLOPs": flops / 1e12,
-                "p": summary["p"],
-                "large steps": summary["motivated_steps"],
+                # a chain's rows: the steps and share of each row's own level, not the run's steps above the base
+                **(
+                    {"level p": level_p(summary, role), "level steps": trained_steps(summary, role)}
+                    if len(roles) > 2
+                    else {"p": summary["p"], "large steps": summary["motivated_steps"]}
+                ),
                 "skipped steps": summary["skipped_steps"],
                 "wall s": summary["train_seconds"],
                 metric.efficiency: efficiency,
@@ -170,7 +199,7 @@ def cell_text(value: Any, column: str) -> str:
         return "-"
     if column == "FLOPs saving vs large":
         return f"{value:.2f}x"
-    if column in ("train TFLOPs", "p"):
+    if column in ("train TFLOPs", "p", "level p"):
         return f"{value:.3f}"
     if column == METRICS["loss"].column:
         return f"{value:.4f}"
@@ -249,10 +278,7 @@ def chain_sentence(summaries: dict[str, dict[str, Any]]) -> str:
     twins = [
         summaries[folder]["train_flops"] for _, folder, _ in chain_arms(roles)[: len(roles)] if folder in summaries
     ]
-    steps = ", ".join(
-        f"{role} {trained_steps(chain, role)} (p {trained_steps(chain, role) / max(chain['steps'], 1):.3f})"
-        for role in roles
-    )
+    steps = ", ".join(f"{role} {trained_steps(chain, role)} (p {level_p(chain, role):.3f})" for role in roles)
     flops = chain["train_flops"]
     text = (
         f"Train once, deploy {len(roles)}: the chain trained its {len(roles)} models in {flops / 1e12:.4g} TFLOPs "

@@ -33,10 +33,12 @@ from .comparison import (
     comparison_rows,
     csv_table,
     gain_sentence,
+    level_p,
     markdown_table,
+    p_name,
     trained_steps,
 )
-from .excitation import excitation_cells, excitation_rows
+from .excitation import BASELINE, arm_label, excitation_cells, excitation_rows
 from .excitation_plots import curves_figure, phi_figure, utilization_figure
 from .plots import accuracy_figure, cost_figure, loss_figure, png_bytes
 from .runs import Comparison, ExcitationRun, Run, TrainRun, read_run_folder, resume_hint
@@ -167,8 +169,13 @@ def _facts(run: TrainRun) -> str:
     def latest(key: str) -> float:
         return s.get(key, last.get(key, 0))
 
+    if len(run.model_names) > 2:  # a chain: its p counts every level above the base; each level's own share
+        shares = ", ".join(f"{role} {level_p(counts, role):.3f}" for role in run.model_names)
+        share = f"fraction of the trained steps on a level above the base; p by level: {shares}"
+    else:
+        share = "motivated fraction of the trained steps"
     cost = (
-        f"p = {counts['p']:.3f} (motivated fraction of the trained steps), "
+        f"{p_name(run.model_names)} = {counts['p']:.3f} ({share}), "
         f"{counted(counts['switches'], 'switch', 'switches')}, "
         f"{counted(counts['skipped_steps'], 'skipped step')} (non-finite loss or gradient), "
         f"{s.get('train_flops', last.get('flops', 0)) / 1e12:.4g} training TFLOPs, "
@@ -190,6 +197,9 @@ def _run_plots(run: TrainRun, label: str, output: _Output, title: str) -> list[s
 
 def _train_section(run: TrainRun, label: str, output: _Output) -> list[str]:
     title = f"{' inside '.join(run.model_names.values())}, condition {run.config.get('condition')}"
+    excitation = run.config.get("excitation", BASELINE)  # runs before Motivation with Excitation: none
+    if excitation != BASELINE:
+        title += f", {arm_label(excitation)} (gamma {run.config.get('gamma')})"
     parts = [html.heading(2, f"Training run {run.path}: {title}")]
     if not run.complete:
         parts.append(_incomplete_note(run))

@@ -358,8 +358,8 @@ class TrainConfig(RunConfig):
     k: int = option(2, help="consecutive loss decreases that start an episode", group="motivation")
     p: float = option(
         0.2,
-        help="random condition: exactly round(p * steps) steps train the large model, at random "
-        "(default: {default}; compare takes the motivated run's count instead)",
+        help="random condition: exactly round(p * steps) steps train the large model, at random; budget: its "
+        "share (default: {default}; compare's random control takes the motivated run's count instead)",
         group="motivation",
     )
     window: int = option(

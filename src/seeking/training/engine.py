@@ -203,7 +203,43 @@ def compile_backend() -> str:
     return backend
 
 
-def compiled_loss(loss: Callable[..., tuple[torch.Tensor, ...]]) -> Callable[..., tuple[torch.Tensor, ...]]:
+def _compile_failure(exc: BaseException) -> str:
+    """What a backend raised, in one line (torch wraps it in ``BackendCompilerFailed``, whose own first
+    line says only that the backend raised)."""
+    inner = getattr(exc, "inner_exception", None) or exc
+    text = str(inner).strip()
+    return f"{type(inner).__name__}: {text.splitlines()[0]}" if text else type(inner).__name__
+
+
+_COMPILERS_CHECKED: set[tuple[str, str]] = set()  # (backend, device type) that compiled the check's graph
+
+
+def check_compiler(device: torch.device) -> None:
+    """Check that :func:`compile_backend` can compile at all on ``device``'s type (inductor: a working C++
+    compiler on the CPU, Triton on CUDA) by handing it one tiny graph, as torch.compile would, before a
+    run writes anything; once per backend and device type in a process (seconds, mostly importing the
+    backend's compiler stack, which the run needs anyway: docs/RUNS.md). Dynamo is bypassed, so no graph
+    is cached or counted. Raises ``ConfigError`` naming the fix. What only the model's own code can
+    show (an operation the backend cannot compile) surfaces at the first step: :func:`compiled_loss`."""
+    backend = compile_backend()
+    if (backend, device.type) in _COMPILERS_CHECKED:
+        return
+    graph = torch.fx.symbolic_trace(lambda x: (torch.relu(x) * 2,))  # backends take graphs of tuple outputs
+    example = torch.ones(4, device=device)
+    try:
+        torch._dynamo.lookup_backend(backend)(graph, [example])(example)
+    except Exception as exc:  # a backend is anyone's code: any failure means it cannot compile
+        first = _compile_failure(exc)
+        raise ConfigError(
+            f"--compile: torch.compile backend {backend!r} cannot compile on {device.type}: {first}; run without "
+            f"--compile, or choose a backend that works with ${COMPILE_BACKEND} (aot_eager needs no compiler)"
+        ) from exc
+    _COMPILERS_CHECKED.add((backend, device.type))
+
+
+def compiled_loss(
+    loss: Callable[..., tuple[torch.Tensor, ...]], continue_with: str | None = None
+) -> Callable[..., tuple[torch.Tensor, ...]]:
     """``loss`` (a task's :meth:`Task.loss`: the forward pass and the loss) through ``torch.compile``
     with :func:`compile_backend`.
 
@@ -213,7 +249,11 @@ def compiled_loss(loss: Callable[..., tuple[torch.Tensor, ...]]) -> Callable[...
     ``state_dict`` keys (no ``_orig_mod.`` prefix), checkpoints and saved files are those of an
     uncompiled run, and tests run eagerly. Code that cannot be traced (e.g. the MoE layers' routing
     counts, which read the autograd engine's state) runs eagerly between compiled graphs, with the same
-    results. A failure to compile is a ``ConfigError`` naming the fix."""
+    results. A failure to compile is a ``ConfigError`` naming the fix. It can only surface at a model's
+    first step, where torch compiles (:func:`check_compiler` finds a backend that cannot compile at all
+    before a run starts): the run has written its folder by then, so the message says so and names
+    ``continue_with``, the command that continues the run once the backend works (from its last
+    checkpoint, or from step 0 if it has none)."""
     backend = compile_backend()
     function = torch.compile(loss, backend=backend)
 
@@ -221,10 +261,16 @@ def compiled_loss(loss: Callable[..., tuple[torch.Tensor, ...]]) -> Callable[...
         try:
             return function(*args)
         except torch._dynamo.exc.TorchDynamoException as exc:  # errors of the model's own code pass through
-            first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            first = _compile_failure(exc)
+            then = (
+                f"; the run stopped at the first step of this model, where torch compiles it: continue it with "
+                f"{continue_with} once the backend works, or start it again without --compile in a new folder"
+                if continue_with
+                else "; run without --compile"
+            )
             raise ConfigError(
-                f"torch.compile (backend {backend!r}) could not compile the training step: {first}; "
-                f"run without --compile (or choose another backend with ${COMPILE_BACKEND})"
+                f"torch.compile (backend {backend!r}) could not compile the training step: {first}"
+                f"{then} (another backend: ${COMPILE_BACKEND})"
             ) from exc
 
     return call
@@ -292,7 +338,9 @@ class Engine:
         self.max_nonfinite, self.checkpoints, self.checkpoint_every = max_nonfinite, checkpoints, checkpoint_every
         self.identity, self.interrupted = identity or {}, interrupted
         self.progress, self.describe = progress, describe
-        self.loss = compiled_loss(task.loss) if compile else task.loss
+        if compile:
+            check_compiler(device)  # before the trainer writes anything
+        self.loss = compiled_loss(task.loss, interrupted if checkpoints else None) if compile else task.loss
         self.counters = Counters()
         self.parameters: dict[nn.Module, list[torch.Tensor]] = {}
         self.state = Parts(**task.parts(), progress=self.counters, rng=GlobalRandomState())

@@ -54,7 +54,7 @@ from ..wording import counted
 from .checkpoint import Checkpoints, StopRequests
 from .config import ExciteConfig
 from .distributed import Ranks, join, wrap
-from .engine import Counters, Engine, LearningRate, Parts, Record
+from .engine import Counters, Engine, LearningRate, Parts, Record, check_compiler
 from .preflight import probing, reports_storage_errors
 from .tasks import DataTask, check_model_kind, check_tokenizer, data_kind, load_data_task
 
@@ -247,6 +247,8 @@ def compare_excitation(
     data = excite_data(config, device, bar)
     probe(config, data, device)  # a model that cannot run (or has no MoE layer) fails here, before anything is written
     LearningRate(config.lr, config.schedule, config.steps)  # and a schedule that gives no finite rates
+    if config.compile:
+        check_compiler(device)  # and a --compile backend that cannot compile at all
     if not resume:
         config.warn_unused()
     out = Path(out)

@@ -42,7 +42,8 @@ from ..models.registry import model_recipe
 from ..moe import expert_layers, moe_aux_loss
 from ..motivation import Chain, Condition, Motivator, Never, SingleModel, TrainingPlan, chain_roles, make_condition
 from ..motivation.batchnorm import deployable_copy
-from ..reporting.comparison import trained_steps
+from ..motivation.chain import check_growing
+from ..reporting.comparison import p_name, trained_steps
 from ..reporting.excitation import BASELINE
 from ..reporting.tensorboard import ScalarLog
 from ..runs import (
@@ -64,7 +65,7 @@ from ..wording import counted
 from .checkpoint import Checkpoints
 from .config import TrainConfig
 from .distributed import Ranks, join, wrap
-from .engine import Counters, Engine, JsonLog, LearningRate, Parts, Record
+from .engine import Counters, Engine, JsonLog, LearningRate, Parts, Record, check_compiler
 from .preflight import probing, reports_storage_errors
 from .tasks import DataTask, check_model_kind, check_tokenizer, data_kind, load_data_task
 
@@ -147,8 +148,11 @@ def train_task(config: TrainConfig, device: torch.device, progress: bool, datase
 def check_run(config: TrainConfig, dataset: ImageDataset | None, device: torch.device) -> None:
     """Fail early (before a comparison's folder exists and any arm trains) if the run cannot work: the
     data sizes, the pair, both models on one forward and backward of a batch of the real shape, and
-    the condition's options (a budget's ``flops_saving`` against the FLOPs that pass counts)."""
+    the condition's options (a budget's ``flops_saving`` against the FLOPs that pass counts), and that
+    ``--compile``'s backend can compile (:func:`~seeking.training.engine.check_compiler`)."""
     data = train_task(config, device, False, dataset)
+    if config.compile:
+        check_compiler(device)
     names = [config.base, *config.intermediate, config.motivated]
     models = [create_model(name, **data.model_kwargs(), **config.model_kwargs).to(device) for name in names]
     for name, model in zip(names, models, strict=True):
@@ -161,6 +165,8 @@ def check_run(config: TrainConfig, dataset: ImageDataset | None, device: torch.d
     # the maps inferred and the starts checked as in train() (a chain of two is the pair's Motivator);
     # their warnings are left to the arms
     unused = [torch.optim.SGD(m.parameters(), lr=0.0) for m in models]
+    if len(models) > 2:
+        check_growing(models, names)  # a chain's order, said with the models' names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Chain(models, [Never() for _ in models[1:]], unused, example_input=data.example())
@@ -206,6 +212,7 @@ def build_plan(
     }
     if len(models) == 2:  # the Motivator itself (a chain of two equals it; its checkpoints hold its state)
         return Motivator(*models.values(), *conditions, *optimizers.values(), **policies)
+    check_growing(list(models.values()), list(config.model_names().values()))  # said with the models' names
     return Chain(list(models.values()), conditions, list(optimizers.values()), **policies)
 
 
@@ -326,13 +333,13 @@ class MotivationTask:
         tested = [n for n in self.models if f"{n}_{self.data.metric_key}" in record]
         levels = list(self.models) if len(self.models) > 2 else []  # a chain: each level's share
         self.log(
-            f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  p {plan.p:.2f}  "
+            f"epoch {epoch}/{config.epochs}  loss {record['train_loss']:.4f}  {p_name(self.models)} {plan.p:.2f}  "
             + "".join(f"p_{role} {record[f'p_{role}']:.2f}  " for role in levels)
             + "".join(f"{n} {self.data.metric} {record[f'{n}_{self.data.metric_key}']:.4g}  " for n in tested)
             + (f"{c.skipped} skipped steps  " if c.skipped else "")
             + f"{c.train_seconds:.1f}s"
         )
-        return {"p": f"{plan.p:.3f}"}
+        return {p_name(self.models): f"{plan.p:.3f}"}
 
 
 @reports_storage_errors
@@ -434,6 +441,9 @@ def run_summary(config: TrainConfig, task: MotivationTask, counters: Counters) -
     return {
         "seeking_version": __version__,
         "condition": config.condition,
+        # Excitation of the MoE experts' steps, or "none" for a plain optimizer (gamma then unused: null)
+        "excitation": config.excitation,
+        "gamma": config.gamma if config.excitation != BASELINE else None,
         "steps": plan.steps,
         "motivated_steps": plan.motivated_steps,
         "p": plan.p,
@@ -469,8 +479,8 @@ def warn_untrained(summary: dict[str, Any], names: dict[str, str], run_dir: Path
         if trained_steps(summary, role) == 0:
             warnings.warn(
                 f"the {role} model {names[role]} of {run_dir} was never trained: none of the run's "
-                f"{counted(summary['steps'], 'step')} were its (p = {summary['p']:.3f}), so {model_file(role)} "
-                f"holds {shared}its starting weights; check --condition, --k and --p",
+                f"{counted(summary['steps'], 'step')} were its ({p_name(names)} = {summary['p']:.3f}), so "
+                f"{model_file(role)} holds {shared}its starting weights; check --condition, --k and --p",
                 SeekingWarning,
                 stacklevel=4,  # the caller of train(), past its storage-error wrapper
             )

@@ -27,7 +27,8 @@ from typing import Any
 
 from ..errors import ConfigError, Diverged
 from ..io import atomic_write_bytes, atomic_write_text, write_json
-from ..reporting.comparison import ARMS, METRICS, PAIRED, csv_table
+from ..motivation import chain_roles
+from ..reporting.comparison import METRICS, comparison_arms, csv_table, paired_arms
 from ..reporting.excitation import BASELINE, arm_label
 from ..reporting.plots import png_bytes
 from ..reporting.sweep import (
@@ -85,8 +86,9 @@ SWEEP_KINDS = {
         _run_compare,
         lambda config, seed: dataclasses.replace(config, seed=seed),
         lambda result: {row["arm"]: row[METRICS["accuracy"].column] for row in result["rows"]},
-        lambda config: {label: math.nan for label, _, _ in ARMS},  # its arms run together: all count
-        lambda arms: list(PAIRED),
+        # its arms run together: all count (a chain's: each level and its twin)
+        lambda config: {label: math.nan for label, _, _ in comparison_arms(chain_roles(len(config.intermediate) + 2))},
+        paired_arms,
         None,
     ),
     "excite": SweepKind(
