@@ -27,7 +27,7 @@ from common import config_from, paired_lines, run_arguments, seeds_table
 
 from seeking.flops import FLOPS_CONVENTION
 from seeking.io import atomic_write_text
-from seeking.reporting.comparison import COLUMNS, PAIRED
+from seeking.reporting.comparison import paired_arms
 from seeking.training.compare import compare
 
 FORMATS = {
@@ -35,6 +35,8 @@ FORMATS = {
     "train TFLOPs": ".3f",
     "p": ".3f",
     "large steps": ".1f",
+    "level p": ".3f",  # a chain's rows: their own level's share and count of steps
+    "level steps": ".1f",
     "skipped steps": ".1f",
     "ACC/FLOPs (pts/TFLOP)": "+.3g",
     "FLOPs saving vs large": ".2f",
@@ -71,9 +73,9 @@ def main() -> None:
         chains += [f"seed {seed}: {result['chain']}"] if "chain" in result else []
 
     arms = {row["arm"]: [per_seed[s][i] for s in args.seeds] for i, row in enumerate(per_seed[args.seeds[0]])}
-    table = seeds_table(COLUMNS, arms, FORMATS)
+    table = seeds_table(list(per_seed[args.seeds[0]][0]), arms, FORMATS)
     accuracy = {arm: {s: r["test acc %"] for s, r in zip(args.seeds, rows, strict=True)} for arm, rows in arms.items()}
-    table += "\n\nTest accuracy, paired by seed (95% t interval):\n\n" + paired_lines(accuracy, PAIRED)
+    table += "\n\nTest accuracy, paired by seed (95% t interval):\n\n" + paired_lines(accuracy, paired_arms(list(arms)))
     header = (
         f"{args.pair} on {Path(args.data).name}: {args.train_subset} train / {args.test_subset} test images, "
         f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr} cosine, k={args.k}, "
