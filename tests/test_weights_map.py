@@ -92,7 +92,8 @@ def test_shared_weights_equal_after_motivated_steps_and_extra_blocks_persist():
 def test_carried_optimizer_state_follows_the_weights():
     base, large = pair()
     ob, om = sgd(base), sgd(large)
-    motivator = Motivator(base, large, ConsecutiveDecrease(k=1), ob, om, optimizer_state="carried")
+    # copied, not shared (zero-copy sharing of the state: test_zero_copy_shares_the_optimizer_state...)
+    motivator = Motivator(base, large, ConsecutiveDecrease(k=1), ob, om, optimizer_state="carried", sync="copy")
     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
     for scripted in (2.0, 1.0):  # base steps twice, the second decrease switches to motivated
         model, opt = motivator.select()
