@@ -76,7 +76,8 @@ def seeds_table(columns: list[str], arms: dict[str, list[dict]], formats: dict[s
             values = [r[column] for r in rows]
             words = {v for v in values if isinstance(v, str)}  # "never trained" in some seed
             if words:
-                cells.append(f"{', '.join(sorted(words))} ({sum(isinstance(v, str) for v in values)} seeds)")
+                n = sum(isinstance(v, str) for v in values)
+                cells.append(f"{', '.join(sorted(words))} ({n} seed{'s' if n != 1 else ''})")
             elif column == "wall s":
                 cells.append(f"{statistics.median(values):.0f}")
             else:
