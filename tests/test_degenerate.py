@@ -83,6 +83,7 @@ def test_a_base_that_never_trained_is_warned_about(tmp_path, capsys):
             ["compare", "--condition", "trend", "--p", "0.3"],
             "would do nothing: drop it (in compare it sets the share of budget",
         ),
+        (["train", "--pair", "resnet20:resnet32", "--base", "resnet32"], "give the models once: in --pair/--chain"),
         (["train", "--lr", "0"], "lr must be > 0"),
         (["excite", "--lr", "0"], "lr must be > 0"),
         (["train", "--train-subset", "1", "--batch-size", "1"], "the training data hold only label"),
@@ -97,6 +98,14 @@ def test_degenerate_options_are_refused_before_anything_is_written(argv, message
     assert main([*argv, "--quiet", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("seeking: error: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_pair_and_chain_given_together_are_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--chain", "resnet20:resnet32", "--pair", "resnet20:resnet56", "--out", str(out)])
+    assert exit_.value.code == 2 and "--pair/--chain given twice" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -163,12 +163,22 @@ def test_a_compare_sweep_of_a_chain_pairs_every_level_with_its_classical_twin(tm
         (["excite", "--holdout", "50", "--grid", "lr=0.1,0.1"], "distinct"),
         (["excite", "--holdout", "50", "--grid", "lr=-1"], "lr must be > 0"),
         (["compare", "--holdout", "50", "--seed", "3"], "drop --seed"),
+        (["compare", "--p", "0.3"], "--condition decrease takes no --p"),  # as seeking compare refuses it
     ],
 )
 def test_bad_sweeps_are_refused_before_anything_is_written(tmp_path, capsys, argv, message):
     out = tmp_path / "sweep"
     assert main(["sweep", *argv, "--out", str(out), "--quiet"]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_a_run_folder_is_refused_as_the_out_of_a_sweep(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # what seeking train, compare and excite write first
+    assert main(["sweep", "excite", "--out", str(run), "--quiet"]) == 2
+    assert "is the run folder of a seeking train" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
 
 
 def test_a_text_file_is_refused(tmp_path, capsys):

@@ -100,12 +100,23 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     _add_run_options(groups["run"], "RUN_DIR", "run folder (default: runs/<command>-<time>)")
 
 
+class _Once(argparse.Action):
+    """An option that may be given once: its spellings (``--pair``, ``--chain``) name one value, and a
+    second one would silently replace the first."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{'/'.join(self.option_strings)} given twice: give the models once")
+        setattr(namespace, self.dest, values)
+
+
 def _add_pair_option(group: argparse._ArgumentGroup) -> None:
     """``--pair`` (also spelled ``--chain``) of train, compare and sweep compare."""
     group.add_argument(
         "--pair",
         "--chain",
         dest="pair",
+        action=_Once,
         help="BASE:MOTIVATED, shorthand for --base and --motivated; timm names work too "
         "(e.g. efficientnet_b0:efficientnet_b2); more names make a chain, BASE:...:MOTIVATED "
         "(e.g. resnet20:resnet32:resnet56, the middle ones --intermediate)",
@@ -146,9 +157,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         names = args.pair.split(":")
         if len(names) < 2 or not all(names):
             raise SeekingError(
-                f"--pair must look like BASE:MOTIVATED (e.g. resnet20:resnet32), or BASE:...:MOTIVATED for a chain "
-                f"(e.g. resnet20:resnet32:resnet56), got {args.pair!r}"
+                f"--pair/--chain must look like BASE:MOTIVATED (e.g. resnet20:resnet32), or BASE:...:MOTIVATED for a "
+                f"chain (e.g. resnet20:resnet32:resnet56), got {args.pair!r}"
             )
+        defaults = TrainConfig()
+        given = [f"--{n}" for n in ("base", "motivated") if values[n] != getattr(defaults, n)]
+        if given:
+            raise SeekingError(f"give the models once: in --pair/--chain or with {' and '.join(given)}, not both")
         if len(names) > 2 and values["intermediate"]:
             raise SeekingError("give a chain's middle models once: in --pair A:B:C or in --intermediate, not both")
         values["base"], values["motivated"] = names[0], names[-1]
@@ -196,25 +211,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from ..flops import FLOPS_CONVENTION
+def _compare_p(args: argparse.Namespace) -> None:
+    """compare's (and sweep compare's) ``--p``: the parsers' default is None, so that a given --p is
+    seen: the motivated arm's condition may take it (budget: its share), the random control never
+    does (it takes the motivated run's count), so a --p that no arm reads is refused."""
     from ..motivation import CONDITIONS
-    from ..reporting import markdown_table
-    from ..reporting.comparison import gain_sentence
-    from ..training.compare import compare
 
-    random_control = not args.no_random_control
-    # the compare parser's default is None, so that a given --p is seen: the motivated arm's condition may
-    # take it (budget: its share), the random control never does (it takes the motivated run's count)
     if args.p is None:
         args.p = TrainConfig().p
-    elif not args.resume and "p" not in CONDITIONS[args.condition].options:
+    elif not getattr(args, "resume", None) and "p" not in CONDITIONS[args.condition].options:
         taking = [name for name, kind in CONDITIONS.items() if kind.reads_loss and "p" in kind.options]
         raise SeekingError(
             f"--condition {args.condition} takes no --p, and compare's random control takes the motivated run's "
             f"count of large-model steps, so --p would do nothing: drop it (in compare it sets the share of "
             f"{' and '.join(taking)}; seeking train --condition random --p P runs a control at P)"
         )
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ..flops import FLOPS_CONVENTION
+    from ..reporting import markdown_table
+    from ..reporting.comparison import gain_sentence
+    from ..training.compare import compare
+
+    random_control = not args.no_random_control
+    _compare_p(args)
     if args.resume:
         values = _resumed_values(args, TrainConfig, {**TRAIN_EXTRAS, "no_random_control": False})
         random_control = bool(values.pop("random_control", True))
@@ -332,6 +353,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.sweep == "compare":
         if args.seed != TrainConfig().seed:
             raise SeekingError("seeking sweep compare runs every seed of --seeds; drop --seed")
+        _compare_p(args)
         config, seeds, config_type = config_from_args(args), args.seeds, TrainConfig
     else:
         config = ExciteConfig(**_config_values(args, ExciteConfig)).validate()
@@ -431,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = _add_sweep_options(q, TrainConfig)
     _add_pair_option(groups["data and models"])
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one comparison per seed and setting")
+    q.set_defaults(p=None)  # as compare's: a --p that no arm reads is refused (_compare_p)
     q = kinds.add_parser("excite", help="seeking excite's arms over the grid")
     _add_sweep_options(q, ExciteConfig)
     p.set_defaults(func=_cmd_sweep)

@@ -209,6 +209,11 @@ def sweep(
         raise ConfigError("seeking sweep chooses settings on a validation split: give --holdout N (training images)")
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
+    if (out / CONFIG).exists():  # a sweep's own folder holds its cells in select/ and test/, never a run's files
+        raise ConfigError(
+            f"--out {out} is the run folder of a seeking train, compare or excite run, not a sweep's: "
+            "choose another --out (a sweep writes its cells under select/ and test/)"
+        )
     metric = METRICS["accuracy"]
 
     def run(setting: dict[str, Any], phase: str, arms: list[str] | None) -> list[Cell]:
