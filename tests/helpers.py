@@ -22,11 +22,16 @@ def sgd(model):
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
 
-def motivated_steps(base, large, sync, *, steps, shape, batchnorm="separate"):
-    """Train the pair for ``steps`` batches of random ``shape`` images (k = 1); returns the finished Motivator."""
-    motivator = Motivator(base, large, ConsecutiveDecrease(k=1), sgd(base), sgd(large), sync=sync, batchnorm=batchnorm)
+def motivated_steps(base, large, sync, *, steps, shape, batchnorm="separate", optimizer=sgd, before_step=None):
+    """Train the pair for ``steps`` batches of random ``shape`` images (k = 1), each model with its own
+    ``optimizer(model)``, calling ``before_step(step, motivator)`` first if given; returns the finished Motivator."""
+    motivator = Motivator(
+        base, large, ConsecutiveDecrease(k=1), optimizer(base), optimizer(large), sync=sync, batchnorm=batchnorm
+    )
     gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
+    for step in range(steps):
+        if before_step is not None:
+            before_step(step, motivator)
         x, y = torch.randn(*shape, generator=gen), torch.randint(0, 10, (shape[0],), generator=gen)
         model, opt = motivator.select()
         loss = F.cross_entropy(model(x), y)

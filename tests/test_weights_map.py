@@ -269,23 +269,16 @@ def train_with_interruptions(sync, optimizer, width):
     torch.manual_seed(1)
     large = create_model("resnet32", width=width)
     make = {"sgd": sgd, "adamw": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3)}[optimizer]
-    opts = make(base), make(large)
-    motivator = Motivator(base, large, ConsecutiveDecrease(k=1), *opts, sync=sync)
-    gen = torch.Generator().manual_seed(0)
-    for step in range(12):
+
+    def interrupt(step, motivator):
         if step == 6:
-            for opt in opts:
+            for opt in motivator.optimizers.values():
                 opt.load_state_dict(copy.deepcopy(opt.state_dict()))
             for model in (base, large):
                 model.double().float()
-        x, y = torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
-        model, opt = motivator.select()
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        motivator.observe(loss)
-    motivator.finish()
+
+    motivator = motivated_steps(base, large, sync, steps=12, shape=(16, 3, 8, 8), optimizer=make, before_step=interrupt)
+    opts = tuple(motivator.optimizers.values())
     return base, large, opts, motivator
 
 

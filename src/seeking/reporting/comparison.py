@@ -138,10 +138,6 @@ def paired_arms(labels: Sequence[str]) -> list[tuple[str, str]]:
     return [(arm, reference) for arm, reference in [*twins, *controls] if reference in labels]
 
 
-# the pairs of a comparison of two models (the benchmarks' paired lines)
-PAIRED = tuple(paired_arms([label for label, _, _ in ARMS]))
-
-
 def comparison_rows(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (arm, model) present in ``summaries`` (keyed by arm folder name), its keys the
     columns of the runs' metric (:func:`comparison_columns`). A chain's comparison (a motivated run of
