@@ -2,11 +2,15 @@
 in one run of a few minutes on one GPU (issue 17); ``--tiny`` runs the same checks on the CPU in seconds
 (tests/test_device_check.py runs it, so the script cannot rot).
 
-The checks form a registry (:data:`CHECKS`, in the order they run), each time-boxed (``budget_s``, and
-never past the run's ``--budget-s``) and isolated: a failure or time-out is recorded and the next check
-runs. Every result goes into one folder (``--out``): ``results.json`` (every check: status, seconds,
-figures, error), ``device_check.md`` (a section ready for docs/RESULTS.md: the summary table, each
-benchmark's own table, the CIFAR-10 comparison table) and ``checks.log`` (everything the checks printed).
+The checks form a registry (:data:`CHECKS`, in the order they run), each time-boxed and isolated: a
+failure or time-out is recorded and the next check runs. A check's ``share`` is its part of the run's
+``--budget-s`` (the shares are weights: the defaults add up to the default budget, and ``--only`` or
+another budget scales them); the time a check leaves unused passes to the checks after it, so the
+CIFAR-10 comparison, last, gets at least its share whatever the checks before it do (and, cut short,
+still reports the arms that finished). Every result goes into one folder (``--out``): ``results.json``
+(every check: status, seconds, figures, error), ``device_check.md`` (a section ready for
+docs/RESULTS.md: the summary table, each benchmark's own table, the CIFAR-10 comparison table) and
+``checks.log`` (everything the checks printed).
 
 1. smoke: ``train`` (a Motivation pair, random condition, killed mid-run and resumed, checked against the
    uninterrupted run), ``compare`` and ``excite``, each with bfloat16 autocast, channels-last and
@@ -46,6 +50,8 @@ import torch
 
 from seeking import TrainConfig, train
 from seeking.io import atomic_write_text, write_json
+from seeking.reporting import comparison_rows, markdown_table
+from seeking.runs import SUMMARY
 from seeking.training.compare import compare
 from seeking.training.config import ExciteConfig
 from seeking.training.engine import COMPILE_BACKEND, register_step_hook
@@ -74,17 +80,17 @@ class Check:
     name: str
     kind: str  # smoke, timing or cifar
     run: Callable[[Context], dict[str, Any]]
-    budget_s: float  # on the GPU; --tiny gives every check the same short box
+    share: float  # seconds of the default budget on the GPU (a weight: see run_checks); --tiny ignores it
 
 
 CHECKS: dict[str, Check] = {}
 
 
-def check(name: str, kind: str, budget_s: float) -> Callable[[Callable[[Context], dict[str, Any]]], Any]:
+def check(name: str, kind: str, share: float) -> Callable[[Callable[[Context], dict[str, Any]]], Any]:
     """Register ``run`` as the check ``name`` (checks run in the order they are registered)."""
 
     def register(run: Callable[[Context], dict[str, Any]]) -> Callable[[Context], dict[str, Any]]:
-        CHECKS[name] = Check(name, kind, run, budget_s)
+        CHECKS[name] = Check(name, kind, run, share)
         return run
 
     return register
@@ -96,7 +102,12 @@ class Skipped(Exception):
 
 class TimedOut(BaseException):
     """A check ran past its time box. A ``BaseException``, as ``KeyboardInterrupt``: the code under
-    check (torch.compile's wrappers, a trainer's error handling) must not catch and re-wrap it."""
+    check (torch.compile's wrappers, a trainer's error handling) must not catch and re-wrap it.
+    ``figures``: what the check had finished (a check may catch it, add them and raise it again)."""
+
+    def __init__(self, message: str, figures: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.figures = figures or {}
 
 
 @contextlib.contextmanager
@@ -128,7 +139,7 @@ def train_options(context: Context) -> dict[str, Any]:
     )
 
 
-@check("train", "smoke", budget_s=150)
+@check("train", "smoke", share=60)
 def smoke_train(context: Context) -> dict[str, Any]:
     """A motivated pair (random condition: switches at about half the steps) trained whole, then again
     killed at step 3 (after the checkpoint of step 2) and resumed: the resumed run must end on the
@@ -177,14 +188,14 @@ def max_weight_difference(a: Path, b: Path) -> float:
     return largest
 
 
-@check("compare", "smoke", budget_s=120)
+@check("compare", "smoke", share=40)
 def smoke_compare(context: Context) -> dict[str, Any]:
     options = dict(train_options(context), train_subset=64, k=1)
     result = compare(TrainConfig(**options), context.scratch / "compare", random_control=False, progress=False)
     return {"arms": [row["arm"] for row in result["rows"]]}
 
 
-@check("excite", "smoke", budget_s=120)
+@check("excite", "smoke", share=40)
 def smoke_excite(context: Context) -> dict[str, Any]:
     config = ExciteConfig(
         device=context.device, steps=4, eval_every_steps=2, batch_size=64, seeds=[0], arms=["none", "zero_sum"], **FAST
@@ -196,7 +207,7 @@ def smoke_excite(context: Context) -> dict[str, Any]:
 # ---- 2. timing: the benchmarks' own scripts, with small arguments ----
 
 
-def benchmark(name: str, script: str, tiny: list[str], full: list[str], budget_s: float) -> None:
+def benchmark(name: str, script: str, tiny: list[str], full: list[str], share: float) -> None:
     """Register the benchmark ``benchmarks/<script>`` as a timing check: its ``main()`` runs with
     ``tiny`` or ``full`` as its arguments (plus ``--device`` where it takes one); what it prints (its
     markdown table) is the check's figure."""
@@ -225,7 +236,7 @@ def benchmark(name: str, script: str, tiny: list[str], full: list[str], budget_s
         where = context.device if on_device else "cpu (the script takes no --device)"
         return {"argv": argv, "ran_on": where, "markdown": f"`{script} {' '.join(argv)}`, on {where}:\n\n{output}"}
 
-    check(name, "timing", budget_s)(run)
+    check(name, "timing", share)(run)
 
 
 def module_help(module: Any) -> str:
@@ -248,35 +259,35 @@ benchmark(
         *["--optimizers", "adamw", "--repeats", "1", "--train-repeats", "1"],
     ],
     full=["--repeats", "10", "--train-repeats", "6"],
-    budget_s=120,
+    share=45,
 )
 benchmark(
     "moe_vs_dense",
     "moe_vs_dense.py",
     tiny=["--dim", "32", "--hidden", "64", "--experts", "4", "--tokens", "64", "--steps", "2", "--warmup", "1"],
     full=[],
-    budget_s=60,
+    share=20,
 )
 benchmark(
     "switch_cost",
     "switch_cost.py",
     tiny=["--batch-size", "4", "--switches", "3", "--steps", "2", "--pairs", "resnet20 -> resnet32"],
     full=["--pairs", "resnet20 -> resnet32", "timm resnet18 -> resnet34", "timm efficientnet_b0 -> b2"],
-    budget_s=60,
+    share=25,
 )
 benchmark(
     "trainer_overhead",
     "trainer_overhead.py",
     tiny=["--epochs", "1", "--batch-size", "512", "--repeats", "1", "--micro-calls", "3", "--no-profile"],
     full=["--epochs", "2", "--repeats", "3", "--no-profile", "--compile"],
-    budget_s=90,
+    share=40,
 )
 
 
 # ---- 3. one full-data CIFAR-10 comparison ----
 
 
-@check("cifar10_resnet20_in_resnet32", "cifar", budget_s=330)
+@check("cifar10_resnet20_in_resnet32", "cifar", share=190)
 def cifar(context: Context) -> dict[str, Any]:
     """ResNet-20 inside ResNet-32 on all of CIFAR-10 (``--tiny``: digits, one epoch), data on the device."""
     if context.tiny:
@@ -291,15 +302,32 @@ def cifar(context: Context) -> dict[str, Any]:
     config = TrainConfig(
         **options, device=context.device, amp=True, channels_last=True, k=2, schedule="onecycle", bn_recalibrate=20
     )
-    result = compare(config, context.scratch / "cifar", random_control=False, progress=False, log=context.log)
-    rows = {row["arm"]: row for row in result["rows"]}
+    shown = {k: v for k, v in dataclasses.asdict(config).items() if k in (*options, "amp", "channels_last")}
+    out = context.scratch / "cifar"
+    try:
+        result = compare(config, out, random_control=False, progress=False, log=context.log)
+    except TimedOut as exc:  # the arms that finished are figures too: the classical base trains first
+        raise TimedOut(str(exc), {"config": shown, **finished_arms(out)}) from None
     base = next(row for row in result["rows"] if row["arm"] == "classical base")
-    table = (context.scratch / "cifar" / "comparison.md").read_text()
     return {
-        "config": {k: v for k, v in dataclasses.asdict(config).items() if k in (*options, "amp", "channels_last")},
+        "config": shown,
         "classical_base_accuracy": base.get("accuracy"),
-        "arms": list(rows),
-        "markdown": table,
+        "arms": [row["arm"] for row in result["rows"]],
+        "markdown": (out / "comparison.md").read_text(),
+    }
+
+
+def finished_arms(out: Path) -> dict[str, Any]:
+    """The comparison rows of the arms of an unfinished ``compare`` that wrote their summary, with the
+    classical base's accuracy; empty when the classical base itself did not finish."""
+    summaries = {path.parent.name: json.loads(path.read_text()) for path in sorted(out.glob(f"*/{SUMMARY}"))}
+    if "classical_base" not in summaries:
+        return {}
+    rows = comparison_rows(summaries)
+    return {
+        "classical_base_accuracy": summaries["classical_base"]["models"]["base"]["accuracy"],
+        "arms": [row["arm"] for row in rows],
+        "markdown": "Unfinished comparison: the arms that finished.\n\n" + markdown_table(rows),
     }
 
 
@@ -307,14 +335,21 @@ def cifar(context: Context) -> dict[str, Any]:
 
 
 def run_checks(context: Context, checks: list[Check], budget_s: float) -> dict[str, Any]:
-    """Run ``checks`` in order, each in its time box and within the run's ``budget_s`` (``--tiny``:
-    only the latter, since a CPU shared with other work runs at any speed); returns each one's record."""
+    """Run ``checks`` in order within the run's ``budget_s``; returns each one's record.
+
+    Check ``i`` must end by the run's start plus ``budget_s * (share_0 + ... + share_i) / (all shares)``:
+    its box is its share of the budget plus what the checks before it left unused, and a check that
+    hangs costs the later ones nothing. ``--tiny``: every check may use all that is left (a CPU shared
+    with other work runs at any speed)."""
     started = time.perf_counter()
+    total = sum(entry.share for entry in checks)
+    scheduled = 0.0
     records = {}
     for entry in checks:
         name = entry.name
-        left = budget_s - (time.perf_counter() - started)
-        box = left if context.tiny else min(entry.budget_s, left)
+        scheduled += entry.share
+        now = time.perf_counter() - started
+        box = budget_s - now if context.tiny else budget_s * scheduled / total - now
         context.log(f"== {name} ({entry.kind}, time box {box:.0f} s)")
         tick = time.perf_counter()
         record: dict[str, Any] = {"kind": entry.kind, "time_box_s": box}
@@ -326,7 +361,7 @@ def run_checks(context: Context, checks: list[Check], budget_s: float) -> dict[s
         except Skipped as exc:
             record |= {"status": "skipped", "error": str(exc)}
         except TimedOut as exc:
-            record |= {"status": "timed out", "error": str(exc)}
+            record |= {**exc.figures, "status": "timed out", "error": str(exc)}
         except Exception as exc:  # one check's failure is recorded; the others still run
             record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
             context.log(traceback.format_exc())
@@ -359,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget-s",
         type=float,
-        default=460,
-        help="the whole run's seconds (default: the issue's 8 minutes, less margin)",
+        default=sum(entry.share for entry in CHECKS.values()),
+        help="the whole run's seconds (default: the checks' shares, %(default).0f s: the issue's 8 minutes, less "
+        "margin); every check's share scales with it",
     )
     parser.add_argument("--only", nargs="+", choices=list(CHECKS), default=list(CHECKS), metavar="CHECK")
     args = parser.parse_args(argv)

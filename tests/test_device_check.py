@@ -70,19 +70,65 @@ def test_a_failing_or_slow_check_is_recorded_and_the_others_still_run(device_che
 
     checks = [
         device_check.Check("fails", "smoke", fails, 10),
-        device_check.Check("hangs", "timing", hangs, 0.2),
+        device_check.Check("hangs", "timing", hangs, 10),
         device_check.Check("skips", "cifar", skips, 10),
-        device_check.Check("works", "timing", lambda context: {"value": 3}, 10),
+        device_check.Check("works", "timing", lambda context: {"value": 3}, 30),
     ]
     context = device_check.Context("cpu", False, tmp_path, None, 1, lambda line: None)
     started = time.perf_counter()
-    records = device_check.run_checks(context, checks, budget_s=60)
-    assert time.perf_counter() - started < 5
+    records = device_check.run_checks(context, checks, budget_s=1.2)  # hangs must end by 20/60 of 1.2 s
+    assert time.perf_counter() - started < 1.2
     assert [r["status"] for r in records.values()] == ["failed", "timed out", "skipped", "ok"]
     assert records["fails"]["error"] == "RuntimeError: broken on purpose"
-    assert 0.2 <= records["hangs"]["seconds"] < 2
+    assert 0.3 <= records["hangs"]["seconds"] < 0.45  # its box: its own share and what "fails" left
     assert records["works"]["value"] == 3
     # a run out of budget times out every check that is left, and says so
-    records = device_check.run_checks(context, [checks[1], checks[3]], budget_s=0.1)
+    records = device_check.run_checks(context, [checks[1], checks[3]], budget_s=0.0)
     assert [r["status"] for r in records.values()] == ["timed out", "timed out"]
     assert records["works"]["error"] == "no time left in the run's budget"
+
+
+def test_each_check_gets_its_share_of_the_budget_and_the_time_the_ones_before_left(device_check, tmp_path):
+    def hangs(context):
+        while True:
+            time.sleep(0.01)
+
+    def quick(context):
+        return {}
+
+    def partial(context):  # cut short, it reports what it finished
+        try:
+            hangs(context)
+        except device_check.TimedOut as exc:
+            raise device_check.TimedOut(str(exc), {"finished": ["first arm"]}) from None
+
+    context = device_check.Context("cpu", False, tmp_path, None, 1, lambda line: None)
+    shares = [("hangs", hangs, 1), ("quick", quick, 1), ("partial", partial, 1), ("last", quick, 1)]
+    records = device_check.run_checks(
+        context, [device_check.Check(name, "timing", run, share) for name, run, share in shares], budget_s=1.6
+    )
+    boxes = {name: r["time_box_s"] for name, r in records.items()}
+    assert 0.39 <= boxes["hangs"] <= 0.4  # a quarter of the budget
+    assert 0.38 <= boxes["quick"] <= 0.4  # the hang cost the next check nothing
+    assert 0.75 <= boxes["partial"] <= 0.8  # its quarter and what the quick one left
+    assert records["partial"]["status"] == "timed out" and records["partial"]["finished"] == ["first arm"]
+    assert 0.35 <= boxes["last"] <= 0.4
+    assert sum(entry.share for entry in device_check.CHECKS.values()) <= 8 * 60  # the 8 minutes
+
+
+@pytest.mark.filterwarnings("ignore:the motivated model resnet32 .* was never trained")
+def test_an_unfinished_comparison_reports_the_arms_that_finished(device_check, tmp_path):
+    from seeking import TrainConfig
+    from seeking.training.compare import compare
+
+    config = TrainConfig(data="digits", train_subset=64, test_subset=60, epochs=1, batch_size=32, k=1)
+    compare(config, tmp_path, random_control=False, progress=False, log=lambda line: None)
+    base = json.loads((tmp_path / "classical_base" / "summary.json").read_text())
+    for arm in ("classical_large", "motivated"):
+        (tmp_path / arm / "summary.json").unlink()
+    finished = device_check.finished_arms(tmp_path)
+    assert finished["arms"] == ["classical base"]
+    assert finished["classical_base_accuracy"] == base["models"]["base"]["accuracy"]
+    assert "| classical base | resnet20 |" in finished["markdown"]
+    (tmp_path / "classical_base" / "summary.json").unlink()
+    assert device_check.finished_arms(tmp_path) == {}
