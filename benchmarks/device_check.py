@@ -264,8 +264,22 @@ benchmark(
 benchmark(
     "moe_vs_dense",
     "moe_vs_dense.py",
-    tiny=["--dim", "32", "--hidden", "64", "--experts", "4", "--tokens", "64", "--steps", "2", "--warmup", "1"],
-    full=[],
+    tiny=[
+        "--dim",
+        "32",
+        "--hidden",
+        "64",
+        "--experts",
+        "4",
+        "--tokens",
+        "64",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--gemms",
+    ],
+    full=["--gemms"],
     share=20,
 )
 benchmark(

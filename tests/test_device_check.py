@@ -50,6 +50,7 @@ def test_the_tiny_mode_runs_every_check(device_check, tmp_path, monkeypatch):
     assert overhead["argv"][-2:] == ["--device", "cpu"] and overhead["ran_on"] == "cpu"
     assert ", device cpu, " in overhead["markdown"]
     assert "largest parameter difference 0 (allowed on cpu: 0)" in overhead["markdown"]
+    assert "| all six |" in checks["moe_vs_dense"]["markdown"]  # its --gemms table
     markdown = (out / "device_check.md").read_text()
     for name, record in checks.items():
         assert f"| {name} | {record['kind']} | {record['status']} |" in markdown
