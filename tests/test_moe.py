@@ -35,6 +35,7 @@ from seeking.moe import (
     run_experts,
     utilization,
 )
+from seeking.moe.dispatch import CPU_LOOP_ROWS_PER_EXPERT
 from seeking.training.optim import OPTIMIZERS, build_optimizer
 
 DIM, HIDDEN, E, K = 6, 8, 5, 2
@@ -239,6 +240,10 @@ def test_kernel_for_falls_back_to_the_loop_where_grouped_mm_cannot_run():
     assert kernel_for(torch.zeros(3, 6), torch.zeros(E, 6, 8), torch.zeros(E, 8, 6)) == "loop"  # 24-byte rows
     assert kernel_for(torch.zeros(3, 8), w.transpose(1, 2), w) == "loop"  # strided weights
     assert kernel_for(torch.zeros(3, 8, device="meta"), w.to("meta"), w.to("meta")) == "loop"  # device type
+    # on the CPU, from CPU_LOOP_ROWS_PER_EXPERT rows per expert on average, the loop
+    rows = CPU_LOOP_ROWS_PER_EXPERT * E
+    assert kernel_for(torch.zeros(rows - 1, 8), w, w) == "grouped_mm"
+    assert kernel_for(torch.zeros(rows, 8), w, w) == "loop"
     with pytest.raises(ConfigError, match="kernel must be one of"):
         grouped_mlp(w, w, kernel="fused")
 

@@ -7,7 +7,8 @@ tokens); the outputs, times their routing weights, are added back to their token
 ``index_add``. Padding tokens are sorted after every group; no expert runs on them and their
 output is zero.
 
-Two ways to run the groups (:data:`KERNELS`, chosen per call by :func:`kernel_for`):
+Two ways to run the groups (:data:`KERNELS`, chosen per call by :func:`kernel_for`; on the CPU by the
+rows per expert as well):
 
 - ``grouped_mm`` (stacked weights): one ``torch._grouped_mm`` per matrix product of all experts,
   the group boundaries given as a tensor of offsets. On CUDA with bfloat16 (autocast) on Hopper or
@@ -51,6 +52,12 @@ GROUPED_MM_DTYPES = {
 # what torch.compile's meta kernel of _grouped_mm takes on every device (torch 2.14, _meta_registrations.py):
 # eager CUDA also takes float32, a compiled graph does not
 COMPILED_GROUPED_MM_DTYPES = (torch.bfloat16, torch.float16)
+# On the CPU, grouped_mm runs every group in turn on whole-layer temporaries (each activation and gradient
+# a fresh allocation of megabytes, the weight gradients 33 MB at 64 x 256 x 512): from this many rows per
+# expert on average the loop, whose temporaries are one expert's and stay in cache, is faster (measured:
+# 8-32 experts of 256 x 512 on 4,096 tokens, top-2, float32; docs/RESULTS.md "Where the MoE layer's CPU
+# time goes"); below it, at 128, grouped_mm is.
+CPU_LOOP_ROWS_PER_EXPERT = 256
 
 
 def group_by_expert(indices: Tensor, num_experts: int, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -128,10 +135,13 @@ KERNELS: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor, Callable[[Tensor], 
 def kernel_for(x: Tensor, w1: Tensor, w2: Tensor) -> str:
     """``grouped_mm`` where torch's grouped GEMM takes these operands (device type, compute dtype,
     contiguous weights, rows starting on 16-byte boundaries: ``dim`` and ``hidden`` times the
-    element size multiples of 16 bytes), else ``loop``."""
+    element size multiples of 16 bytes) and, on the CPU, for fewer than
+    :data:`CPU_LOOP_ROWS_PER_EXPERT` rows of ``x`` (the sorted assignments) per expert; else ``loop``."""
     device, compiling = x.device.type, torch.compiler.is_compiling()
     # traced on the CPU, the loop: the meta kernel refuses float32, the dtype CPU training runs in
     if device not in GROUPED_MM_DTYPES or (device == "cpu" and compiling):
+        return "loop"
+    if device == "cpu" and x.shape[0] >= CPU_LOOP_ROWS_PER_EXPERT * w1.shape[0]:
         return "loop"
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     takes = (
