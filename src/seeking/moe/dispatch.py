@@ -19,8 +19,8 @@ rows per expert as well):
   (``benchmarks/device_check.py``) is where that happens; on CPU the same function runs and is
   tested against the loop.
 - ``loop``: each expert once on its slice, the slice sizes read on the host once per call (one
-  device sync). For list storage, and for stacked weights that ``grouped_mm`` does not take
-  (float64, unaligned widths).
+  device sync). For list storage, for stacked weights that ``grouped_mm`` does not take
+  (float64, unaligned widths), and on the CPU from :data:`CPU_LOOP_ROWS_PER_EXPERT` rows per expert.
 
 Both give every expert a gradient, a zero one when it got no tokens, so stacked and list storage
 give every optimizer the same gradients (a stacked tensor has a gradient for all its slices or
