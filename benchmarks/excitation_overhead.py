@@ -4,7 +4,8 @@ The model of issue 17 by default: ``GPTMoE(vocab 65, block 128, depth 4, width 2
 experts top-2)``, batch 16 x 128 random tokens, stacked or list experts. For each optimizer, one
 model is stepped by the plain optimizer and by ``Excitation(zero_sum)`` over an optimizer of its own,
 in turns (ABBA order, so that drift of a shared machine falls on both arms), and the medians are
-compared:
+compared (and, for the training step, the mean of each round's paired relative difference, with its
+95% t interval):
 
 - "optimizer step": ``optimizer.step()`` alone, with the gradients and routing counts of one real
   forward and backward in place; the Excitation arm twice: the fused step (the default) and the
@@ -21,12 +22,14 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from seeking.excitation import Excitation
 from seeking.models import GPTMoE, lm_loss
 from seeking.moe import expert_layers, moe_aux_loss
+from seeking.reporting.stats import interval_text, mean_interval
 
 OPTIMIZERS: dict[str, Callable] = {
     "sgd+momentum": lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9),
@@ -52,8 +55,9 @@ def timed(fn: Callable[[], object]) -> float:
     return 1000 * (time.perf_counter() - start)
 
 
-def interleaved(arms: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median ms of each arm, run in turns (ABBA...) after ``warmup`` untimed rounds."""
+def interleaved(arms: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Each arm's times in ms, run in turns (ABBA...) after ``warmup`` untimed rounds: the ``i``-th time
+    of every arm comes from the same round, next to each other."""
     times: dict[str, list[float]] = {name: [] for name in arms}
     order = list(arms)
     for i in range(warmup + repeats):
@@ -61,10 +65,10 @@ def interleaved(arms: dict[str, Callable[[], object]], repeats: int, warmup: int
             elapsed = timed(arms[name])
             if i >= warmup:
                 times[name].append(elapsed)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
-def measure(model: GPTMoE, make: Callable, tokens: torch.Tensor, repeats: int, train_repeats: int) -> dict[str, float]:
+def measure(model: GPTMoE, make: Callable, tokens: torch.Tensor, repeats: int, train_repeats: int) -> dict[str, Any]:
     x, y = tokens[:, :-1], tokens[:, 1:]
     layers = expert_layers(model)
 
@@ -87,12 +91,8 @@ def measure(model: GPTMoE, make: Callable, tokens: torch.Tensor, repeats: int, t
 
         return step
 
-    result = {
-        f"step {k}": v
-        for k, v in interleaved(
-            {"plain": plain.step, "fused": excited_step(fused), "fallback": excited_step(lerped)}, repeats
-        ).items()
-    }
+    steps = interleaved({"plain": plain.step, "fused": excited_step(fused), "fallback": excited_step(lerped)}, repeats)
+    result: dict[str, Any] = {f"step {k}": statistics.median(v) for k, v in steps.items()}
     del lerped
 
     def train(optimizer: torch.optim.Optimizer) -> Callable[[], object]:
@@ -105,9 +105,13 @@ def measure(model: GPTMoE, make: Callable, tokens: torch.Tensor, repeats: int, t
 
         return step
 
-    result |= {
-        f"train {k}": v for k, v in interleaved({"plain": train(plain), "fused": train(fused)}, train_repeats).items()
-    }
+    trained = interleaved({"plain": train(plain), "fused": train(fused)}, train_repeats)
+    result |= {f"train {k}": statistics.median(v) for k, v in trained.items()}
+    # each round's two steps ran next to each other: the mean of the rounds' relative differences and its
+    # t interval says whether the whole-step overhead is within a percent, which two medians cannot
+    result["train paired"] = mean_interval(
+        100 * (f / p - 1) for p, f in zip(trained["plain"], trained["fused"], strict=True)
+    )
     return result
 
 
@@ -132,9 +136,9 @@ def main() -> None:
     )
     print(
         "| storage | optimizer | expert params | optimizer step ms: plain | fused | overhead | fallback | overhead "
-        "| training step ms: plain | excitation | overhead |"
+        "| training step ms: plain | excitation | overhead | paired overhead, mean [95% CI] |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for storage in args.storage:
         for name in args.optimizers:
             torch.manual_seed(0)
@@ -151,7 +155,7 @@ def main() -> None:
                 f"| {storage} | {name} | {n / 1e6:.1f}M | {r['step plain']:.1f} | {r['step fused']:.1f} | "
                 f"{pct(r['step plain'], r['step fused'])} | {r['step fallback']:.1f} | "
                 f"{pct(r['step plain'], r['step fallback'])} | {r['train plain']:.0f} | {r['train fused']:.0f} | "
-                f"{pct(r['train plain'], r['train fused'])} |",
+                f"{pct(r['train plain'], r['train fused'])} | {interval_text(r['train paired'], '+.1f')}% |",
                 flush=True,
             )
 
