@@ -164,6 +164,13 @@ def test_a_compare_sweep_of_a_chain_pairs_every_level_with_its_classical_twin(tm
         (["excite", "--holdout", "50", "--grid", "lr=-1"], "lr must be > 0"),
         (["compare", "--holdout", "50", "--seed", "3"], "drop --seed"),
         (["compare", "--p", "0.3"], "--condition decrease takes no --p"),  # as seeking compare refuses it
+        # an option given directly and as a grid axis: the grid would replace it without a word
+        (["compare", "--holdout", "50", "--grid", "lr=0.05,0.1", "--lr", "0.2"], "--lr 0.2 is also swept by --grid"),
+        (["excite", "--holdout", "50", "--steps", "7", "--grid", "steps=4,8"], "drop --steps or --grid steps"),
+        (
+            ["compare", "--holdout", "50", "--pair", "resnet20:resnet44", "--grid", "motivated=resnet32,resnet56"],
+            "--pair/--chain",
+        ),
     ],
 )
 def test_bad_sweeps_are_refused_before_anything_is_written(tmp_path, capsys, argv, message):
