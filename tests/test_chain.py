@@ -191,6 +191,12 @@ def test_what_is_not_a_chain_is_refused_before_anything_is_copied():
             ([models[1], models[0], models[2]], [ConsecutiveDecrease(), ConsecutiveDecrease()], optimizers),
             r"level 0 base \(\d[\d,]* parameters\) is not smaller than level 1 level1 .*by size, level1:base:motivated",
         ),
+        # two levels of one size: said as such, and the fix keeps one of them
+        (
+            ([models[0], levels(seed=1)[0], models[2]], [ConsecutiveDecrease(), ConsecutiveDecrease()], optimizers),
+            r"level 0 base and level 1 level1 have as many parameters \(\d[\d,]*\): give them by size, "
+            r"base:motivated \(one model of each size\)",
+        ),
     ]:
         with pytest.raises(ConfigError, match=message):
             Chain(*args)
@@ -209,6 +215,25 @@ def test_a_chain_out_of_order_is_refused_naming_the_pair_and_the_order(tmp_path,
     sizes = {depth: sum(p.numel() for p in CifarResNet(depth=depth, in_channels=1).parameters()) for depth in (44, 32)}
     assert f"level 1 resnet44 ({sizes[44]:,} parameters) is not smaller than level 2 resnet32 ({sizes[32]:,})" in error
     assert "give them by size, resnet20:resnet32:resnet44" in error and "motivated" not in error
+    assert error.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "chain, problem, fix",
+    [
+        ("resnet20:resnet20:resnet32", "resnet20 is given twice, as levels 0 and 1", "resnet20:resnet32 (one model"),
+        ("resnet20:resnet32:resnet32", "resnet32 is given twice, as levels 1 and 2", "resnet20:resnet32 (one model"),
+        ("resnet20:resnet20:resnet20", "resnet20 is given twice, as levels 0 and 1", "models of different sizes"),
+    ],
+)
+def test_a_model_given_twice_in_a_chain_is_refused_with_a_fix_that_differs_from_it(
+    chain, problem, fix, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    argv = ["--train-subset", "64", "--test-subset", "20", "--epochs", "1", "--out", str(out), "--quiet"]
+    assert main(["train", "--chain", chain, *argv]) == 2
+    error = capsys.readouterr().err
+    assert problem in error and fix in error and f"by size, {chain}" not in error
     assert error.count("\n") == 1 and not out.exists()
 
 

@@ -15,8 +15,9 @@ from seeking.cli.main import main
 from seeking.data import load_dataset
 from seeking.data.core import holdout_split, run_splits
 from seeking.errors import ConfigError, SeekingWarning
+from seeking.reporting.plots import png_bytes
 from seeking.reporting.stats import mean_interval
-from seeking.reporting.sweep import Cell, choose, lr_curve, usable_range
+from seeking.reporting.sweep import Cell, choose, curve_figure, lr_curve, usable_range
 from seeking.training.config import ExciteConfig, TrainConfig
 from seeking.training.sweep import SWEEP_KINDS, sweep
 
@@ -56,6 +57,20 @@ def test_the_usable_range_is_the_contiguous_run_within_tolerance_of_the_best():
     assert edge.at_low_end and edge.at_high_end and "at least" in edge.text()
     # a tie goes to the first setting in grid order
     assert choose(_cells({0.1: 50.0, 0.3: 50.0}), "a", +1)["lr"] == 0.1
+
+
+def test_the_lr_axis_labels_the_swept_learning_rates_alone():
+    """Log-scale minor labels (3x10^-2 beside 4x10^-2) overlap: the swept values, of every arm, are the labels."""
+    curves = {
+        "a": [(lr, mean_interval([50.0, 52.0])) for lr in (0.025, 0.05, 0.1)],
+        "b": [(lr, mean_interval([40.0])) for lr in (0.05, 0.1, 0.4)],  # 0.025 diverged: not on its curve
+    }
+    figure = curve_figure(curves, "acc %", "a sweep")
+    png_bytes(figure)  # drawn, as the sweep writes it: the labels are set
+    ax = figure.axes[0]
+    assert list(ax.get_xticks()) == [0.025, 0.05, 0.1, 0.4]
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["0.025", "0.05", "0.1", "0.4"]
+    assert all(label.get_text() == "" for label in ax.get_xticklabels(minor=True))
 
 
 def test_an_excite_sweep_chooses_on_validation_tests_on_test_and_continues(tmp_path):
@@ -164,6 +179,13 @@ def test_a_compare_sweep_of_a_chain_pairs_every_level_with_its_classical_twin(tm
         (["excite", "--holdout", "50", "--grid", "lr=-1"], "lr must be > 0"),
         (["compare", "--holdout", "50", "--seed", "3"], "drop --seed"),
         (["compare", "--p", "0.3"], "--condition decrease takes no --p"),  # as seeking compare refuses it
+        # an option given directly and as a grid axis: the grid would replace it without a word
+        (["compare", "--holdout", "50", "--grid", "lr=0.05,0.1", "--lr", "0.2"], "--lr 0.2 is also swept by --grid"),
+        (["excite", "--holdout", "50", "--steps", "7", "--grid", "steps=4,8"], "drop --steps or --grid steps"),
+        (
+            ["compare", "--holdout", "50", "--pair", "resnet20:resnet44", "--grid", "motivated=resnet32,resnet56"],
+            "--pair/--chain",
+        ),
     ],
 )
 def test_bad_sweeps_are_refused_before_anything_is_written(tmp_path, capsys, argv, message):

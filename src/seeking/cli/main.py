@@ -347,6 +347,22 @@ def _grid(option: str, config_type: type) -> tuple[str, list[Any]]:
         raise SeekingError(f"--grid {name}: {text!r} is not a list of {kind} values") from None
 
 
+def _refuse_given_and_swept(args: argparse.Namespace, config: Any, grid: dict[str, list[Any]]) -> None:
+    """An option given directly and as a ``--grid`` axis: the grid's values would replace it without a
+    word. "Given" is "not at its default", as for ``--resume`` (the parser cannot tell an option given
+    at its default value from one left out: docs/SWEEP.md); --pair/--chain gives base and motivated."""
+    defaults = type(config)()
+    clashes = []
+    for name, values in grid.items():
+        if getattr(config, name) != getattr(defaults, name):
+            pair = getattr(args, "pair", None) and name in ("base", "motivated")
+            flag, value = ("--pair/--chain", args.pair) if pair else (_flag(name), getattr(config, name))
+            swept = ",".join(map(str, values))
+            clashes.append(f"{flag} {value} is also swept by --grid {name}={swept}: drop {flag} or --grid {name}")
+    if clashes:
+        raise SeekingError(f"the grid's values would replace an option given beside it: {'; '.join(clashes)}")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..training.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PLOT, sweep
 
@@ -359,6 +375,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         config = ExciteConfig(**_config_values(args, ExciteConfig)).validate()
         seeds, config_type = config.seeds, ExciteConfig
     grid = dict(_grid(option, config_type) for option in args.grid or [])
+    _refuse_given_and_swept(args, config, grid)
     out = args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     result = sweep(args.sweep, config, grid, seeds, out, within=args.within, progress=not args.quiet, log=_logger(args))
     print(result["table"])

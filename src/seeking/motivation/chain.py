@@ -72,18 +72,33 @@ def run_models(names: Sequence[str], trained: Sequence[str]) -> dict[str, str]:
 def check_growing(models: Sequence[nn.Module], names: Sequence[str]) -> None:
     """Refuse levels given out of order: each model must have more parameters than the one below it
     (it contains it). ``names`` name the levels in the message (a run's model names, or the roles).
-    Raises ``ConfigError`` naming the first adjacent pair out of order, by position and name, and the
-    order by size as the fix (before any pair's weights map is inferred, whose message speaks of a
-    pair's "base" and "motivated")."""
+    Raises ``ConfigError`` naming the first adjacent pair out of order (by position and name; a model
+    given twice, or two of the same size, said as such) and, as the fix, the models by size with one
+    of each size, which always differs from the order given (before any pair's weights map is
+    inferred, whose message speaks of a pair's "base" and "motivated")."""
     sizes = [sum(p.numel() for p in model.parameters()) for model in models]
     for low in range(len(models) - 1):
-        if sizes[low] >= sizes[low + 1]:
-            ordered = ":".join(name for _, name in sorted(zip(sizes, names, strict=True), key=lambda pair: pair[0]))
-            raise ConfigError(
-                f"a chain's models go smallest first (each contains the one before), but level {low} "
-                f"{names[low]} ({sizes[low]:,} parameters) is not smaller than level {low + 1} {names[low + 1]} "
-                f"({sizes[low + 1]:,}): give them by size, {ordered}"
+        if sizes[low] < sizes[low + 1]:
+            continue
+        below, above = names[low], names[low + 1]
+        if below == above:
+            problem = f"{below} is given twice, as levels {low} and {low + 1} ({sizes[low]:,} parameters)"
+        elif sizes[low] == sizes[low + 1]:
+            problem = f"level {low} {below} and level {low + 1} {above} have as many parameters ({sizes[low]:,})"
+        else:
+            problem = (
+                f"level {low} {below} ({sizes[low]:,} parameters) is not smaller than level {low + 1} {above} "
+                f"({sizes[low + 1]:,})"
             )
+        by_size: dict[int, str] = {}  # the first model given of each size, smallest first
+        for size, name in sorted(zip(sizes, names, strict=True), key=lambda pair: pair[0]):
+            by_size.setdefault(size, name)
+        fix = f"give them by size, {':'.join(by_size.values())}"
+        if len(by_size) < 2:
+            fix = "a chain needs models of different sizes"
+        elif len(by_size) < len(names):
+            fix += " (one model of each size)"
+        raise ConfigError(f"a chain's models go smallest first (each contains the one before), but {problem}: {fix}")
 
 
 class Chain:

@@ -196,9 +196,11 @@ def compile_backend() -> str:
     backend = os.environ.get(COMPILE_BACKEND, "inductor")
     known = torch._dynamo.list_backends(exclude_tags=())
     if backend not in known:
+        # torch's own *_TESTING_ONLY backends fail on purpose: known (accepted), never offered
+        offered = sorted(name for name in known if not name.endswith("_TESTING_ONLY"))
         raise ConfigError(
             f"${COMPILE_BACKEND} names torch.compile backend {backend!r}, which torch does not know; "
-            f"choose one of: {', '.join(sorted(known))} (or unset it for inductor)"
+            f"choose one of: {', '.join(offered)} (or unset it for inductor)"
         )
     return backend
 
