@@ -210,10 +210,10 @@ def test_batchnorm_policies():
 
 def test_pairs_that_cannot_work():
     base, large = pair()
-    with pytest.raises(ConfigError, match="must be smaller"):
+    with pytest.raises(ConfigError, match=r"must be smaller.*pass the small model as base"):
         WeightMap.infer(large, base)
-    with pytest.raises(ConfigError, match="must be smaller"):
-        WeightMap.infer(base, copy.deepcopy(base))
+    with pytest.raises(ConfigError, match=r"must be smaller.*choose a motivated model larger than the base"):
+        WeightMap.infer(base, copy.deepcopy(base))  # swapping them would not help
     b10, l100 = create_model("resnet20", num_classes=10), create_model("resnet32", num_classes=100)
     with pytest.raises(ConfigError, match="num_classes: base 10, motivated 100"):
         WeightMap.infer(b10, l100)

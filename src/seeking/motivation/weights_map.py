@@ -876,7 +876,11 @@ def _check_pair(base: nn.Module, motivated: nn.Module) -> None:
     n_base = sum(p.numel() for p in base.parameters())
     n_mot = sum(p.numel() for p in motivated.parameters())
     if n_base >= n_mot:
+        fix = (
+            "choose a motivated model larger than the base (one that contains it)"
+            if n_base == n_mot
+            else "pass the small model as base and the large one as motivated"
+        )
         raise ConfigError(
-            f"the base model ({n_base:,} parameters) must be smaller than the motivated model "
-            f"({n_mot:,}); pass the small model as base and the large one as motivated"
+            f"the base model ({n_base:,} parameters) must be smaller than the motivated model ({n_mot:,}); {fix}"
         )
