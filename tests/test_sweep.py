@@ -186,6 +186,10 @@ def test_a_compare_sweep_of_a_chain_pairs_every_level_with_its_classical_twin(tm
             ["compare", "--holdout", "50", "--pair", "resnet20:resnet44", "--grid", "motivated=resnet32,resnet56"],
             "--pair/--chain",
         ),
+        # --pair gives base even at its default (resnet20)
+        (["compare", "--holdout", "50", "--pair", "resnet20:resnet56", "--grid", "base=resnet20,resnet32"], "--pair"),
+        # a second --grid of one option would replace the first's values
+        (["excite", "--holdout", "50", "--grid", "lr=0.05", "--grid", "lr=0.1"], "--grid lr given more than once"),
     ],
 )
 def test_bad_sweeps_are_refused_before_anything_is_written(tmp_path, capsys, argv, message):

@@ -354,8 +354,8 @@ def _refuse_given_and_swept(args: argparse.Namespace, config: Any, grid: dict[st
     defaults = type(config)()
     clashes = []
     for name, values in grid.items():
-        if getattr(config, name) != getattr(defaults, name):
-            pair = getattr(args, "pair", None) and name in ("base", "motivated")
+        pair = getattr(args, "pair", None) and name in ("base", "motivated")  # given, even at the default
+        if pair or getattr(config, name) != getattr(defaults, name):
             flag, value = ("--pair/--chain", args.pair) if pair else (_flag(name), getattr(config, name))
             swept = ",".join(map(str, values))
             clashes.append(f"{flag} {value} is also swept by --grid {name}={swept}: drop {flag} or --grid {name}")
@@ -374,7 +374,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     else:
         config = ExciteConfig(**_config_values(args, ExciteConfig)).validate()
         seeds, config_type = config.seeds, ExciteConfig
-    grid = dict(_grid(option, config_type) for option in args.grid or [])
+    axes = [_grid(option, config_type) for option in args.grid or []]
+    grid = dict(axes)
+    if len(grid) < len(axes):  # dict() would keep the last one's values without a word
+        twice = sorted({name for name, _ in axes if sum(n == name for n, _ in axes) > 1})
+        raise SeekingError(
+            f"--grid {', '.join(twice)} given more than once: give each option's values in one --grid, "
+            f"e.g. --grid {twice[0]}=V1,V2,V3"
+        )
     _refuse_given_and_swept(args, config, grid)
     out = args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     result = sweep(args.sweep, config, grid, seeds, out, within=args.within, progress=not args.quiet, log=_logger(args))
