@@ -319,21 +319,16 @@ def cifar(context: Context) -> dict[str, Any]:
     shown = {k: v for k, v in dataclasses.asdict(config).items() if k in (*options, "amp", "channels_last")}
     out = context.scratch / "cifar"
     try:
-        result = compare(config, out, random_control=False, progress=False, log=context.log)
+        compare(config, out, random_control=False, progress=False, log=context.log)
     except TimedOut as exc:  # the arms that finished are figures too: the classical base trains first
         raise TimedOut(str(exc), {"config": shown, **finished_arms(out)}) from None
-    base = next(row for row in result["rows"] if row["arm"] == "classical base")
-    return {
-        "config": shown,
-        "classical_base_accuracy": base.get("accuracy"),
-        "arms": [row["arm"] for row in result["rows"]],
-        "markdown": (out / "comparison.md").read_text(),
-    }
+    return {"config": shown, **finished_arms(out), "markdown": (out / "comparison.md").read_text()}
 
 
 def finished_arms(out: Path) -> dict[str, Any]:
-    """The comparison rows of the arms of an unfinished ``compare`` that wrote their summary, with the
-    classical base's accuracy; empty when the classical base itself did not finish."""
+    """The arms of a ``compare`` (finished or not) that wrote their summary, the classical base's test
+    accuracy (%) read from its summary, and their rows as a table; empty when the classical base
+    itself did not finish."""
     summaries = {path.parent.name: json.loads(path.read_text()) for path in sorted(out.glob(f"*/{SUMMARY}"))}
     if "classical_base" not in summaries:
         return {}
@@ -414,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", nargs="+", choices=list(CHECKS), default=list(CHECKS), metavar="CHECK")
     args = parser.parse_args(argv)
+    if not args.budget_s > 0:  # NaN included
+        parser.error(f"--budget-s must be a positive number of seconds, got {args.budget_s}")
+    if len(set(args.only)) < len(args.only):
+        parser.error(f"--only names a check more than once: {' '.join(args.only)}")
     device = "cpu" if args.tiny else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("CUDA is not available here: give --device cpu, or --tiny")

@@ -43,7 +43,10 @@ def test_the_tiny_mode_runs_every_check(device_check, tmp_path, monkeypatch):
         assert record["status"] == ("ok" if present else "skipped"), (name, record.get("error"))
     assert checks["train"]["resume_max_difference"] == 0.0  # on the CPU a resumed run is bit for bit
     assert checks["train"]["switches"] >= 1
-    assert checks["compare"]["arms"] == checks["cifar10_resnet20_in_resnet32"]["arms"]
+    cifar = checks["cifar10_resnet20_in_resnet32"]
+    assert checks["compare"]["arms"] == cifar["arms"]
+    # the figure to pass 85% on the GPU: the classical base's accuracy, as its row in the table says
+    assert f"| classical base | resnet20 | {cifar['classical_base_accuracy']:.2f} |" in cifar["markdown"]
     assert {"none", "zero_sum"} == set(checks["excite"]["arms"])
     # the trainer vs plain loop benchmark takes --device: it ran on the check's device, and says so
     overhead = checks["trainer_overhead"]
@@ -56,6 +59,21 @@ def test_the_tiny_mode_runs_every_check(device_check, tmp_path, monkeypatch):
         assert f"| {name} | {record['kind']} | {record['status']} |" in markdown
     assert "| classical base | resnet20 |" in markdown  # the comparison's own table
     assert "== train" in (out / "checks.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--budget-s", "0"], "--budget-s must be a positive number of seconds, got 0.0"),
+        (["--budget-s", "nan"], "--budget-s must be a positive number of seconds, got nan"),
+        (["--only", "train", "excite", "train"], "--only names a check more than once: train excite train"),
+    ],
+)
+def test_a_bad_budget_or_a_check_named_twice_is_refused(device_check, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        device_check.main(["--tiny", "--out", str(tmp_path / "out"), *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_failing_or_slow_check_is_recorded_and_the_others_still_run(device_check, tmp_path):
