@@ -312,6 +312,19 @@ def test_both_storages_train_identically_with_unused_experts(name):
         torch.testing.assert_close(expert[2].weight, stacked.w2[e].T)
 
 
+@pytest.mark.parametrize("storage", ["stacked", "list"])
+def test_an_empty_batch_gives_an_empty_output_and_zero_gradients(storage):
+    moe = MoEFeedForward(8, 16, E, K, storage=storage, aux_loss_coef=0.01, z_loss_coef=0.001)
+    moe.train()
+    for shape in [(0, 8), (2, 0, 8)]:
+        x = torch.randn(*shape, requires_grad=True)
+        out = moe(x)
+        (out.sum() + moe.aux_loss).backward()
+        assert out.shape == shape and moe.last_indices.shape == (*shape[:-1], K)
+        assert moe.aux_loss.item() == 0 and moe.expert_counts.sum().item() == 0
+        assert all(p.grad is None or not p.grad.any() for p in moe.parameters())
+
+
 def test_mask_drops_padding_from_counts_and_outputs():
     moe = layer(aux_loss_coef=1.0)
     x = torch.randn(2, 3, DIM)

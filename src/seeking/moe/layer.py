@@ -155,7 +155,7 @@ class MoEFeedForward(RoutedLayer):
         routing = self.router(tokens, valid)
         out = run_experts(tokens, routing.indices, routing.weights, self._experts(), self.num_experts, valid)
         self.aux_loss = routing.aux_loss
-        self.record(routing.indices.view(*x.shape[:-1], -1), mask)
+        self.record(routing.indices.view(*x.shape[:-1], self.router.top_k), mask)
         with torch.no_grad():
             entropy = torch.special.entr(routing.probs).sum(-1)
             if valid is not None:
