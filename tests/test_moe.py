@@ -246,6 +246,11 @@ def test_kernel_for_falls_back_to_the_loop_where_grouped_mm_cannot_run():
     assert kernel_for(torch.zeros(rows, 8), w, w) == "loop"
     with pytest.raises(ConfigError, match="kernel must be one of"):
         grouped_mlp(w, w, kernel="fused")
+    # asked for by name where it cannot run: one error that names the kernel (torch's names none)
+    forced = MoEFeedForward(8, 16, E, K).double()
+    forced.kernel = "grouped_mm"
+    with pytest.raises(ConfigError, match=r"kernel 'grouped_mm' cannot run these experts \(cpu, torch.float64"):
+        forced(torch.randn(3, 8, dtype=torch.float64))
 
 
 def test_kernel_for_under_torch_compile_gives_grouped_mm_only_the_dtypes_its_meta_kernel_takes(monkeypatch):

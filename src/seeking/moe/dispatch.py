@@ -132,26 +132,31 @@ KERNELS: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor, Callable[[Tensor], 
 }
 
 
-def kernel_for(x: Tensor, w1: Tensor, w2: Tensor) -> str:
-    """``grouped_mm`` where torch's grouped GEMM takes these operands (device type, compute dtype,
-    contiguous weights, rows starting on 16-byte boundaries: ``dim`` and ``hidden`` times the
-    element size multiples of 16 bytes) and, on the CPU, for fewer than
-    :data:`CPU_LOOP_ROWS_PER_EXPERT` rows of ``x`` (the sorted assignments) per expert; else ``loop``."""
+def grouped_mm_takes(x: Tensor, w1: Tensor, w2: Tensor) -> bool:
+    """Whether torch's grouped GEMM takes these operands: device type, compute dtype (under
+    ``torch.compile``, what its meta kernel takes), contiguous weights, rows starting on 16-byte
+    boundaries (``dim`` and ``hidden`` times the element size multiples of 16 bytes)."""
     device, compiling = x.device.type, torch.compiler.is_compiling()
-    # traced on the CPU, the loop: the meta kernel refuses float32, the dtype CPU training runs in
+    # traced on the CPU, no: the meta kernel refuses float32, the dtype CPU training runs in
     if device not in GROUPED_MM_DTYPES or (device == "cpu" and compiling):
-        return "loop"
-    if device == "cpu" and x.shape[0] >= CPU_LOOP_ROWS_PER_EXPERT * w1.shape[0]:
-        return "loop"
+        return False
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    takes = (
+    return (
         dtype in (COMPILED_GROUPED_MM_DTYPES if compiling else GROUPED_MM_DTYPES[device])
         and w1.dtype == w2.dtype == x.dtype
         and w1.is_contiguous()
         and w2.is_contiguous()
         and all(n * dtype.itemsize % 16 == 0 for n in w1.shape[1:])
     )
-    return "grouped_mm" if takes else "loop"
+
+
+def kernel_for(x: Tensor, w1: Tensor, w2: Tensor) -> str:
+    """``grouped_mm`` where torch's grouped GEMM takes these operands (:func:`grouped_mm_takes`) and, on
+    the CPU, for fewer than :data:`CPU_LOOP_ROWS_PER_EXPERT` rows of ``x`` (the sorted assignments) per
+    expert; else ``loop``."""
+    if x.device.type == "cpu" and x.shape[0] >= CPU_LOOP_ROWS_PER_EXPERT * w1.shape[0]:
+        return "loop"
+    return "grouped_mm" if grouped_mm_takes(x, w1, w2) else "loop"
 
 
 def grouped_mlp(
@@ -164,6 +169,14 @@ def grouped_mlp(
         raise ConfigError(f"kernel must be one of {sorted(KERNELS)} or None (chosen per call), got {kernel!r}")
 
     def run(x: Tensor, counts: Tensor) -> Tensor:
+        if kernel == "grouped_mm" and not grouped_mm_takes(x, w1, w2):  # torch's own error names no kernel
+            dtypes = "/".join(str(d).removeprefix("torch.") for d in GROUPED_MM_DTYPES.get(x.device.type, ()))
+            raise ConfigError(
+                f"kernel 'grouped_mm' cannot run these experts ({x.device.type}, {x.dtype}, w1 {tuple(w1.shape)}): "
+                f"torch's grouped GEMM takes {dtypes or 'no dtype'} on {x.device.type}, contiguous weights whose "
+                "rows are multiples of 16 bytes, and no torch.compile on the CPU; set kernel to 'loop', or None "
+                "to choose per call"
+            )
         return KERNELS[kernel or kernel_for(x, w1, w2)](x, counts, w1, w2, activation)
 
     return run
