@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from seeking.moe import MoEFeedForward
+from seeking.moe import KERNELS, MoEFeedForward
 
 
 def main() -> None:
@@ -42,9 +42,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--kernels", nargs="*", default=[], help="extra stacked arms: seeking.moe.KERNELS names")
+    parser.add_argument(
+        "--kernels", nargs="*", default=[], choices=sorted(KERNELS), help="extra stacked arms on these kernels"
+    )
     parser.add_argument("--gemms", action="store_true", help="also time the six matrix products alone (above)")
     args = parser.parse_args()
+    for name in ("dim", "hidden", "experts", "top_k", "tokens", "steps", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.top_k > args.experts:
+        parser.error(
+            f"--top-k {args.top_k} is more than the {args.experts} experts: give --top-k {args.experts} or less"
+        )
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
