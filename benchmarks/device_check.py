@@ -222,19 +222,31 @@ def benchmark(name: str, script: str, tiny: list[str], full: list[str], share: f
         spec.loader.exec_module(module)
         on_device = "--device" in module_help(module)
         argv = [*(tiny if context.tiny else full), *(["--device", context.device] if on_device else [])]
+        where = context.device if on_device else "cpu (the script takes no --device)"
         printed = io.StringIO()
+
+        def figures(cut: str = "") -> dict[str, Any]:
+            output = printed.getvalue()
+            return {
+                "argv": argv,
+                "ran_on": where,
+                "markdown": f"`{script} {' '.join(argv)}`, on {where}{cut}:\n\n{output}",
+            }
+
         saved, threads = sys.argv, torch.get_num_threads()
         sys.argv = [str(path), *argv]
         try:
             with contextlib.redirect_stdout(printed):
                 module.main()
+        except TimedOut as exc:  # the rows it printed before its box ran out are figures too
+            raise TimedOut(str(exc), figures(" (cut short: the rows it finished)")) from None
+        except SystemExit as exc:  # argparse's exit, or the script's own: a failed check, not the end of the run
+            raise RuntimeError(f"{script} exited with {exc.code!r}") from None
         finally:  # a benchmark may pin one thread for its timings: the later checks get them all back
             sys.argv = saved
             torch.set_num_threads(threads)
-        output = printed.getvalue()
-        context.log(output)
-        where = context.device if on_device else "cpu (the script takes no --device)"
-        return {"argv": argv, "ran_on": where, "markdown": f"`{script} {' '.join(argv)}`, on {where}:\n\n{output}"}
+            context.log(printed.getvalue())  # what it printed, a failure's or a time-out's included
+        return figures()
 
     check(name, "timing", share)(run)
 

@@ -135,6 +135,49 @@ def test_each_check_gets_its_share_of_the_budget_and_the_time_the_ones_before_le
     assert sum(entry.share for entry in device_check.CHECKS.values()) <= 8 * 60  # the issue's 8 minutes
 
 
+FAKE_BENCHMARK = """
+import argparse, time
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device")
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--then", choices=["hang", "exit"])
+    args = parser.parse_args()
+    for row in range(args.rows):
+        print(f"| row {row} |", flush=True)
+    while args.then == "hang":
+        time.sleep(0.01)
+    raise SystemExit("stopped on purpose")
+"""
+
+
+def test_a_benchmark_cut_short_or_exiting_keeps_what_it_printed_and_the_run_goes_on(
+    device_check, tmp_path, monkeypatch
+):
+    (tmp_path / "fake_benchmark_for_device_check.py").write_text(FAKE_BENCHMARK)
+    monkeypatch.setattr(device_check, "BENCHMARKS", tmp_path)
+    monkeypatch.setattr(device_check, "CHECKS", {})  # benchmark() registers here, not in the real registry
+    monkeypatch.delitem(sys.modules, "fake_benchmark_for_device_check", raising=False)  # the one it adds goes too
+    script = "fake_benchmark_for_device_check.py"
+    device_check.benchmark("hangs", script, tiny=[], full=["--rows", "2", "--then", "hang"], share=1)
+    device_check.benchmark("exits", script, tiny=[], full=["--rows", "1", "--then", "exit"], share=1)
+    device_check.check("after", "timing", share=1)(lambda context: {"value": 3})
+    logged = []
+    context = device_check.Context("cpu", False, tmp_path, None, 1, logged.append)
+    records = device_check.run_checks(context, list(device_check.CHECKS.values()), budget_s=1.5)
+    assert [r["status"] for r in records.values()] == ["timed out", "failed", "ok"]
+    # a time-out keeps the rows printed before it (a benchmark prints a row per finished measurement)
+    hung = records["hangs"]
+    assert hung["argv"] == ["--rows", "2", "--then", "hang", "--device", "cpu"]
+    assert "(cut short: the rows it finished)" in hung["markdown"] and "| row 1 |" in hung["markdown"]
+    # an exit (argparse's, or the script's own) fails the check instead of ending the whole run
+    assert records["exits"]["error"] == f"RuntimeError: {script} exited with 'stopped on purpose'"
+    log = "\n".join(logged)
+    assert "| row 1 |" in log and "| row 0 |" in log.partition("== exits (")[2]  # both printed, in checks.log
+    assert records["after"]["value"] == 3
+
+
 @pytest.mark.filterwarnings("ignore:the motivated model resnet32 .* was never trained")
 def test_an_unfinished_comparison_reports_the_arms_that_finished(device_check, tmp_path):
     from seeking import TrainConfig
