@@ -48,6 +48,7 @@ def test_the_tiny_mode_runs_every_check(device_check, tmp_path, monkeypatch):
     # the figure to pass 85% on the GPU: the classical base's accuracy, as its row in the table says
     assert f"| classical base | resnet20 | {cifar['classical_base_accuracy']:.2f} |" in cifar["markdown"]
     assert {"none", "zero_sum"} == set(checks["excite"]["arms"])
+    assert checks["moe_kernels"]["experts_without_tokens"] >= 4  # the empty groups were checked too
     # the trainer vs plain loop benchmark takes --device: it ran on the check's device, and says so
     overhead = checks["trainer_overhead"]
     assert overhead["argv"][-2:] == ["--device", "cpu"] and overhead["ran_on"] == "cpu"
@@ -133,6 +134,27 @@ def test_each_check_gets_its_share_of_the_budget_and_the_time_the_ones_before_le
     assert records["partial"]["status"] == "timed out" and records["partial"]["finished"] == ["first arm"]
     assert 0.35 <= boxes["last"] <= 0.4
     assert sum(entry.share for entry in device_check.CHECKS.values()) <= 8 * 60  # the issue's 8 minutes
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (lambda w1: w1 * 1.1, "grouped_mm and loop differ by more than bfloat16 rounding"),
+        (lambda w1: w1 + 1e-3 * w1.sum(), "kernel grouped_mm: an expert that got no token has a nonzero gradient"),
+    ],
+)
+def test_the_moe_kernel_check_fails_on_a_kernel_that_computes_otherwise(
+    device_check, tmp_path, monkeypatch, broken, message
+):
+    from seeking.moe import dispatch
+
+    grouped = dispatch.KERNELS["grouped_mm"]
+    monkeypatch.setitem(
+        dispatch.KERNELS, "grouped_mm", lambda x, counts, w1, w2, f: grouped(x, counts, broken(w1), w2, f)
+    )
+    context = device_check.Context("cpu", True, tmp_path, None, 1, lambda line: None)
+    with pytest.raises(AssertionError, match=message):
+        device_check.smoke_moe_kernels(context)
 
 
 FAKE_BENCHMARK = """
