@@ -48,6 +48,7 @@ def test_the_tiny_mode_runs_every_check(device_check, tmp_path, monkeypatch):
     # the figure to pass 85% on the GPU: the classical base's accuracy, as its row in the table says
     assert f"| classical base | resnet20 | {cifar['classical_base_accuracy']:.2f} |" in cifar["markdown"]
     assert {"none", "zero_sum"} == set(checks["excite"]["arms"])
+    assert all(ms > 0 for ms in checks["excite"]["optimizer_step_ms"].values())
     assert checks["moe_kernels"]["experts_without_tokens"] >= 4  # the empty groups were checked too
     # the trainer vs plain loop benchmark takes --device: it ran on the check's device, and says so
     overhead = checks["trainer_overhead"]
