@@ -14,7 +14,8 @@ docs/RESULTS.md: the summary table, each benchmark's own table, the CIFAR-10 com
 
 1. smoke: ``train`` (a Motivation pair, random condition, killed mid-run and resumed, checked against the
    uninterrupted run), ``compare`` and ``excite``, each with bfloat16 autocast, channels-last and
-   ``--compile``;
+   ``--compile``; ``moe_kernels`` (the stacked MoE layer's ``grouped_mm`` kernel against its loop under
+   bfloat16 autocast: on CUDA, torch's fused grouped GEMM);
 2. timing: the benchmarks' own ``main()`` with small arguments (a benchmark that takes ``--device``
    runs on the check's device; the others on the CPU, which the table says): Excitation overhead,
    switch cost, trainer vs plain loop, MoE vs dense (``benchmarks/moe_vs_dense.py``, when present);
@@ -50,6 +51,7 @@ import torch
 
 from seeking import TrainConfig, train
 from seeking.io import atomic_write_text, write_json
+from seeking.moe import MoEFeedForward
 from seeking.reporting import comparison_rows, markdown_table
 from seeking.runs import SUMMARY
 from seeking.training.compare import compare
@@ -201,7 +203,45 @@ def smoke_excite(context: Context) -> dict[str, Any]:
         device=context.device, steps=4, eval_every_steps=2, batch_size=64, seeds=[0], arms=["none", "zero_sum"], **FAST
     )
     result = compare_excitation(config, context.scratch / "excite", log=context.log, progress=False)
-    return {"arms": [run["arm"] for run in result["runs"]], "metric": result["metric"]}
+    # on CUDA the device's time of each step (engine.EventClock), not only its launches
+    steps_ms = {run["arm"]: run["optimizer_step_ms"] for run in result["runs"]}
+    return {"arms": [run["arm"] for run in result["runs"]], "metric": result["metric"], "optimizer_step_ms": steps_ms}
+
+
+@check("moe_kernels", "smoke", share=10)
+def smoke_moe_kernels(context: Context) -> dict[str, Any]:
+    """The stacked MoE layer under bfloat16 autocast, kernel ``grouped_mm`` against ``loop`` (each expert
+    on its slice: the reference): the same output and gradients within bfloat16 rounding, and zero
+    gradients for the experts that got no token. On CUDA this is torch's fused grouped GEMM, which no
+    other check reaches (the benchmarks' MoE layers run in float32, where torch loops over the groups)."""
+    torch.manual_seed(0)
+    layer = MoEFeedForward(64, 128, 16, 2).to(context.device)
+    x = torch.randn(6, 64, device=context.device)  # 12 assignments: at least 4 of the 16 experts get none
+    weights = torch.randn(6, 64, device=context.device)  # the loss's weights: a gradient other than ones
+    results = {}
+    for kernel in ("loop", "grouped_mm"):
+        layer.kernel, inputs = kernel, x.clone().requires_grad_()
+        layer.zero_grad(set_to_none=True)
+        with torch.autocast(torch.device(context.device).type, dtype=torch.bfloat16):
+            out = layer(inputs)
+        (out.float() * weights).sum().backward()
+        tensors = [out, inputs.grad, layer.w1.grad, layer.w2.grad, layer.router.gate.weight.grad]
+        results[kernel] = [t.detach().double().cpu() for t in tensors]
+    unused = (layer.last_counts == 0).cpu()
+    names = ["output", "input grad", "w1 grad", "w2 grad", "gate grad"]
+    difference = {
+        name: ((a - b).abs().max() / b.abs().max()).item()
+        for name, a, b in zip(names, results["grouped_mm"], results["loop"], strict=True)
+    }
+    figures = {"experts_without_tokens": int(unused.sum()), "max_relative_difference": difference}
+    if not unused.any():
+        raise AssertionError(f"every expert got a token: nothing checks the empty groups ({figures})")
+    for kernel, tensors in results.items():
+        if any(grad[unused].abs().max() > 0 for grad in tensors[2:4]):
+            raise AssertionError(f"kernel {kernel}: an expert that got no token has a nonzero gradient ({figures})")
+    if max(difference.values()) > 2e-2:  # bfloat16 rounds to 2^-8 relative: the kernels round in other orders
+        raise AssertionError(f"grouped_mm and loop differ by more than bfloat16 rounding: {figures}")
+    return figures
 
 
 # ---- 2. timing: the benchmarks' own scripts, with small arguments ----
@@ -222,19 +262,31 @@ def benchmark(name: str, script: str, tiny: list[str], full: list[str], share: f
         spec.loader.exec_module(module)
         on_device = "--device" in module_help(module)
         argv = [*(tiny if context.tiny else full), *(["--device", context.device] if on_device else [])]
+        where = context.device if on_device else "cpu (the script takes no --device)"
         printed = io.StringIO()
+
+        def figures(cut: str = "") -> dict[str, Any]:
+            output = printed.getvalue()
+            return {
+                "argv": argv,
+                "ran_on": where,
+                "markdown": f"`{script} {' '.join(argv)}`, on {where}{cut}:\n\n{output}",
+            }
+
         saved, threads = sys.argv, torch.get_num_threads()
         sys.argv = [str(path), *argv]
         try:
             with contextlib.redirect_stdout(printed):
                 module.main()
+        except TimedOut as exc:  # the rows it printed before its box ran out are figures too
+            raise TimedOut(str(exc), figures(" (cut short: the rows it finished)")) from None
+        except SystemExit as exc:  # argparse's exit, or the script's own: a failed check, not the end of the run
+            raise RuntimeError(f"{script} exited with {exc.code!r}") from None
         finally:  # a benchmark may pin one thread for its timings: the later checks get them all back
             sys.argv = saved
             torch.set_num_threads(threads)
-        output = printed.getvalue()
-        context.log(output)
-        where = context.device if on_device else "cpu (the script takes no --device)"
-        return {"argv": argv, "ran_on": where, "markdown": f"`{script} {' '.join(argv)}`, on {where}:\n\n{output}"}
+            context.log(printed.getvalue())  # what it printed, a failure's or a time-out's included
+        return figures()
 
     check(name, "timing", share)(run)
 

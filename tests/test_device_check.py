@@ -48,6 +48,8 @@ def test_the_tiny_mode_runs_every_check(device_check, tmp_path, monkeypatch):
     # the figure to pass 85% on the GPU: the classical base's accuracy, as its row in the table says
     assert f"| classical base | resnet20 | {cifar['classical_base_accuracy']:.2f} |" in cifar["markdown"]
     assert {"none", "zero_sum"} == set(checks["excite"]["arms"])
+    assert all(ms > 0 for ms in checks["excite"]["optimizer_step_ms"].values())
+    assert checks["moe_kernels"]["experts_without_tokens"] >= 4  # the empty groups were checked too
     # the trainer vs plain loop benchmark takes --device: it ran on the check's device, and says so
     overhead = checks["trainer_overhead"]
     assert overhead["argv"][-2:] == ["--device", "cpu"] and overhead["ran_on"] == "cpu"
@@ -133,6 +135,70 @@ def test_each_check_gets_its_share_of_the_budget_and_the_time_the_ones_before_le
     assert records["partial"]["status"] == "timed out" and records["partial"]["finished"] == ["first arm"]
     assert 0.35 <= boxes["last"] <= 0.4
     assert sum(entry.share for entry in device_check.CHECKS.values()) <= 8 * 60  # the issue's 8 minutes
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (lambda w1: w1 * 1.1, "grouped_mm and loop differ by more than bfloat16 rounding"),
+        (lambda w1: w1 + 1e-3 * w1.sum(), "kernel grouped_mm: an expert that got no token has a nonzero gradient"),
+    ],
+)
+def test_the_moe_kernel_check_fails_on_a_kernel_that_computes_otherwise(
+    device_check, tmp_path, monkeypatch, broken, message
+):
+    from seeking.moe import dispatch
+
+    grouped = dispatch.KERNELS["grouped_mm"]
+    monkeypatch.setitem(
+        dispatch.KERNELS, "grouped_mm", lambda x, counts, w1, w2, f: grouped(x, counts, broken(w1), w2, f)
+    )
+    context = device_check.Context("cpu", True, tmp_path, None, 1, lambda line: None)
+    with pytest.raises(AssertionError, match=message):
+        device_check.smoke_moe_kernels(context)
+
+
+FAKE_BENCHMARK = """
+import argparse, time
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device")
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--then", choices=["hang", "exit"])
+    args = parser.parse_args()
+    for row in range(args.rows):
+        print(f"| row {row} |", flush=True)
+    while args.then == "hang":
+        time.sleep(0.01)
+    raise SystemExit("stopped on purpose")
+"""
+
+
+def test_a_benchmark_cut_short_or_exiting_keeps_what_it_printed_and_the_run_goes_on(
+    device_check, tmp_path, monkeypatch
+):
+    (tmp_path / "fake_benchmark_for_device_check.py").write_text(FAKE_BENCHMARK)
+    monkeypatch.setattr(device_check, "BENCHMARKS", tmp_path)
+    monkeypatch.setattr(device_check, "CHECKS", {})  # benchmark() registers here, not in the real registry
+    monkeypatch.delitem(sys.modules, "fake_benchmark_for_device_check", raising=False)  # the one it adds goes too
+    script = "fake_benchmark_for_device_check.py"
+    device_check.benchmark("hangs", script, tiny=[], full=["--rows", "2", "--then", "hang"], share=1)
+    device_check.benchmark("exits", script, tiny=[], full=["--rows", "1", "--then", "exit"], share=1)
+    device_check.check("after", "timing", share=1)(lambda context: {"value": 3})
+    logged = []
+    context = device_check.Context("cpu", False, tmp_path, None, 1, logged.append)
+    records = device_check.run_checks(context, list(device_check.CHECKS.values()), budget_s=1.5)
+    assert [r["status"] for r in records.values()] == ["timed out", "failed", "ok"]
+    # a time-out keeps the rows printed before it (a benchmark prints a row per finished measurement)
+    hung = records["hangs"]
+    assert hung["argv"] == ["--rows", "2", "--then", "hang", "--device", "cpu"]
+    assert "(cut short: the rows it finished)" in hung["markdown"] and "| row 1 |" in hung["markdown"]
+    # an exit (argparse's, or the script's own) fails the check instead of ending the whole run
+    assert records["exits"]["error"] == f"RuntimeError: {script} exited with 'stopped on purpose'"
+    log = "\n".join(logged)
+    assert "| row 1 |" in log and "| row 0 |" in log.partition("== exits (")[2]  # both printed, in checks.log
+    assert records["after"]["value"] == 3
 
 
 @pytest.mark.filterwarnings("ignore:the motivated model resnet32 .* was never trained")

@@ -110,3 +110,34 @@ def test_excite_channels_last_trains_as_the_default_memory_format(tmp_path):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
     x, _ = next(data.batches(0))
     assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+class QueuedDevice:
+    """A step clock of a device that queues its work (as CUDA's events): each timed stretch's device
+    time, 0.25 s, is known only once ``take`` reads it, as the host's own clock never sees it."""
+
+    def __init__(self, device):
+        self.pending = []
+
+    def start(self):
+        pass
+
+    def stop(self):
+        self.pending.append(0.25)
+
+    def take(self):
+        seconds, self.pending = sum(self.pending), []
+        return seconds
+
+
+def test_the_optimizer_step_time_is_the_device_clocks_every_step_included(tmp_path, monkeypatch):
+    from seeking.training import engine
+    from seeking.training.checkpoint import Checkpoints
+
+    monkeypatch.setitem(engine.STEP_CLOCKS, "cpu", QueuedDevice)  # on CUDA: torch.cuda.Event pairs
+    config = ExciteConfig(steps=4, eval_every_steps=2, batch_size=32, train_subset=64, seeds=[0]).validate()
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    result = run_arm(config, excite_data(config, "cpu"), "zero_sum", 0, lambda line: None, checkpoints=checkpoints)
+    assert result["optimizer_step_ms"] == 250.0  # 4 steps of 0.25 s: the last one's read at the end too
+    # the checkpoint of the last step holds its time: a resumed run adds on from the whole count
+    assert checkpoints.latest()["progress"]["optimizer_seconds"] == 1.0

@@ -278,6 +278,54 @@ def compiled_loss(
     return call
 
 
+class HostClock:
+    """Seconds of stretches of a step (``start`` .. ``stop``) on a device that computes as it is called
+    (the CPU): ``time.perf_counter``. ``take`` returns the seconds since the last ``take``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.seconds, self.tick = 0.0, 0.0
+
+    def start(self) -> None:
+        self.tick = time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds += time.perf_counter() - self.tick
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+class EventClock:
+    """The same on a device that queues its work (CUDA): an event recorded on the device's stream at
+    ``start`` and at ``stop``, so a stretch counts the device's work it launched (``perf_counter`` would
+    count only the launches) without the host waiting for it; ``take`` reads the events, waiting only
+    for work the device has not finished (none after ``step_outcome``'s sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.current_stream(device)
+        self.pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def start(self) -> None:
+        self.pending.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+        self.pending[-1][0].record(self.stream)
+
+    def stop(self) -> None:
+        self.pending[-1][1].record(self.stream)
+
+    def take(self) -> float:
+        seconds = 0.0
+        for start, stop in self.pending:
+            stop.synchronize()
+            seconds += start.elapsed_time(stop) / 1000  # milliseconds
+        self.pending = []
+        return seconds
+
+
+# What times a stretch of a step on each kind of device (``torch.device.type``); the others: HostClock.
+STEP_CLOCKS: dict[str, Callable[[torch.device], HostClock | EventClock]] = {"cuda": EventClock}
+
+
 @dataclass
 class LearningRate:
     """The learning rate of each step: ``lr * lr_factor(name, step, total, warmup)``."""
@@ -344,6 +392,7 @@ class Engine:
             check_compiler(device)  # before the trainer writes anything
         self.loss = compiled_loss(task.loss, interrupted if checkpoints else None) if compile else task.loss
         self.counters = Counters()
+        self.optimizer_clock = STEP_CLOCKS.get(device.type, HostClock)(device)  # Counters.optimizer_seconds
         self.parameters: dict[nn.Module, list[torch.Tensor]] = {}
         self.state = Parts(**task.parts(), progress=self.counters, rng=GlobalRandomState())
 
@@ -359,6 +408,7 @@ class Engine:
 
     def save(self) -> None:
         """Write a checkpoint (rank 0; every rank holds the same state)."""
+        self.counters.optimizer_seconds += self.optimizer_clock.take()  # the counters whole, the last step's too
         if self.checkpoints is not None and self.ranks.main:
             state = {"seeking_version": __version__, "config": self.identity, **self.state.state_dict()}
             self.checkpoints.save(self.counters.step, state)
@@ -398,6 +448,7 @@ class Engine:
                     self.save()
         finally:
             bar.close()
+        c.optimizer_seconds += self.optimizer_clock.take()
         c.wall_seconds = time.perf_counter() - started
         return c
 
@@ -424,10 +475,11 @@ class Engine:
             parameters = self.parameters[model] = list(model.parameters())
         # a stop asked for until now (Ctrl-C during this step included) ends the run after this step
         loss, finite, stopping = step_outcome(reported, parameters, self.ranks, stop.requested is not None)
+        c.optimizer_seconds += self.optimizer_clock.take()  # the last step's: done, step_outcome waited for it
         if finite:
-            tick = time.perf_counter()
+            self.optimizer_clock.start()
             optimizer.step()
-            c.optimizer_seconds += time.perf_counter() - tick
+            self.optimizer_clock.stop()
             plan.observe(loss)
             c.loss_sum += loss
             c.loss_count += 1
