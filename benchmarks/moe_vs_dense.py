@@ -12,7 +12,7 @@ process, a step of each in turn, so that a busy machine slows them alike; median
 
 ``--gemms`` also times the six matrix products of the layer's forward and backward on their own
 (``torch.mm`` into preallocated outputs, balanced routing: ``tokens * top_k / experts`` tokens per
-expert), each three ways: the dense layer's product, the 64 experts' products run in turn as the
+expert), each three ways: the dense layer's product, the experts' products run in turn as the
 layer runs them (each expert's weight read from memory), and one expert's product run as many
 times (its weight in cache). The difference between the last two is the cost of streaming the
 experts' weights, which the dense layer (one weight, reused by every token) does not pay.

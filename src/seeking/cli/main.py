@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -133,10 +134,16 @@ def _json_object(option: str, text: str) -> dict:
     return value
 
 
+def _given(args: argparse.Namespace, config_type: type, extra: dict[str, object] | None = None) -> list[str]:
+    """The options of ``config_type`` (and ``extra``: name -> default) whose value is not their parser
+    default: "given" (the parser cannot tell an option given at its default value from one left out)."""
+    defaults = {f.name: _argument(f)["default"] for f in dataclasses.fields(config_type)}
+    return [name for name, default in {**defaults, **(extra or {})}.items() if getattr(args, name, default) != default]
+
+
 def _refuse_options_with_resume(args: argparse.Namespace, config_type: type, extra: dict[str, object]) -> None:
     """``--resume`` takes the run's saved options; an option given beside it would be silently ignored."""
-    defaults = {f.name: _argument(f)["default"] for f in dataclasses.fields(config_type)}
-    given = [name for name, default in {**defaults, **extra}.items() if getattr(args, name, default) != default]
+    given = _given(args, config_type, extra)
     if given:
         flags = ", ".join(_flag(name) for name in sorted(given))
         raise SeekingError(f"--resume continues a run with the options it was started with; drop {flags}")
@@ -349,13 +356,13 @@ def _grid(option: str, config_type: type) -> tuple[str, list[Any]]:
 
 def _refuse_given_and_swept(args: argparse.Namespace, config: Any, grid: dict[str, list[Any]]) -> None:
     """An option given directly and as a ``--grid`` axis: the grid's values would replace it without a
-    word. "Given" is "not at its default", as for ``--resume`` (the parser cannot tell an option given
-    at its default value from one left out: docs/SWEEP.md); --pair/--chain gives base and motivated."""
-    defaults = type(config)()
+    word. "Given" as for ``--resume`` (:func:`_given`; docs/SWEEP.md); --pair/--chain gives base and
+    motivated."""
+    given = _given(args, type(config))
     clashes = []
     for name, values in grid.items():
         pair = getattr(args, "pair", None) and name in ("base", "motivated")  # given, even at the default
-        if pair or getattr(config, name) != getattr(defaults, name):
+        if pair or name in given:
             flag, value = ("--pair/--chain", args.pair) if pair else (_flag(name), getattr(config, name))
             swept = ",".join(map(str, values))
             clashes.append(f"{flag} {value} is also swept by --grid {name}={swept}: drop {flag} or --grid {name}")
@@ -377,7 +384,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     axes = [_grid(option, config_type) for option in args.grid or []]
     grid = dict(axes)
     if len(grid) < len(axes):  # dict() would keep the last one's values without a word
-        twice = sorted({name for name, _ in axes if sum(n == name for n, _ in axes) > 1})
+        twice = sorted(name for name, n in Counter(name for name, _ in axes).items() if n > 1)
         raise SeekingError(
             f"--grid {', '.join(twice)} given more than once: give each option's values in one --grid, "
             f"e.g. --grid {twice[0]}=V1,V2,V3"
